@@ -1,0 +1,3 @@
+from tracklm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,181 @@
+"""The ``tracklm`` command line: one verb per stage, each calling one library function.
+
+Each sub-command parses its options and passes them, by name, to the function named in
+``_COMMANDS``. Bad usage or bad input (``InputError``) gives one line on stderr and exit status 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tracklm import __version__
+from tracklm.errors import InputError
+
+SELECTIONS_HELP = (
+    "track selection: 'pixel-4to8' (the paper's: pixel volumes 7, 8, 9, tracks with 4 to 8 hits, "
+    "no pT cut), 'pixel-min4' (at least 4 pixel hits, tracks longer than 12 hits cut to their first 12), "
+    "'all-min4' (all 18,728 modules, at least 4 hits, longer tracks cut to their first 24)"
+)
+
+# verb -> "module:function"; the function receives the verb's options as keyword arguments.
+_COMMANDS = {
+    "simulate": "tracklm.simulate.event:run_simulate",
+    "prepare": "tracklm.data.prepare:run_prepare",
+    "pretrain": "tracklm.train.pretrain:run_pretrain",
+    "evaluate": "tracklm.evaluate.report:run_evaluate",
+    "embed": "tracklm.tasks.embed:run_embed",
+    "finetune": "tracklm.tasks.finetune:run_finetune",
+    "export": "tracklm.models.export:run_export",
+    "demo": "tracklm.demo:run_demo",
+}
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracklm",
+        description="Language models for particle tracking: simulate, prepare, pretrain, evaluate, use.",
+    )
+    parser.add_argument("--version", action="version", version=f"tracklm {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("simulate", parents=[common], help="simulate TrackML-format events")
+    p.add_argument("--out", type=Path, required=True, help="output event directory")
+    p.add_argument("--detector", default="trackml", help="'trackml' (built-in) or a detectors.csv path")
+    p.add_argument("--events", type=_positive_int, default=10, help="number of events (default 10)")
+    p.add_argument("--pileup", type=_non_negative_float, default=200.0, help="mean pile-up collisions (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes (default 1)")
+
+    p = sub.add_parser("prepare", parents=[common], help="tokenize events into a track dataset")
+    p.add_argument("--events", type=Path, required=True, help="TrackML event directory")
+    p.add_argument("--out", type=Path, required=True, help="output dataset directory")
+    p.add_argument("--detector", default=None,
+                   help="'trackml' or a detectors.csv path (default: EVENTS/detectors.csv if present, else trackml)")
+    p.add_argument("--selection", default="pixel-4to8", choices=["pixel-4to8", "pixel-min4", "all-min4"],
+                   help=SELECTIONS_HELP)
+    p.add_argument("--order", default="distance", choices=["distance", "vertex", "r"],
+                   help="hit order: distance from the origin (default), from the production vertex, or radius")
+    p.add_argument("--val-fraction", type=_fraction, default=0.1, help="fraction of events for validation (default 0.1)")
+    p.add_argument("--test-fraction", type=_fraction, default=0.1, help="fraction of events for test (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the event split (default 0)")
+    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--tolerant", action="store_true", help="skip bad events with a warning instead of failing")
+
+    p = sub.add_parser("pretrain", parents=[common], help="pre-train TrackingBERT")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory from 'tracklm prepare'")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"], help="model and training preset")
+    p.add_argument("--config", type=Path, default=None, help="YAML file overriding the preset")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
+    p.add_argument("--max-time", type=_non_negative_float, default=None, help="stop after this many minutes")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per batch (per device)")
+    p.add_argument("--devices", default="1", help="devices per node: a number or 'auto' (default 1)")
+    p.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes (default 1)")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("evaluate", parents=[common], help="masked-module evaluation with baselines")
+    p.add_argument("--model", type=Path, required=True, help="model directory (RUN/model)")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory")
+    p.add_argument("--out", type=Path, required=True, help="report directory")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default test)")
+    p.add_argument("--protocol", default="masked", choices=["masked", "unmasked"],
+                   help="'masked' hides the hit (the honest result); 'unmasked' leaves it visible (the public code's figure)")
+    p.add_argument("--max-tracks", type=_positive_int, default=None, help="evaluate at most N tracks")
+    p.add_argument("--seed", type=int, default=0, help="seed for pairing tracks (default 0)")
+
+    p = sub.add_parser("embed", parents=[common], help="export the module embedding table")
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--out", type=Path, required=True, help="output parquet file")
+    p.add_argument("--plot", type=Path, default=None, help="PNG of a 2D projection")
+    p.add_argument("--projection", default="pca", choices=["pca", "umap"], help="2D projection (default pca)")
+
+    p = sub.add_parser("finetune", parents=[common], help="train a downstream task")
+    p.add_argument("--task", required=True, choices=["holes", "outliers", "extrapolate", "pt"], help="the task")
+    p.add_argument("--model", type=Path, required=True, help="pre-trained model directory")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--mode", default="finetune", choices=["finetune", "frozen", "scratch"], help="transfer mode")
+    p.add_argument("--train-size", type=_positive_int, default=None, help="training tracks (default all)")
+    p.add_argument("--max-steps", type=_positive_int, default=None, help="optimiser steps")
+    p.add_argument("--max-time", type=_non_negative_float, default=None, help="minutes")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    p = sub.add_parser("export", parents=[common], help="export the model for deployment")
+    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="format (default onnx)")
+    p.add_argument("--out", type=Path, required=True, help="output file")
+
+    p = sub.add_parser("demo", parents=[common], help="simulate, prepare, pretrain, evaluate end to end")
+    p.add_argument("--out", type=Path, required=True, help="demo directory")
+    p.add_argument("--minutes", type=_non_negative_float, default=10.0, help="pre-training minutes (default 10)")
+    return parser
+
+
+def _resolve(target: str):  # type: ignore[no-untyped-def]
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = vars(args)
+    command = options.pop("command")
+    debug = options.pop("debug")
+    verbose = options.pop("verbose")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s" if not verbose else "%(asctime)s %(name)s: %(message)s",
+    )
+    try:
+        _resolve(_COMMANDS[command])(**options)
+    except InputError as exc:
+        if debug:
+            raise
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"tracklm {command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tracklm {command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,1 @@
+"""Tracks -> token sentences, pairs, masking, batches."""

@@ -1,0 +1,91 @@
+"""Model inputs from token arrays: ``[CLS] A [SEP] B [SEP]`` pairs and ``[CLS] A [SEP]`` singles.
+
+Pure numpy and vectorized: one call builds a whole batch. Used by training, evaluation and tasks,
+so every stage places tokens identically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracklm.detector.vocab import ModuleVocab
+
+
+@dataclass
+class EncodedInputs:
+    """A batch of model inputs; B sequences, W the width.
+
+    Attributes
+    ----------
+    input_ids : (B, W) int64 token ids.
+    token_type_ids : (B, W) int64 segment ids: 0 for ``[CLS] A [SEP]``, 1 for ``B [SEP]``, 0 on padding.
+    attention_mask : (B, W) bool, True on real tokens.
+    offset_a : (B,) int64 input position of track A's first hit (always 1).
+    offset_b : (B,) int64 input position of track B's first hit (-1 for single tracks).
+    """
+
+    input_ids: np.ndarray
+    token_type_ids: np.ndarray
+    attention_mask: np.ndarray
+    offset_a: np.ndarray
+    offset_b: np.ndarray
+
+
+def _gather_hits(tokens: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(tokens, np.clip(index, 0, tokens.shape[1] - 1), axis=1)
+
+
+def encode_pairs(
+    tokens_a: np.ndarray,
+    lengths_a: np.ndarray,
+    tokens_b: np.ndarray | None,
+    lengths_b: np.ndarray | None,
+    vocab: ModuleVocab,
+    width: int,
+) -> EncodedInputs:
+    """Lay out ``[CLS] A [SEP] B [SEP]`` (or ``[CLS] A [SEP]`` when ``tokens_b`` is None).
+
+    Parameters
+    ----------
+    tokens_a, tokens_b : (B, L) int token ids of the tracks, padded after their length.
+    lengths_a, lengths_b : (B,) number of hits.
+    vocab : gives the ids of ``[CLS]``, ``[SEP]``, ``[PAD]``.
+    width : W, the padded input width (19 for the paper's pairs of up to 8 hits).
+    """
+    tokens_a = np.asarray(tokens_a)
+    la = np.asarray(lengths_a, dtype=np.int64)[:, None]
+    batch = tokens_a.shape[0]
+    pair = tokens_b is not None
+    lb = np.asarray(lengths_b, dtype=np.int64)[:, None] if pair else np.zeros_like(la)
+    needed = 2 + la + (lb + 1 if pair else 0)
+    if np.any(needed > width):
+        raise ValueError(f"a sequence needs {int(needed.max())} positions, more than the width {width}")
+
+    j = np.arange(width, dtype=np.int64)[None, :]
+    in_a = (j >= 1) & (j <= la)
+    sep_a = j == la + 1
+    ids = np.full((batch, width), vocab.pad_id, dtype=np.int64)
+    ids[j.repeat(batch, 0) == 0] = vocab.cls_id
+    ids = np.where(in_a, _gather_hits(tokens_a, j - 1 + 0 * la), ids)
+    ids = np.where(sep_a, vocab.sep_id, ids)
+    types = np.zeros((batch, width), dtype=np.int64)
+    if pair:
+        start_b = la + 2
+        in_b = (j >= start_b) & (j < start_b + lb)
+        sep_b = j == start_b + lb
+        ids = np.where(in_b, _gather_hits(np.asarray(tokens_b), j - start_b), ids)
+        ids = np.where(sep_b, vocab.sep_id, ids)
+        types[in_b | sep_b] = 1
+        offset_b = start_b[:, 0]
+    else:
+        offset_b = np.full(batch, -1, dtype=np.int64)
+    attention = j < needed
+    return EncodedInputs(
+        input_ids=ids,
+        token_type_ids=types,
+        attention_mask=attention,
+        offset_a=np.ones(batch, dtype=np.int64),
+        offset_b=offset_b,
+    )

@@ -1,0 +1,1 @@
+"""TrackML event files and prepared datasets."""
