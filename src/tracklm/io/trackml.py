@@ -1,0 +1,193 @@
+"""TrackML event files: ``eventNNNNNNNNN-{hits,particles,truth,cells}.csv[.gz]``.
+
+Columns and dtypes are fixed (``PART_COLUMNS``); extra columns (``particle_type``, ``weight``) are
+kept when present. Errors name the file and the column or row at fault. Writing is deterministic:
+the same tables give the same bytes (gzip with a zero timestamp).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tracklm.errors import InputError
+
+PARTS = ("hits", "particles", "truth", "cells")
+
+# Required columns of each part with the dtypes they are read as.
+PART_COLUMNS: dict[str, dict[str, type]] = {
+    "hits": {
+        "hit_id": np.int64,
+        "x": np.float32,
+        "y": np.float32,
+        "z": np.float32,
+        "volume_id": np.int32,
+        "layer_id": np.int32,
+        "module_id": np.int32,
+    },
+    "particles": {
+        "particle_id": np.int64,
+        "vx": np.float32,
+        "vy": np.float32,
+        "vz": np.float32,
+        "px": np.float32,
+        "py": np.float32,
+        "pz": np.float32,
+        "q": np.int32,
+        "nhits": np.int32,
+    },
+    "truth": {
+        "hit_id": np.int64,
+        "particle_id": np.int64,
+        "tx": np.float32,
+        "ty": np.float32,
+        "tz": np.float32,
+        "tpx": np.float32,
+        "tpy": np.float32,
+        "tpz": np.float32,
+    },
+    "cells": {"hit_id": np.int64, "ch0": np.int32, "ch1": np.int32, "value": np.float32},
+}
+# Optional columns: read with these dtypes when present.
+OPTIONAL_COLUMNS: dict[str, dict[str, type]] = {
+    "particles": {"particle_type": np.int32},
+    "truth": {"weight": np.float32},
+}
+
+_EVENT_FILE = re.compile(r"^event(\d{9})-hits\.csv(\.gz)?$")
+
+
+@dataclass
+class Event:
+    """One event's tables; ``None`` for parts that were not read."""
+
+    event_id: int
+    hits: pd.DataFrame | None = None
+    particles: pd.DataFrame | None = None
+    truth: pd.DataFrame | None = None
+    cells: pd.DataFrame | None = None
+
+
+def event_prefix(event_id: int) -> str:
+    return f"event{event_id:09d}"
+
+
+def event_path(directory: str | os.PathLike[str], event_id: int, part: str) -> Path:
+    """Path of an event part (``.csv.gz`` preferred, then ``.csv``); raises if neither exists."""
+    base = Path(directory) / f"{event_prefix(event_id)}-{part}.csv"
+    for candidate in (base.with_name(base.name + ".gz"), base):
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"{base}[.gz]: missing {part} file for event {event_id}")
+
+
+def list_events(directory: str | os.PathLike[str]) -> list[int]:
+    """Sorted event ids of the ``eventNNNNNNNNN-hits.csv[.gz]`` files in ``directory``."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such event directory")
+    ids = {int(m.group(1)) for path in root.iterdir() if (m := _EVENT_FILE.match(path.name))}
+    return sorted(ids)
+
+
+def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
+    """Read one TrackML CSV part with column and value checks.
+
+    Raises ``InputError`` naming the file and the missing column, or the first row (1-based data
+    row, as a spreadsheet shows it after the header) with a non-numeric or NaN value.
+    """
+    path = Path(path)
+    if part not in PART_COLUMNS:
+        raise ValueError(f"unknown event part {part!r}")
+    try:
+        table = pd.read_csv(path, engine="pyarrow")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path}: unreadable or truncated ({exc})") from None
+    except Exception as exc:  # pyarrow parse errors carry the row in their message
+        raise InputError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
+    required = PART_COLUMNS[part]
+    missing = [column for column in required if column not in table.columns]
+    if missing:
+        raise InputError(f"{path}: missing column {missing[0]!r}")
+    columns = {**required, **{k: v for k, v in OPTIONAL_COLUMNS.get(part, {}).items() if k in table}}
+    for column, dtype in columns.items():
+        values = table[column]
+        if not pd.api.types.is_numeric_dtype(values) or values.isna().any():
+            numeric = pd.to_numeric(values, errors="coerce")
+            bad = np.flatnonzero(numeric.isna().to_numpy())
+            if bad.size:
+                raise InputError(f"{path}: row {int(bad[0]) + 1}, column {column!r}: not a number")
+            values = numeric
+        table[column] = values.astype(dtype)
+    return table
+
+
+def read_event(
+    directory: str | os.PathLike[str],
+    event_id: int,
+    parts: tuple[str, ...] = ("hits", "particles", "truth"),
+) -> Event:
+    """Read the given parts of one event from a TrackML directory."""
+    event = Event(event_id=event_id)
+    for part in parts:
+        setattr(event, part, read_part(event_path(directory, event_id, part), part))
+    return event
+
+
+def _column_order(part: str, table: pd.DataFrame) -> list[str]:
+    required = list(PART_COLUMNS[part])
+    optional = [c for c in OPTIONAL_COLUMNS.get(part, {}) if c in table.columns]
+    if part == "particles" and "particle_type" in optional:
+        # TrackML's throughput layout puts particle_type right after particle_id.
+        return ["particle_id", "particle_type", *required[1:]]
+    return required + optional
+
+
+def write_part(path: str | os.PathLike[str], part: str, table: pd.DataFrame) -> None:
+    """Write one part as TrackML CSV (gzip-compressed if the name ends in ``.gz``), byte-reproducibly."""
+    path = Path(path)
+    missing = [column for column in PART_COLUMNS[part] if column not in table.columns]
+    if missing:
+        raise ValueError(f"{part} table lacks column {missing[0]!r}")
+    text = table[_column_order(part, table)].to_csv(index=False, float_format="%.7g", lineterminator="\n")
+    data = text.encode()
+    if path.suffix == ".gz":
+        buffer = io.BytesIO()
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=6) as handle:
+            handle.write(data)
+        data = buffer.getvalue()
+    path.write_bytes(data)
+
+
+def write_event(
+    directory: str | os.PathLike[str],
+    event_id: int,
+    *,
+    hits: pd.DataFrame,
+    particles: pd.DataFrame,
+    truth: pd.DataFrame,
+    cells: pd.DataFrame | None = None,
+    compress: bool = True,
+) -> list[Path]:
+    """Write an event's parts into ``directory``; returns the paths written."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = ".csv.gz" if compress else ".csv"
+    tables = {"hits": hits, "particles": particles, "truth": truth, "cells": cells}
+    written = []
+    for part, table in tables.items():
+        if table is None:
+            continue
+        path = root / f"{event_prefix(event_id)}-{part}{suffix}"
+        write_part(path, part, table)
+        written.append(path)
+    return written
