@@ -1,0 +1,102 @@
+"""``tracklm demo``: the main job end to end on the built-in detector, nothing downloaded.
+
+simulate -> prepare -> pretrain (about ``minutes``) -> evaluate, into ``DIR/events``, ``DIR/data``,
+``DIR/run`` and ``DIR/report``; ends by printing the headline table (model against baselines).
+A stage whose output is already complete (it has a ``manifest.json``) is reused, so an interrupted
+demo continues where it stopped; delete ``DIR`` to start over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tracklm.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Defaults tuned so the model clearly beats the baselines within 10 minutes on 2 CPU cores."""
+
+    events: int = 24
+    pileup: float = 200.0
+    seed: int = 0
+    preset: str = "small"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    eval_max_tracks: int = 4000
+
+
+def _complete(path: Path) -> bool:
+    return (path / "manifest.json").is_file()
+
+
+def run_demo(out: Path, minutes: float = 10.0, config: DemoConfig | None = None) -> dict[str, object]:
+    """Run the demo into ``out``; returns the evaluation metrics.
+
+    Parameters
+    ----------
+    out : demo directory (created).
+    minutes : wall-clock budget of pre-training in minutes.
+    config : demo settings (events, pile-up, preset, ...).
+    """
+    from tracklm.data.prepare import run_prepare
+    from tracklm.evaluate.report import headline_table, run_evaluate
+    from tracklm.simulate.event import run_simulate
+    from tracklm.train.pretrain import run_pretrain
+
+    config = config or DemoConfig()
+    if minutes <= 0:
+        raise InputError("--minutes: must be greater than 0")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(2, os.cpu_count() or 1))
+    events_dir, data_dir, run_dir, report_dir = (out / name for name in ("events", "data", "run", "report"))
+    started = time.monotonic()
+
+    if _complete(events_dir):
+        log.info("demo: reusing simulated events in %s", events_dir)
+    else:
+        log.info("demo: simulating %d events at pile-up %g", config.events, config.pileup)
+        run_simulate(out=events_dir, detector="trackml", events=config.events, pileup=config.pileup,
+                     seed=config.seed, workers=workers)
+
+    if _complete(data_dir):
+        log.info("demo: reusing prepared dataset in %s", data_dir)
+    else:
+        log.info("demo: preparing tracks (pixel-4to8, ordered by distance)")
+        run_prepare(events=events_dir, out=data_dir, detector=None, selection="pixel-4to8",
+                    order="distance", val_fraction=config.val_fraction,
+                    test_fraction=config.test_fraction, seed=config.seed, workers=workers,
+                    tolerant=False)
+
+    model_dir = run_dir / "model"
+    if (model_dir / "model.safetensors").is_file():
+        log.info("demo: reusing trained model in %s", model_dir)
+    else:
+        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+        log.info("demo: pre-training the %s preset for %.1f minutes", config.preset, minutes)
+        run_pretrain(data=data_dir, out=run_dir, preset=config.preset, config=None, max_steps=None,
+                     max_time=minutes, batch_size=None, devices="1", num_nodes=1, strategy="auto",
+                     accelerator="auto", resume=resume, seed=config.seed)
+
+    if _complete(report_dir):
+        import json
+
+        metrics = json.loads((report_dir / "metrics.json").read_text())
+    else:
+        log.info("demo: evaluating on the held-out test events")
+        metrics = run_evaluate(model=model_dir, data=data_dir, out=report_dir, split="test",
+                               protocol="masked", max_tracks=config.eval_max_tracks, seed=config.seed)
+
+    elapsed = (time.monotonic() - started) / 60
+    # The headline table is the demo's product: it goes to stdout, not to the log.
+    sys.stdout.write(f"\n{headline_table(metrics)}\n\nreport: {report_dir / 'report.md'} "
+                     f"(demo took {elapsed:.1f} minutes)\n")
+    return metrics
