@@ -1,0 +1,380 @@
+"""Baselines for masked-module prediction that need no training: counting and a helix fit.
+
+Both predict the module of one hidden hit of a track from the hits left visible, on exactly the
+tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
+
+``FrequencyBaseline``
+    The most frequent module, counted on the training split, given the neighbouring visible
+    modules: (previous, next) for a hit inside the track, (next, next-but-one) for a first hit,
+    (previous-but-one, previous) for a last hit; it backs off to one neighbour when the pair was
+    never seen, then to the most frequent module overall. Modules the track already crossed are
+    never proposed (a track has at most one hit per module).
+``HelixBaseline``
+    A tracking physicist's answer: fit a helix to the visible hits (their measured x, y, z from the
+    dataset's ``hits``, or module centres with ``use_hits=False``; at least 3 points, the beam line
+    (0, 0, 0) being added in front when fewer are visible), choose the layer of the hidden hit, and
+    take the module whose centre is nearest to the helix's crossing of that layer. The layer is the
+    most frequent one, in the training split, between the neighbouring visible layers (same
+    contexts and back-off as above, on layers instead of modules), among up to three such
+    candidates the first whose crossing lies inside the layer's coverage and within the arc
+    between the neighbouring hits. First and last hits are extrapolations, others interpolations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from tracklm.evaluate.helix import HelixFit, LayerSurfaces, fit_helix
+
+_PACK = np.int64(1 << 21)  # token ids and layer indices stay far below 2**21
+
+
+@dataclass
+class TopKTable:
+    """For each context key, the ``k`` most frequent targets (most frequent first, ties by id).
+
+    Attributes
+    ----------
+    keys : (U,) sorted int64 context keys.
+    top : (U, k) int64 targets, -1 where a key has fewer than k distinct targets.
+    """
+
+    keys: np.ndarray
+    top: np.ndarray
+
+    @classmethod
+    def count(cls, keys: np.ndarray, targets: np.ndarray, k: int) -> TopKTable:
+        """Count (key, target) occurrences, vectorized (pandas groupby), and keep the top ``k``."""
+        frame = pd.DataFrame(
+            {"key": np.asarray(keys, np.int64), "target": np.asarray(targets, np.int64)}
+        )
+        counts = frame.groupby(["key", "target"], sort=False).size().reset_index(name="n")
+        counts = counts.sort_values(["key", "n", "target"], ascending=[True, False, True])
+        counts["rank"] = counts.groupby("key", sort=False).cumcount()
+        counts = counts[counts["rank"] < k]
+        unique_keys = np.unique(counts["key"].to_numpy())
+        top = np.full((len(unique_keys), k), -1, dtype=np.int64)
+        row = np.searchsorted(unique_keys, counts["key"].to_numpy())
+        top[row, counts["rank"].to_numpy()] = counts["target"].to_numpy()
+        return cls(keys=unique_keys, top=top)
+
+    def lookup(self, keys: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """(N, k) top targets of each key; rows with an unknown (or invalid) key are all -1."""
+        keys = np.asarray(keys, dtype=np.int64)
+        k = self.top.shape[1]
+        if len(self.keys) == 0:
+            return np.full((len(keys), k), -1, dtype=np.int64)
+        index = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
+        found = self.keys[index] == keys
+        if valid is not None:
+            found &= valid
+        return np.where(found[:, None], self.top[index], -1)
+
+
+def neighbours(
+    tokens: np.ndarray, visible: np.ndarray, target: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The nearest visible hit indices around each target hit.
+
+    Parameters
+    ----------
+    tokens : (N, L) any per-hit values (only the shape is used).
+    visible : (N, L) bool, hits that may be used (padding must be False).
+    target : (N,) index of the hidden hit.
+
+    Returns
+    -------
+    dict of (N,) int64 hit indices ``prev1, prev2`` (nearest first before the target) and
+    ``next1, next2`` (after it), -1 where there is none.
+    """
+    n, width = np.asarray(tokens).shape[:2]
+    index = np.broadcast_to(np.arange(width), (n, width))
+    target = np.asarray(target)[:, None]
+    before = np.where(visible & (index < target), index, -1)
+    prev1 = before.max(axis=1)
+    prev2 = np.where(before < prev1[:, None], before, -1).max(axis=1)
+    after = np.where(visible & (index > target), index, width)
+    next1 = after.min(axis=1)
+    next2 = np.where(after > next1[:, None], after, width).min(axis=1)
+    next1 = np.where(next1 == width, -1, next1)
+    next2 = np.where(next2 == width, -1, next2)
+    return {"prev1": prev1, "prev2": prev2, "next1": next1, "next2": next2}
+
+
+def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[row, index[row]], -1 where index is -1."""
+    picked = np.take_along_axis(values, np.clip(index, 0, None)[:, None], axis=1)[:, 0]
+    return np.where(index >= 0, picked, -1).astype(np.int64)
+
+
+def _merge_candidates(columns: list[np.ndarray], exclude: np.ndarray, k: int) -> np.ndarray:
+    """Concatenate candidate lists in priority order, drop -1, repeats and excluded ids, keep k."""
+    cand = np.concatenate(columns, axis=1)
+    bad = cand < 0
+    bad |= np.any(cand[:, :, None] == exclude[:, None, :], axis=2)
+    for j in range(1, cand.shape[1]):
+        bad[:, j] |= np.any(cand[:, :j] == cand[:, j : j + 1], axis=1)
+    order = np.argsort(bad, axis=1, kind="stable")
+    cand = np.take_along_axis(np.where(bad, -1, cand), order, axis=1)
+    out = np.full((len(cand), k), -1, dtype=np.int64)
+    width = min(k, cand.shape[1])
+    out[:, :width] = cand[:, :width]
+    return out
+
+
+class ContextModel:
+    """Most frequent symbols (modules or layers) given neighbouring symbols, counted on tracks.
+
+    Tables (all over every hit of every training track, flight order):
+    ``between`` (previous, next) -> hit, ``before2`` (next, next-but-one) -> hit,
+    ``after2`` (previous-but-one, previous) -> hit, ``after1`` previous -> hit,
+    ``before1`` next -> hit, and the overall frequency.
+    """
+
+    def __init__(self, symbols: np.ndarray, lengths: np.ndarray, k: int = 5) -> None:
+        symbols = np.asarray(symbols, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        width = symbols.shape[1]
+        pos = np.arange(width)[None, :]
+        real = pos < lengths[:, None]
+        self.k = k
+
+        def shifted(offset: int) -> tuple[np.ndarray, np.ndarray]:
+            values = np.full_like(symbols, -1)
+            ok = np.zeros_like(real)
+            if offset > 0:
+                values[:, :-offset] = symbols[:, offset:]
+                ok[:, :-offset] = real[:, offset:]
+            else:
+                values[:, -offset:] = symbols[:, :offset]
+                ok[:, -offset:] = real[:, :offset]
+            return values, ok & real
+
+        prev1, ok_p1 = shifted(-1)
+        prev2, ok_p2 = shifted(-2)
+        next1, ok_n1 = shifted(1)
+        next2, ok_n2 = shifted(2)
+        target = symbols
+
+        def table(key: np.ndarray, ok: np.ndarray) -> TopKTable:
+            return TopKTable.count(key[ok], target[ok], k)
+
+        self.between = table(prev1 * _PACK + next1, ok_p1 & ok_n1)
+        self.after2 = table(prev2 * _PACK + prev1, ok_p2)
+        self.before2 = table(next1 * _PACK + next2, ok_n2)
+        self.after1 = table(prev1, ok_p1)
+        self.before1 = table(next1, ok_n1)
+        values, counts = np.unique(target[real], return_counts=True)
+        order = np.lexsort((values, -counts))[:k]
+        overall = np.full(k, -1, dtype=np.int64)
+        overall[: len(order)] = values[order]
+        self.overall = overall
+
+    def rank(
+        self, symbols: np.ndarray, visible: np.ndarray, target: np.ndarray, exclude: np.ndarray
+    ) -> np.ndarray:
+        """(N, k) candidate symbols for each target hit, most likely first, -1 when none.
+
+        Parameters
+        ----------
+        symbols : (N, L) symbols of the tracks (values at hidden hits are ignored).
+        visible : (N, L) bool, the hits that may be used.
+        target : (N,) hidden hit index.
+        exclude : (N, E) symbols never to propose (-1 entries are ignored).
+        """
+        symbols = np.asarray(symbols, dtype=np.int64)
+        near = neighbours(symbols, visible, target)
+        p1, p2 = _at(symbols, near["prev1"]), _at(symbols, near["prev2"])
+        n1, n2 = _at(symbols, near["next1"]), _at(symbols, near["next2"])
+        has_p1, has_p2, has_n1, has_n2 = p1 >= 0, p2 >= 0, n1 >= 0, n2 >= 0
+        inside = has_p1 & has_n1
+        columns = [
+            self.between.lookup(p1 * _PACK + n1, inside),
+            # a first hit: the two following; a last hit: the two preceding
+            self.before2.lookup(n1 * _PACK + n2, ~has_p1 & has_n2),
+            self.after2.lookup(p2 * _PACK + p1, ~has_n1 & has_p2),
+            self.after1.lookup(p1, has_p1),
+            self.before1.lookup(n1, has_n1),
+            np.broadcast_to(self.overall, (len(target), self.k)),
+        ]
+        return _merge_candidates(columns, exclude, self.k)
+
+
+def visible_tokens(tokens: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """(N, L) tokens of the visible hits, -1 elsewhere (for excluding already-used modules)."""
+    return np.where(visible, np.asarray(tokens, dtype=np.int64), -1)
+
+
+class FrequencyBaseline:
+    """Most frequent module given the neighbouring visible modules (see the module docstring).
+
+    Parameters
+    ----------
+    train_tokens : (N, L) training-split tokens.
+    train_lengths : (N,) their lengths.
+    k : candidates kept per context (top-k accuracy).
+    """
+
+    name = "frequency"
+
+    def __init__(self, train_tokens: np.ndarray, train_lengths: np.ndarray, k: int = 5) -> None:
+        self.model = ContextModel(train_tokens, train_lengths, k=k)
+
+    def predict(
+        self,
+        tokens: np.ndarray,
+        visible: np.ndarray,
+        target: np.ndarray,
+        hits_mm: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N, k) ranked module tokens for the hidden hit ``target`` of each track (-1: none).
+
+        ``hits_mm`` is accepted for a common signature and not used.
+        """
+        return self.model.rank(tokens, visible, target, visible_tokens(tokens, visible))
+
+
+class HelixBaseline:
+    """Helix through the visible hits, crossed with the most likely layer (see the module docstring).
+
+    Parameters
+    ----------
+    surfaces : the detector layers (from the dataset's module table).
+    train_tokens, train_lengths : training split, for the layer-transition counts.
+    centres_mm : (V, 3) module centre per token id (used with ``use_hits=False``).
+    use_hits : fit the measured hit positions (True) or the visible modules' centres (False).
+    window_margin_mm : slack on the arc-length window between the neighbouring hits.
+    k : ranked modules returned (nearest centres in the chosen layer).
+    """
+
+    def __init__(
+        self,
+        surfaces: LayerSurfaces,
+        train_tokens: np.ndarray,
+        train_lengths: np.ndarray,
+        centres_mm: np.ndarray,
+        use_hits: bool = True,
+        window_margin_mm: float = 10.0,
+        k: int = 5,
+    ) -> None:
+        self.surfaces = surfaces
+        self.centres_mm = np.asarray(centres_mm, dtype=np.float64)
+        self.use_hits = use_hits
+        self.window_margin_mm = window_margin_mm
+        self.k = k
+        self.name = "helix" if use_hits else "helix_centres"
+        layers = self._layers(
+            train_tokens, np.arange(train_tokens.shape[1])[None, :] < train_lengths[:, None]
+        )
+        self.layer_model = ContextModel(layers, train_lengths, k=3)
+
+    def _layers(self, tokens: np.ndarray, real: np.ndarray) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        table = self.surfaces.layer_of_token
+        layer = table[np.clip(tokens, 0, len(table) - 1)]
+        return np.where(real & (tokens >= 0), layer, -1)
+
+    def _crossed_layer(
+        self,
+        fit: HelixFit,
+        layers: np.ndarray,
+        near: dict[str, np.ndarray],
+        s_lo: np.ndarray,
+        s_hi: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer the helix crosses, inside its coverage, strictly between the neighbouring hits.
+
+        Layers of the neighbouring hits are skipped (they are crossed at those hits). Between two
+        hits the crossing nearest the middle of the gap wins; before the first visible hit the
+        last crossing (after the perigee, the point nearest the beam line); after the last visible
+        hit the first crossing. Returns (layer (N,), crossing (N, 3), found (N,) bool).
+        """
+        n = len(fit)
+        prev_layer = _at(layers, near["prev1"])
+        next_layer = _at(layers, near["next1"])
+        lower = np.where(np.isfinite(s_lo), s_lo, fit.perigee_s_mm())
+        both = np.isfinite(s_lo) & np.isfinite(s_hi)
+        mid = np.where(both, 0.5 * (np.where(both, s_lo, 0.0) + np.where(both, s_hi, 0.0)), 0.0)
+        best = np.full(n, np.inf)
+        chosen = np.zeros(n, dtype=np.int64)
+        point = np.zeros((n, 3))
+        for y in range(len(self.surfaces)):
+            layer = np.full(n, y)
+            xyz, s, crosses = self.surfaces.intersect(fit, layer, s_lo, s_hi)
+            ok = crosses & (s > lower) & (s < s_hi) & self.surfaces.covers(layer, xyz)
+            ok &= (prev_layer != y) & (next_layer != y)
+            with np.errstate(invalid="ignore"):  # inf - inf in rows where the branch is unused
+                score = np.where(
+                    both, np.abs(s - mid), np.where(np.isfinite(s_lo), s - s_lo, s_hi - s)
+                )
+            better = ok & (score < best)
+            best = np.where(better, score, best)
+            chosen = np.where(better, y, chosen)
+            point = np.where(better[:, None], xyz, point)
+        return chosen, point, np.isfinite(best)
+
+    def predict(
+        self,
+        tokens: np.ndarray,
+        visible: np.ndarray,
+        target: np.ndarray,
+        hits_mm: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N, k) module tokens for the hidden hit ``target`` of each track, nearest first.
+
+        Parameters
+        ----------
+        tokens : (N, L) tokens (the hidden one is not read).
+        visible : (N, L) bool, the hits the fit may use.
+        target : (N,) hidden hit index.
+        hits_mm : (N, L, 3) measured hit positions (required with ``use_hits=True``).
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        visible = np.asarray(visible, dtype=bool)
+        target = np.asarray(target, dtype=np.int64)
+        n = len(tokens)
+        if self.use_hits:
+            if hits_mm is None:
+                raise ValueError("HelixBaseline(use_hits=True) needs hits_mm")
+            points = np.asarray(hits_mm, dtype=np.float64)
+        else:
+            points = self.centres_mm[np.clip(tokens, 0, len(self.centres_mm) - 1)]
+        # The beam line as a leading pseudo-point where fewer than 3 hits are visible.
+        few = visible.sum(axis=1) < 3
+        xyz = np.concatenate([np.zeros((n, 1, 3)), points], axis=1)
+        mask = np.concatenate([few[:, None], visible], axis=1)
+        fit = fit_helix(xyz, mask)
+        s_hits = fit.s_mm[:, 1:]
+
+        near = neighbours(tokens, visible, target)
+        rows = np.arange(n)
+        s_lo = np.where(near["prev1"] >= 0, s_hits[rows, np.clip(near["prev1"], 0, None)], -np.inf)
+        s_hi = np.where(near["next1"] >= 0, s_hits[rows, np.clip(near["next1"], 0, None)], np.inf)
+
+        layers = self._layers(tokens, visible)
+        chosen, point, found = self._crossed_layer(fit, layers, near, s_lo, s_hi)
+        # No other layer crossed in the gap: a second hit in a neighbour's layer (an overlap) or a
+        # layer the fit misses; take the most frequent layer for this context that the helix
+        # crosses inside its coverage near the window, else the most frequent one.
+        candidates = self.layer_model.rank(layers, visible, target, np.full((n, 1), -1))
+        settled = found.copy()
+        fallback_layer = int(self.layer_model.overall[0])
+        margin = self.window_margin_mm
+        for c in range(candidates.shape[1]):
+            layer = candidates[:, c]
+            has = layer >= 0
+            layer_safe = np.where(has, layer, fallback_layer)
+            xyz_c, s_c, crosses = self.surfaces.intersect(fit, layer_safe, s_lo, s_hi)
+            in_window = (s_c >= s_lo - margin) & (s_c <= s_hi + margin)
+            accepted = has & crosses & in_window & self.surfaces.covers(layer_safe, xyz_c)
+            take = (accepted | (c == 0)) & ~settled
+            chosen = np.where(take, layer_safe, chosen)
+            point = np.where(take[:, None], xyz_c, point)
+            settled |= accepted
+        ranked, _ = self.surfaces.nearest_modules(
+            chosen, point, k=self.k, exclude=visible_tokens(tokens, visible)
+        )
+        return ranked

@@ -1,0 +1,276 @@
+"""Evaluation metrics as pure numpy functions (no torch), each tested on hand-computed cases.
+
+Conventions: predictions and truths are token ids; fractions are in [0, 1]; distances in mm.
+An empty selection gives ``nan`` (written as ``null`` in JSON), never a silent 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+POSITION_NAMES = ("first", "middle", "last")
+
+
+def exact_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
+    """Fraction of predictions equal to the truth.
+
+    Parameters
+    ----------
+    predicted, true : (N,) token ids.
+
+    Returns
+    -------
+    float in [0, 1], ``nan`` when N = 0.
+    """
+    predicted = np.asarray(predicted)
+    true = np.asarray(true)
+    if predicted.shape != true.shape:
+        raise ValueError(f"shapes differ: {predicted.shape} vs {true.shape}")
+    if true.size == 0:
+        return float("nan")
+    return float(np.mean(predicted == true))
+
+
+def top_k_hits(ranked: np.ndarray, true: np.ndarray, k: int) -> np.ndarray:
+    """Whether the truth is among the first ``k`` ranked candidates.
+
+    Parameters
+    ----------
+    ranked : (N, K) candidate token ids, best first (K >= k); -1 marks "no candidate".
+    true : (N,) token ids.
+    k : number of candidates that count.
+
+    Returns
+    -------
+    (N,) bool.
+    """
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2 or ranked.shape[1] < k:
+        raise ValueError(f"need (N, K >= {k}) ranked candidates, got shape {ranked.shape}")
+    return np.any(ranked[:, :k] == np.asarray(true)[:, None], axis=1)
+
+
+def top_k_accuracy(ranked: np.ndarray, true: np.ndarray, k: int = 5) -> float:
+    """Fraction of rows whose truth is among the first ``k`` candidates (``nan`` when empty)."""
+    hits = top_k_hits(ranked, true, k)
+    return float(np.mean(hits)) if hits.size else float("nan")
+
+
+def top_k_from_scores(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores per row, best first (ties: lower index first).
+
+    Parameters
+    ----------
+    scores : (N, C) scores.
+    k : number of indices (k <= C).
+
+    Returns
+    -------
+    (N, k) int64 column indices.
+    """
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order[:, :k].astype(np.int64)
+
+
+def module_distance_mm(
+    predicted: np.ndarray, true: np.ndarray, centres_mm: np.ndarray
+) -> np.ndarray:
+    """Distance in mm between the centres of the predicted and the true modules.
+
+    Parameters
+    ----------
+    predicted, true : (N,) token ids; a prediction that is not a module (negative id or a
+        special token, whose centre is NaN) gives ``inf``.
+    centres_mm : (V, 3) module centre of every token id (NaN for special tokens).
+
+    Returns
+    -------
+    (N,) float64 distances in mm.
+    """
+    predicted = np.asarray(predicted, dtype=np.int64)
+    true = np.asarray(true, dtype=np.int64)
+    centres_mm = np.asarray(centres_mm, dtype=np.float64)
+    valid = (predicted >= 0) & (predicted < len(centres_mm))
+    p = centres_mm[np.where(valid, predicted, 0)]
+    t = centres_mm[true]
+    distance = np.linalg.norm(p - t, axis=-1)
+    return np.where(valid & np.isfinite(distance), distance, np.inf)
+
+
+def fraction_within(distances_mm: np.ndarray, threshold_mm: float) -> float:
+    """Fraction of distances at most ``threshold_mm`` (``nan`` when empty)."""
+    distances_mm = np.asarray(distances_mm, dtype=np.float64)
+    if distances_mm.size == 0:
+        return float("nan")
+    return float(np.mean(distances_mm <= threshold_mm))
+
+
+def median_distance_mm(distances_mm: np.ndarray) -> float:
+    """Median distance in mm (``inf`` entries count as large; ``nan`` when empty)."""
+    distances_mm = np.asarray(distances_mm, dtype=np.float64)
+    return float(np.median(distances_mm)) if distances_mm.size else float("nan")
+
+
+def grouped_mean(values: np.ndarray, groups: np.ndarray, keys: Iterable[Any]) -> dict[str, float]:
+    """Mean of ``values`` within each group, for the given group keys (``nan`` for empty groups).
+
+    Parameters
+    ----------
+    values : (N,) numbers or booleans (the mean of booleans is an accuracy).
+    groups : (N,) group label of every entry.
+    keys : the groups to report, in order; keys are written as strings.
+
+    Returns
+    -------
+    dict mapping ``str(key)`` to the group's mean.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.asarray(groups)
+    out = {}
+    for key in keys:
+        selected = values[groups == key]
+        out[str(key)] = float(selected.mean()) if selected.size else float("nan")
+    return out
+
+
+def position_names(positions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Name the place of a hit in its track: ``first`` (index 0), ``last`` (length - 1), else ``middle``.
+
+    Parameters
+    ----------
+    positions : (N,) hit index in the track.
+    lengths : (N,) number of hits of the track.
+
+    Returns
+    -------
+    (N,) array of str.
+    """
+    positions = np.asarray(positions)
+    lengths = np.asarray(lengths)
+    return np.where(positions == 0, "first", np.where(positions == lengths - 1, "last", "middle"))
+
+
+def binary_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows where ``logit > 0`` agrees with the 0/1 label (``nan`` when empty)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    return float(np.mean((logits > 0) == labels)) if labels.size else float("nan")
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve, with tied scores counted as one half (Mann-Whitney U).
+
+    AUC = P(score of a random positive > score of a random negative) + 0.5 P(equal).
+
+    Parameters
+    ----------
+    scores : (N,) real scores, larger = more positive.
+    labels : (N,) 0/1 or bool.
+
+    Returns
+    -------
+    float in [0, 1]; ``nan`` when either class is absent.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    n_pos = int(labels.sum())
+    n_neg = int(labels.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    # Average ranks (1-based) over ties: each tie block shares the mean of the ranks it spans.
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    mean_rank = first + (counts + 1) / 2.0  # first is 0-based: ranks first+1 ... first+counts
+    ranks = np.empty(scores.size)
+    ranks[order] = np.repeat(mean_rank, counts)
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates over all thresholds, one point per distinct score.
+
+    Tied scores move the curve diagonally, so the trapezoidal area equals ``roc_auc``.
+
+    Parameters
+    ----------
+    scores : (N,) real scores.
+    labels : (N,) 0/1 or bool; both classes must be present.
+
+    Returns
+    -------
+    fpr, tpr : (M + 1,) arrays from (0, 0) to (1, 1), M the number of distinct scores.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    n_pos = labels.sum()
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("roc_curve needs both positive and negative labels")
+    order = np.argsort(-scores, kind="mergesort")
+    s = scores[order]
+    y = labels[order]
+    last_of_block = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    tp = np.cumsum(y)[last_of_block]
+    fp = np.cumsum(~y)[last_of_block]
+    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+
+
+def masked_module_summary(
+    predicted: np.ndarray,
+    true: np.ndarray,
+    distances_mm: np.ndarray,
+    position_name: np.ndarray,
+    lengths: np.ndarray,
+    ranked: np.ndarray | None = None,
+    side: np.ndarray | None = None,
+    length_keys: Iterable[int] = range(4, 9),
+) -> dict[str, Any]:
+    """The ``masked_module`` block of ``metrics.json`` (also used for every baseline).
+
+    Parameters
+    ----------
+    predicted, true : (N,) token ids of the predicted and the true module.
+    distances_mm : (N,) distance between their centres in mm.
+    position_name : (N,) ``first`` / ``middle`` / ``last``.
+    lengths : (N,) number of hits of the track the masked hit belongs to.
+    ranked : (N, K >= 5) ranked candidates for top-5 accuracy, or None (key left out).
+    side : (N,) ``A`` / ``B`` (which track of the pair was masked), or None (key left out).
+    length_keys : the track lengths reported under ``by_length``.
+
+    Returns
+    -------
+    dict with accuracy, top5_accuracy, within_20mm, within_100mm, median_distance_mm,
+    by_position, by_length, by_track and n_predictions.
+    """
+    correct = np.asarray(predicted) == np.asarray(true)
+    summary: dict[str, Any] = {"accuracy": exact_accuracy(predicted, true)}
+    if ranked is not None:
+        summary["top5_accuracy"] = top_k_accuracy(ranked, true, 5)
+    summary["within_20mm"] = fraction_within(distances_mm, 20.0)
+    summary["within_100mm"] = fraction_within(distances_mm, 100.0)
+    summary["median_distance_mm"] = median_distance_mm(distances_mm)
+    summary["by_position"] = grouped_mean(correct, position_name, POSITION_NAMES)
+    summary["by_length"] = grouped_mean(correct, lengths, length_keys)
+    if side is not None:
+        summary["by_track"] = grouped_mean(correct, side, ("A", "B"))
+    summary["n_predictions"] = int(correct.size)
+    return summary
+
+
+def json_ready(obj: Any) -> Any:
+    """Numbers and containers as plain JSON: numpy scalars to Python, ``nan``/``inf`` to None."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,65 @@
+"""Baselines on toy data where the right answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tracklm.detector.vocab import ModuleVocab
+from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, neighbours
+from tracklm.evaluate.helix import LayerSurfaces
+
+from .toy import toy_modules, toy_tracks
+
+
+def test_neighbours_skip_hidden_hits():
+    visible = np.array([[True, False, False, True, True, False]])  # length 5, hits 1 and 2 hidden
+    near = neighbours(np.zeros((1, 6)), visible, np.array([2]))
+    assert (near["prev1"][0], near["prev2"][0], near["next1"][0], near["next2"][0]) == (0, -1, 3, 4)
+
+
+def test_frequency_baseline_counts_contexts_and_backs_off():
+    # Train: 10 -> 11 -> 12 three times, 10 -> 13 -> 12 once, and 20 -> 21 -> 22 -> 23.
+    train = np.array(
+        [[10, 11, 12, 0], [10, 11, 12, 0], [10, 11, 12, 0], [10, 13, 12, 0], [20, 21, 22, 23]]
+    )
+    lengths = np.array([3, 3, 3, 3, 4])
+    baseline = FrequencyBaseline(train, lengths, k=3)
+    tokens = np.array(
+        [[10, 99, 12, 0], [10, 99, 30, 0], [99, 22, 23, 0], [20, 21, 99, 0], [31, 99, 32, 0]]
+    )
+    visible = np.array(
+        [[True, False, True, False]] * 2
+        + [[False, True, True, False]]
+        + [[True, True, False, False]]
+        + [[True, False, True, False]]
+    )
+    target = np.array([1, 1, 0, 2, 1])
+    ranked = baseline.predict(tokens, visible, target)
+    # (10, 12) seen: 11 three times, 13 once; 10 and 12 are in the track, so nothing else is left
+    assert ranked[0].tolist() == [11, 13, -1]
+    assert ranked[1, 0] == 11  # (10, 30) unseen: back off to "after 10"
+    assert ranked[2, 0] == 21  # first hit: before (22, 23)
+    assert ranked[3, 0] == 22  # last hit: after (20, 21)
+    assert ranked[4].tolist() == [10, 12, 11]  # nothing known: overall frequency (ties by id)
+    assert not np.any(ranked[0] == 10)  # a module the track already crossed is never proposed
+
+
+def test_helix_baseline_finds_hidden_hits_of_clean_tracks():
+    modules = toy_modules()
+    vocab = ModuleVocab(modules[["volume_id", "layer_id", "module_id"]].to_numpy())
+    table = modules.sort_values(["volume_id", "layer_id", "module_id"]).reset_index(drop=True)
+    table.insert(0, "token", np.arange(vocab.num_special, len(vocab)))
+    centres = np.full((len(vocab), 3), np.nan)
+    centres[table["token"]] = table[["cx", "cy", "cz"]].to_numpy()
+    train = toy_tracks(modules, vocab, 10, 20, seed=0, overlap_probability=0.0)
+    test = toy_tracks(modules, vocab, 2, 20, seed=1, overlap_probability=0.0)
+    baseline = HelixBaseline(
+        LayerSurfaces.from_modules(table, len(vocab)), train.tokens, train.lengths, centres
+    )
+    width = test.tokens.shape[1]
+    for hidden in (np.zeros(len(test), int), test.lengths // 2, test.lengths - 1):
+        visible = (np.arange(width) < test.lengths[:, None]) & (np.arange(width) != hidden[:, None])
+        ranked = baseline.predict(test.tokens, visible, hidden, test.hits)
+        true = test.tokens[np.arange(len(test)), hidden]
+        # without double hits the crossing layer is unambiguous: the fit must find nearly all
+        assert np.mean(ranked[:, 0] == true) >= 0.95
