@@ -22,18 +22,17 @@ def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the libraries whose behaviour shapes a stage's output."""
-    import numpy
+    """Versions of the libraries whose behaviour shapes a stage's output (read without importing them)."""
+    from importlib import metadata
 
     import tracklm
 
-    versions = {"tracklm": tracklm.__version__, "python": platform.python_version(), "numpy": numpy.__version__}
-    for name in ("pandas", "pyarrow", "torch", "lightning"):
+    versions = {"tracklm": tracklm.__version__, "python": platform.python_version()}
+    for name in ("numpy", "pandas", "pyarrow", "torch", "lightning"):
         try:
-            module = __import__(name)
-        except ImportError:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
             continue
-        versions[name] = getattr(module, "__version__", "unknown")
     return versions
 
 
@@ -53,7 +52,8 @@ def write_manifest(directory: str | os.PathLike[str], stage: str, **fields: Any)
     Call it last, once every other file of the stage is in ``directory``.
     """
     manifest: dict[str, Any] = {"stage": stage, **fields}
-    manifest.setdefault("versions", library_versions())
+    if "versions" not in manifest:
+        manifest["versions"] = library_versions()
     manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     manifest["files"] = file_hashes(directory)
     write_json(Path(directory) / "manifest.json", manifest)

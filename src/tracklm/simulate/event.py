@@ -1,0 +1,418 @@
+"""TrackML-like events: particles -> propagation -> hits -> TrackML tables and files.
+
+``simulate_event`` makes one event in memory; ``run_simulate`` (the ``tracklm simulate`` verb)
+writes a TrackML event directory. Each event draws from its own generator seeded by
+``SeedSequence([seed, event_id])``, so an event does not depend on which others are simulated
+or on the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import multiprocessing
+import os
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from tracklm._fs import atomic_output_dir
+from tracklm.config import to_dict
+from tracklm.detector.geometry import Detector
+from tracklm.detector.surfaces import ModuleLocator
+from tracklm.errors import InputError
+from tracklm.io.trackml import write_event
+from tracklm.manifest import write_manifest
+from tracklm.simulate.config import SimulationConfig
+from tracklm.simulate.hits import noise_hits, smear_on_module
+from tracklm.simulate.particles import ParticleSet, generate_primaries, generate_secondaries
+from tracklm.simulate.propagate import Crossings, Propagator
+
+log = logging.getLogger(__name__)
+
+# Particle ids pack the collision above the particle's serial number within it (like TrackML's
+# ids pack the vertex), so ids are unique, positive and never 0 (the noise id).
+_COLLISION_SHIFT = 32
+
+
+@dataclass
+class SimulatedEvent:
+    """One simulated event: the three TrackML tables plus what the files do not store.
+
+    Attributes
+    ----------
+    hits, particles, truth : TrackML tables (hits sorted by volume, layer, module).
+    flight_order : (H,) per hit row, the index of the hit along its particle's flight
+        (0 = first hit), -1 for noise.
+    """
+
+    hits: pd.DataFrame
+    particles: pd.DataFrame
+    truth: pd.DataFrame
+    flight_order: np.ndarray
+
+
+class EventGenerator:
+    """Generates events on one detector with one config (the lookup grid is built once).
+
+    Parameters
+    ----------
+    detector : any TrackML-format detector.
+    config : the simulation parameters.
+    """
+
+    def __init__(self, detector: Detector, config: SimulationConfig) -> None:
+        if len(detector) == 0:
+            raise InputError(f"{detector.name}: the detector has no modules")
+        self.detector = detector
+        self.config = config
+        self.locator = ModuleLocator(detector, margin_mm=config.lookup_margin_mm)
+        arrays = self.locator.arrays
+        self.arrays = arrays
+        self.is_pixel = np.maximum(arrays.pitch_u, arrays.pitch_v) < config.pixel_max_pitch_mm
+        module_x0 = np.where(self.is_pixel, config.pixel_module_x0, config.strip_module_x0)
+        self.propagator = Propagator(self.locator, module_x0, config)
+        self.ids = detector.ids
+
+    def _layer_of(self, rows: np.ndarray) -> np.ndarray:
+        """Layer index of each crossing row; passive crossings (-1) map to the beam pipe layer."""
+        safe = np.maximum(rows, 0)
+        return np.where(rows >= 0, self.locator.module_layer[safe], self.propagator.n_module_layers)
+
+    def generate(self, pileup: float, rng: np.random.Generator) -> SimulatedEvent:
+        """Simulate one event with mean pile-up ``pileup`` from the generator ``rng``."""
+        config = self.config
+        primaries = generate_primaries(rng, pileup, config)
+        crossings = self.propagator.propagate(
+            primaries.vertex_mm,
+            primaries.momentum_gev,
+            primaries.charge,
+            primaries.mass_gev,
+            rng,
+            tracked=_transverse_momentum(primaries) >= config.pt_min_hits_gev,
+        )
+        by_particle = np.lexsort((crossings.order, crossings.particle))
+        secondaries, born_layer = generate_secondaries(
+            rng,
+            primaries,
+            crossings.particle[by_particle],
+            crossings.position_mm[by_particle],
+            crossings.momentum_gev[by_particle],
+            self._layer_of(crossings.row[by_particle]),
+            config,
+        )
+        secondary_crossings = self.propagator.propagate(
+            secondaries.vertex_mm,
+            secondaries.momentum_gev,
+            secondaries.charge,
+            secondaries.mass_gev,
+            rng,
+            start_layer=born_layer,
+            tracked=_transverse_momentum(secondaries) >= config.pt_min_hits_gev,
+        )
+        particles = ParticleSet.concatenate(primaries, secondaries)
+        all_crossings = _join(crossings, secondary_crossings, len(primaries))
+        return self._assemble(particles, all_crossings, rng)
+
+    def _assemble(
+        self, particles: ParticleSet, crossings: Crossings, rng: np.random.Generator
+    ) -> SimulatedEvent:
+        config = self.config
+        arrays = self.arrays
+        on_module = crossings.row >= 0
+        efficient = rng.uniform(size=int(on_module.sum())) >= config.hit_inefficiency
+        keep = np.flatnonzero(on_module)[efficient]
+        particle = crossings.particle[keep]
+        rows = crossings.row[keep]
+        true_mm = crossings.position_mm[keep]
+        momentum = crossings.momentum_gev[keep]
+        # Flight order counts only the hits that were kept.
+        order = np.lexsort((crossings.order[keep], particle))
+        rank = np.empty(keep.size, dtype=np.int64)
+        first = (
+            np.r_[True, particle[order][1:] != particle[order][:-1]]
+            if keep.size
+            else np.zeros(0, bool)
+        )
+        run_start = (
+            np.maximum.accumulate(np.where(first, np.arange(keep.size), 0)) if keep.size else first
+        )
+        rank[order] = np.arange(keep.size) - run_start
+        measured_mm = smear_on_module(arrays, rows, true_mm, rng)
+
+        # Noise: a fixed fraction of the pixel and of the strip hits, uniform over modules.
+        pixel_rows = np.flatnonzero(self.is_pixel)
+        strip_rows = np.flatnonzero(~self.is_pixel)
+        n_pixel = int(self.is_pixel[rows].sum())
+        n_strip = rows.size - n_pixel
+        noise_parts = []
+        for fraction, n_true, module_rows in (
+            (config.pixel_noise_fraction, n_pixel, pixel_rows),
+            (config.strip_noise_fraction, n_strip, strip_rows),
+        ):
+            n_noise = int(rng.poisson(n_true * fraction / (1.0 - fraction))) if fraction > 0 else 0
+            noise_parts.append(noise_hits(arrays, module_rows, n_noise, rng))
+        noise_rows = np.concatenate([part[0] for part in noise_parts])
+        noise_mm = np.concatenate([part[1] for part in noise_parts])
+
+        # Particle ids: collision in the high bits, serial (primaries then secondaries) below.
+        n_particles = len(particles)
+        by_collision = np.argsort(particles.collision, kind="stable")
+        serial = np.empty(n_particles, dtype=np.int64)
+        counts = (
+            np.bincount(particles.collision, minlength=1) if n_particles else np.zeros(1, np.int64)
+        )
+        serial[by_collision] = np.arange(n_particles) - np.repeat(
+            np.cumsum(counts) - counts, counts
+        )
+        particle_id = ((particles.collision.astype(np.int64) + 1) << _COLLISION_SHIFT) + serial + 1
+
+        all_rows = np.concatenate([rows, noise_rows])
+        sort = np.argsort(all_rows, kind="stable")
+        n_hits = all_rows.size
+        position = np.concatenate([measured_mm, noise_mm])[sort]
+        hit_particle = np.concatenate([particle_id[particle], np.zeros(noise_rows.size, np.int64)])[
+            sort
+        ]
+        truth_mm = np.concatenate([true_mm, noise_mm])[sort]
+        truth_momentum = np.concatenate([momentum, np.zeros((noise_rows.size, 3))])[sort]
+        weight = np.concatenate(
+            [np.full(rows.size, 1.0 / max(rows.size, 1)), np.zeros(noise_rows.size)]
+        )[sort]
+        flight_order = np.concatenate([rank, np.full(noise_rows.size, -1, np.int64)])[sort]
+        ids = self.ids[all_rows[sort]]
+        hit_id = np.arange(1, n_hits + 1, dtype=np.int64)
+
+        hits = pd.DataFrame(
+            {
+                "hit_id": hit_id,
+                "x": position[:, 0].astype(np.float32),
+                "y": position[:, 1].astype(np.float32),
+                "z": position[:, 2].astype(np.float32),
+                "volume_id": ids[:, 0].astype(np.int32),
+                "layer_id": ids[:, 1].astype(np.int32),
+                "module_id": ids[:, 2].astype(np.int32),
+            }
+        )
+        truth = pd.DataFrame(
+            {
+                "hit_id": hit_id,
+                "particle_id": hit_particle,
+                "tx": truth_mm[:, 0].astype(np.float32),
+                "ty": truth_mm[:, 1].astype(np.float32),
+                "tz": truth_mm[:, 2].astype(np.float32),
+                "tpx": truth_momentum[:, 0].astype(np.float32),
+                "tpy": truth_momentum[:, 1].astype(np.float32),
+                "tpz": truth_momentum[:, 2].astype(np.float32),
+                "weight": weight.astype(np.float32),
+            }
+        )
+        nhits = np.bincount(particle, minlength=n_particles)
+        particle_table = pd.DataFrame(
+            {
+                "particle_id": particle_id,
+                "particle_type": particles.pdg.astype(np.int32),
+                "vx": particles.vertex_mm[:, 0].astype(np.float32),
+                "vy": particles.vertex_mm[:, 1].astype(np.float32),
+                "vz": particles.vertex_mm[:, 2].astype(np.float32),
+                "px": particles.momentum_gev[:, 0].astype(np.float32),
+                "py": particles.momentum_gev[:, 1].astype(np.float32),
+                "pz": particles.momentum_gev[:, 2].astype(np.float32),
+                "q": particles.charge.astype(np.int32),
+                "nhits": nhits.astype(np.int32),
+            }
+        )
+        particle_table = particle_table.sort_values("particle_id", kind="stable").reset_index(
+            drop=True
+        )
+        return SimulatedEvent(
+            hits=hits, particles=particle_table, truth=truth, flight_order=flight_order
+        )
+
+
+def _transverse_momentum(particles: ParticleSet) -> np.ndarray:
+    return np.hypot(particles.momentum_gev[:, 0], particles.momentum_gev[:, 1])
+
+
+def _join(first: Crossings, second: Crossings, offset: int) -> Crossings:
+    return Crossings(
+        particle=np.concatenate([first.particle, second.particle + offset]),
+        row=np.concatenate([first.row, second.row]),
+        order=np.concatenate([first.order, second.order]),
+        position_mm=np.concatenate([first.position_mm, second.position_mm]),
+        momentum_gev=np.concatenate([first.momentum_gev, second.momentum_gev]),
+    )
+
+
+# One generator per (detector, config): building the module lookup grid costs more than an event.
+_GENERATORS: weakref.WeakKeyDictionary[Detector, dict[SimulationConfig, EventGenerator]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def event_generator(detector: Detector, config: SimulationConfig | None = None) -> EventGenerator:
+    """The (cached) ``EventGenerator`` of ``detector`` and ``config`` (default config if None)."""
+    config = SimulationConfig() if config is None else config
+    per_detector = _GENERATORS.setdefault(detector, {})
+    if config not in per_detector:
+        per_detector[config] = EventGenerator(detector, config)
+    return per_detector[config]
+
+
+def event_rng(seed: int, event_id: int) -> np.random.Generator:
+    """The random generator of event ``event_id`` under run seed ``seed``."""
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(event_id)])
+    )
+
+
+def generate_event(
+    detector: Detector,
+    event_id: int,
+    pileup: float = 200.0,
+    rng_or_seed: np.random.Generator | int = 0,
+    config: SimulationConfig | None = None,
+) -> SimulatedEvent:
+    """Simulate one event and keep its flight order (see ``simulate_event``)."""
+    rng = (
+        rng_or_seed
+        if isinstance(rng_or_seed, np.random.Generator)
+        else event_rng(rng_or_seed, event_id)
+    )
+    return event_generator(detector, config).generate(float(pileup), rng)
+
+
+def simulate_event(
+    detector: Detector,
+    event_id: int,
+    pileup: float = 200.0,
+    rng_or_seed: np.random.Generator | int = 0,
+    config: SimulationConfig | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Simulate one TrackML-like event.
+
+    Parameters
+    ----------
+    detector : any TrackML-format detector.
+    event_id : the event number (seeds the event together with an integer seed).
+    pileup : mean number of pile-up collisions (Poisson), on top of ``config.signal_collisions``.
+    rng_or_seed : a ``np.random.Generator``, or an int run seed (the generator is then
+        ``default_rng(SeedSequence([seed, event_id]))``).
+    config : simulation parameters; ``SimulationConfig()`` if None.
+
+    Returns
+    -------
+    hits, particles, truth : DataFrames with TrackML's columns (``particle_type``, ``weight``
+        included). Hits are sorted by (volume, layer, module) and numbered 1..N in that order.
+    """
+    event = generate_event(detector, event_id, pileup, rng_or_seed, config)
+    return event.hits, event.particles, event.truth
+
+
+# ---------------------------------------------------------------------- command line
+_WORKER: dict[str, object] = {}
+
+
+def _init_worker(detector: Detector, config: SimulationConfig) -> None:
+    _WORKER["generator"] = EventGenerator(detector, config)
+
+
+def _write_one(directory: Path, event_id: int, pileup: float, seed: int) -> int:
+    generator = _WORKER["generator"]
+    assert isinstance(generator, EventGenerator)
+    event = generator.generate(pileup, event_rng(seed, event_id))
+    write_event(directory, event_id, hits=event.hits, particles=event.particles, truth=event.truth)
+    return len(event.hits)
+
+
+def run_simulate(
+    out: str | os.PathLike[str],
+    detector: str | os.PathLike[str] = "trackml",
+    events: int = 10,
+    pileup: float = 200.0,
+    seed: int = 0,
+    workers: int = 1,
+    config: SimulationConfig | None = None,
+) -> Path:
+    """Simulate ``events`` events into the TrackML event directory ``out`` (atomically).
+
+    Parameters
+    ----------
+    out : output directory (must not exist or be empty).
+    detector : ``"trackml"`` (built-in) or a path to a TrackML ``detectors.csv``.
+    events : number of events; their ids are 1..events.
+    pileup : mean number of pile-up collisions per event.
+    seed : run seed; the same seed gives byte-identical event files.
+    workers : processes; the result does not depend on it.
+    config : simulation parameters; ``SimulationConfig()`` if None.
+
+    Returns
+    -------
+    The output directory, holding ``detectors.csv``, the event files and ``manifest.json``.
+    """
+    if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+        raise InputError(f"--events: must be a positive integer, got {events!r}")
+    if not isinstance(pileup, (int, float)) or not math.isfinite(pileup) or pileup < 0:
+        raise InputError(f"--pileup: must be a finite number >= 0, got {pileup!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InputError(f"--workers: must be a positive integer, got {workers!r}")
+    config = SimulationConfig() if config is None else config
+    geometry = Detector.load(detector)
+    if len(geometry) == 0:
+        raise InputError(f"{detector}: the detector has no modules")
+    out = Path(out)
+    event_ids = list(range(1, events + 1))
+    log.info(
+        "simulate: %d events, pile-up %g, seed %d, detector %s -> %s",
+        events,
+        pileup,
+        seed,
+        detector,
+        out,
+    )
+    with atomic_output_dir(out) as tmp:
+        geometry.to_csv(tmp / "detectors.csv")
+        progress = tqdm(total=events, desc="simulate", unit="event", disable=None)
+        n_hits = 0
+        if workers == 1:
+            _init_worker(geometry, config)
+            for event_id in event_ids:
+                n_hits += _write_one(tmp, event_id, float(pileup), seed)
+                progress.update()
+        else:
+            # Spawned (not forked) workers: safe whatever threads the parent runs.
+            context = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(
+                max_workers=min(workers, events),
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(geometry, config),
+            ) as pool:
+                futures = [
+                    pool.submit(_write_one, tmp, event_id, float(pileup), seed)
+                    for event_id in event_ids
+                ]
+                for future in concurrent.futures.as_completed(futures):
+                    n_hits += future.result()
+                    progress.update()
+        progress.close()
+        write_manifest(
+            tmp,
+            "simulate",
+            config={
+                "events": events,
+                "pileup": float(pileup),
+                "seed": seed,
+                "simulation": to_dict(config),
+            },
+            inputs={"detector": str(detector)},
+            n_events=events,
+            n_hits=n_hits,
+        )
+    log.info("simulate: wrote %d hits in %d events to %s", n_hits, events, out)
+    return out

@@ -1,0 +1,197 @@
+"""Physics of one simulated pile-up 200 event against the TrackML figures (GEOMETRY.md).
+
+Tolerances are about 15% on the headline counts (the generator is tuned, not fitted) and a few
+percentage points on fractions; each check fails if the physics it names breaks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tracklm.detector.geometry import PIXEL_VOLUMES, Detector
+from tracklm.simulate.event import SimulatedEvent, generate_event, simulate_event
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector.load("trackml")
+
+
+@pytest.fixture(scope="module")
+def event(detector: Detector) -> SimulatedEvent:
+    return generate_event(detector, event_id=1, pileup=200.0, rng_or_seed=0)
+
+
+@pytest.fixture(scope="module")
+def pixel_tracks(event: SimulatedEvent) -> pd.DataFrame:
+    """True pixel hits of particles with at least 4 of them, with flight order and distances."""
+    hits, truth = event.hits, event.truth
+    pixel = hits["volume_id"].isin(PIXEL_VOLUMES).to_numpy() & (truth["particle_id"].to_numpy() > 0)
+    table = pd.DataFrame(
+        {
+            "particle_id": truth["particle_id"].to_numpy()[pixel],
+            "volume_id": hits["volume_id"].to_numpy()[pixel],
+            "layer_id": hits["layer_id"].to_numpy()[pixel],
+            "module_id": hits["module_id"].to_numpy()[pixel],
+            "x": hits["x"].to_numpy()[pixel],
+            "y": hits["y"].to_numpy()[pixel],
+            "z": hits["z"].to_numpy()[pixel],
+            "flight": event.flight_order[pixel],
+        }
+    )
+    count = table.groupby("particle_id")["x"].transform("size")
+    return table[count >= 4].reset_index(drop=True)
+
+
+def _pt(particles: pd.DataFrame) -> np.ndarray:
+    return np.hypot(particles["px"].to_numpy(), particles["py"].to_numpy())
+
+
+def test_hit_counts_and_pixel_share(event: SimulatedEvent) -> None:
+    volume = event.hits["volume_id"].to_numpy()
+    n_hits = volume.size
+    pixel = np.isin(volume, PIXEL_VOLUMES)
+    assert 92_000 < n_hits < 124_000  # real: 106-109k
+    assert 0.47 < pixel.mean() < 0.57  # real: 51-52%
+    assert 47_000 < pixel.sum() < 65_000  # real: 54-57k
+    assert 21_000 < (volume == 8).sum() < 30_000  # real: ~25k in the pixel barrel
+    for endcap in (7, 9):
+        assert 12_500 < (volume == endcap).sum() < 17_500  # real: ~15k per pixel endcap
+
+
+def test_noise_rates(event: SimulatedEvent) -> None:
+    noise = event.truth["particle_id"].to_numpy() == 0
+    pixel = event.hits["volume_id"].isin(PIXEL_VOLUMES).to_numpy()
+    assert noise.mean() == pytest.approx(0.15, abs=0.02)
+    assert noise[pixel].mean() == pytest.approx(0.055, abs=0.01)
+    assert np.all(event.truth["weight"].to_numpy()[noise] == 0)
+    assert np.all(event.truth["weight"].to_numpy()[~noise] > 0)
+
+
+def test_pixel_modules_nearly_all_hit(event: SimulatedEvent, detector: Detector) -> None:
+    hits = event.hits[event.hits["volume_id"].isin(PIXEL_VOLUMES)]
+    n_hit = len(hits.drop_duplicates(["volume_id", "layer_id", "module_id"]))
+    n_pixel = int(detector.modules["volume_id"].isin(PIXEL_VOLUMES).sum())
+    assert n_hit >= 0.98 * n_pixel  # real: 3,975 of 4,004
+
+
+def test_particle_spectra(event: SimulatedEvent) -> None:
+    particles = event.particles
+    pt = _pt(particles)
+    assert 10_000 < len(particles) < 15_000  # real: 12-14k
+    assert 9_000 < (particles["nhits"] > 0).sum() < 13_000  # real: 10.5-12k
+    np.testing.assert_allclose(
+        np.quantile(pt, [0.05, 0.25, 0.5, 0.75, 0.95]), [0.12, 0.22, 0.36, 0.63, 1.5], rtol=0.12
+    )
+    assert (particles["q"] > 0).mean() == pytest.approx(0.55, abs=0.02)
+    assert set(np.unique(particles["q"])) == {-1, 1}
+    ids = particles["particle_id"].to_numpy()
+    assert ids.min() > 0 and np.unique(ids).size == ids.size
+    assert {211, -211, 321, 2212}.issubset(set(particles["particle_type"]))
+
+
+def test_vertices_and_secondaries(event: SimulatedEvent) -> None:
+    particles = event.particles
+    radius = np.hypot(particles["vx"].to_numpy(), particles["vy"].to_numpy())
+    secondary = radius > 1.0
+    assert secondary.mean() == pytest.approx(0.30, abs=0.04)
+    assert 95.0 < np.median(radius[secondary]) < 145.0  # real: ~120 mm
+    assert np.median(_pt(particles)[secondary]) == pytest.approx(0.23, rel=0.15)
+    primary = particles[~secondary]
+    assert primary["vz"].std() == pytest.approx(6.0, rel=0.2)
+    assert primary["vx"].std() == pytest.approx(0.04, rel=0.3)
+
+
+def test_eta_of_particles_with_hits_is_flat(event: SimulatedEvent) -> None:
+    particles = event.particles[event.particles["nhits"] > 0]
+    eta = np.arcsinh(particles["pz"].to_numpy() / _pt(particles))
+    np.testing.assert_allclose(np.quantile(eta, [0.25, 0.5, 0.75]), [-1.5, 0.0, 1.5], atol=0.25)
+    assert (
+        np.abs(eta) > 4.0
+    ).mean() < 0.01  # primaries stop at |eta| = 4; a few secondaries beyond
+
+
+def test_pixel_hits_per_particle(pixel_tracks: pd.DataFrame) -> None:
+    count = pixel_tracks.groupby("particle_id").size().to_numpy()
+    fractions = np.bincount(np.minimum(count, 9), minlength=10)[4:] / count.size
+    np.testing.assert_allclose(fractions, [0.23, 0.25, 0.14, 0.07, 0.05, 0.27], atol=0.05)
+
+
+def test_pt_of_pixel_tracks(event: SimulatedEvent, pixel_tracks: pd.DataFrame) -> None:
+    particles = event.particles.set_index("particle_id")
+    pt = _pt(particles.loc[pixel_tracks["particle_id"].unique()])
+    assert np.median(pt) == pytest.approx(0.47, rel=0.1)
+    assert (pt > 1.0).mean() == pytest.approx(0.13, abs=0.03)
+
+
+def test_overlap_double_hits(pixel_tracks: pd.DataFrame) -> None:
+    per_layer = pixel_tracks.groupby(["particle_id", "volume_id", "layer_id"]).size()
+    volume = per_layer.index.get_level_values("volume_id")
+    assert per_layer[volume == 8].mean() == pytest.approx(1.24, abs=0.06)
+    assert per_layer[volume != 8].mean() == pytest.approx(1.6, abs=0.15)
+    with_double = (per_layer >= 2).groupby(level="particle_id").any()
+    assert with_double.mean() == pytest.approx(0.80, abs=0.06)
+    assert not pixel_tracks.duplicated(["particle_id", "volume_id", "layer_id", "module_id"]).any()
+
+
+def test_distance_order_matches_flight_order(pixel_tracks: pd.DataFrame) -> None:
+    table = pixel_tracks.assign(
+        d=np.sqrt(pixel_tracks.x**2 + pixel_tracks.y**2 + pixel_tracks.z**2)
+    )
+    table = table.sort_values(["particle_id", "flight"])
+    rising = np.diff(table["d"].to_numpy()) > 0
+    same = table["particle_id"].to_numpy()[1:] == table["particle_id"].to_numpy()[:-1]
+    broken = np.unique(table["particle_id"].to_numpy()[1:][same & ~rising])
+    fraction = 1.0 - broken.size / table["particle_id"].nunique()
+    assert fraction >= 0.98  # real: 99.2%
+
+
+def test_hits_and_truth_lie_on_their_modules(event: SimulatedEvent, detector: Detector) -> None:
+    hits, truth = event.hits, event.truth
+    rows = detector.rows(hits["volume_id"], hits["layer_id"], hits["module_id"])
+    assert np.all(rows >= 0)
+    # float32 coordinates carry ~1e-4 mm rounding at a metre.
+    measured = hits[["x", "y", "z"]].to_numpy(np.float64)
+    assert detector.contains(rows, measured, tolerance_mm=2e-3).all()
+    true_points = truth[["tx", "ty", "tz"]].to_numpy(np.float64)
+    assert detector.contains(rows, true_points, tolerance_mm=2e-3).all()
+    # Smearing is of order the pitch: pixel hits within 0.1 mm of the truth.
+    pixel = hits["volume_id"].isin(PIXEL_VOLUMES).to_numpy()
+    assert np.percentile(np.linalg.norm(measured - true_points, axis=1)[pixel], 99) < 0.1
+
+
+def test_tables_follow_the_trackml_layout(event: SimulatedEvent) -> None:
+    hits = event.hits
+    np.testing.assert_array_equal(hits["hit_id"], np.arange(1, len(hits) + 1))
+    np.testing.assert_array_equal(event.truth["hit_id"], hits["hit_id"])
+    keys = hits[["volume_id", "layer_id", "module_id"]].to_numpy(np.int64)
+    packed = (keys[:, 0] << 40) | (keys[:, 1] << 24) | keys[:, 2]
+    assert np.all(np.diff(packed) >= 0)
+    true_hits = event.truth[event.truth["particle_id"] > 0]
+    nhits = true_hits.groupby("particle_id").size()
+    listed = event.particles.set_index("particle_id")["nhits"]
+    np.testing.assert_array_equal(listed.loc[nhits.index].to_numpy(), nhits.to_numpy())
+    assert listed.sum() == len(true_hits)
+    # Every true hit carries the particle's momentum there.
+    momentum = np.linalg.norm(true_hits[["tpx", "tpy", "tpz"]].to_numpy(np.float64), axis=1)
+    assert np.all(momentum > 0)
+
+
+def test_same_seed_same_event_different_seed_different(detector: Detector) -> None:
+    first = simulate_event(detector, 3, pileup=5.0, rng_or_seed=11)
+    again = simulate_event(detector, 3, pileup=5.0, rng_or_seed=11)
+    other = simulate_event(detector, 3, pileup=5.0, rng_or_seed=12)
+    for a, b in zip(first, again):
+        pd.testing.assert_frame_equal(a, b)
+    assert not first[0].equals(other[0])
+
+
+def test_pileup_zero_is_one_collision(detector: Detector) -> None:
+    hits, particles, truth = simulate_event(detector, 1, pileup=0.0, rng_or_seed=0)
+    primaries = particles[np.hypot(particles["vx"], particles["vy"]) < 1.0]
+    # Only the signal collision: one primary vertex, a few tens of particles.
+    assert primaries["vz"].nunique() == 1
+    assert 0 < len(particles) < 400
+    assert len(hits) == len(truth) and len(hits) > 0

@@ -1,0 +1,107 @@
+"""``run_simulate`` / ``tracklm simulate``: files, reproducibility, detectors, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracklm.cli import main
+from tracklm.detector.geometry import Detector
+from tracklm.errors import InputError
+from tracklm.io.trackml import list_events, read_event
+from tracklm.simulate.event import run_simulate
+
+EVENT_FILES = [
+    f"event00000000{i}-{part}.csv.gz" for i in (1, 2) for part in ("hits", "particles", "truth")
+]
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sim") / "events"
+    run_simulate(out, detector="trackml", events=2, pileup=10.0, seed=7)
+    return out
+
+
+def test_writes_a_trackml_directory(simulated: Path) -> None:
+    assert list_events(simulated) == [1, 2]
+    assert {p.name for p in simulated.iterdir()} == {"detectors.csv", "manifest.json", *EVENT_FILES}
+    event = read_event(simulated, 2)
+    assert event.hits is not None and len(event.hits) > 100
+    assert event.particles is not None and "particle_type" in event.particles
+    assert event.truth is not None and "weight" in event.truth
+    geometry = Detector.from_csv(simulated / "detectors.csv")
+    assert len(geometry) == len(Detector.load("trackml"))
+    rows = geometry.rows(event.hits["volume_id"], event.hits["layer_id"], event.hits["module_id"])
+    # Through the CSV (7 significant digits) hits stay on their modules.
+    assert geometry.contains(
+        rows, event.hits[["x", "y", "z"]].to_numpy(np.float64), tolerance_mm=5e-3
+    ).all()
+    manifest = json.loads((simulated / "manifest.json").read_text())
+    assert manifest["stage"] == "simulate" and manifest["config"]["seed"] == 7
+    assert set(EVENT_FILES) <= set(manifest["files"])
+
+
+def test_same_seed_gives_identical_bytes(simulated: Path, tmp_path: Path) -> None:
+    again = run_simulate(tmp_path / "again", detector="trackml", events=2, pileup=10.0, seed=7)
+    other = run_simulate(tmp_path / "other", detector="trackml", events=2, pileup=10.0, seed=8)
+    for name in ["detectors.csv", *EVENT_FILES]:
+        assert (again / name).read_bytes() == (simulated / name).read_bytes(), name
+    assert (other / EVENT_FILES[0]).read_bytes() != (simulated / EVENT_FILES[0]).read_bytes()
+
+
+def test_detector_path_and_cli(real_detectors_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "real"
+    status = main(
+        [
+            "simulate",
+            "--out",
+            str(out),
+            "--detector",
+            str(real_detectors_csv),
+            "--events",
+            "1",
+            "--pileup",
+            "3",
+            "--seed",
+            "1",
+        ]
+    )
+    assert status == 0
+    event = read_event(out, 1)
+    assert event.hits is not None and len(event.hits) > 0
+    real = Detector.from_csv(real_detectors_csv)
+    rows = real.rows(event.hits["volume_id"], event.hits["layer_id"], event.hits["module_id"])
+    assert np.all(rows >= 0)
+
+
+def test_bad_detector_is_an_input_error_and_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match=r"no-such\.csv"):
+        run_simulate(out, detector=tmp_path / "no-such.csv", events=1, pileup=1.0)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("volume_id,layer_id\n1,2\n")
+    with pytest.raises(InputError, match="missing column"):
+        run_simulate(out, detector=bad, events=1, pileup=1.0)
+    assert main(["simulate", "--out", str(out), "--detector", str(bad), "--events", "1"]) == 2
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_bad_options_are_input_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--pileup"):
+        run_simulate(tmp_path / "x", pileup=-1.0)
+    with pytest.raises(InputError, match="--events"):
+        run_simulate(tmp_path / "x", events=0)
+
+
+@pytest.mark.slow
+def test_workers_do_not_change_the_files(simulated: Path, tmp_path: Path) -> None:
+    parallel = run_simulate(
+        tmp_path / "parallel", detector="trackml", events=2, pileup=10.0, seed=7, workers=2
+    )
+    for name in ["detectors.csv", *EVENT_FILES]:
+        assert (parallel / name).read_bytes() == (simulated / name).read_bytes(), name
