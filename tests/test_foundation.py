@@ -129,3 +129,16 @@ def test_cli_help_lists_every_verb() -> None:
     text = cli.build_parser().format_help()
     for verb in ("simulate", "prepare", "pretrain", "evaluate", "embed", "finetune", "export", "demo"):
         assert verb in text
+
+
+def test_atomic_outputs_get_umask_permissions(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            write_json(tmp / "a.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "a.json").stat().st_mode & 0o777 == 0o644

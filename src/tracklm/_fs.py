@@ -14,6 +14,12 @@ from typing import Any
 from tracklm.errors import InputError
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` that becomes ``path`` only on success.
@@ -33,6 +39,8 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
             raise InputError(f"{final}: output already exists (choose another --out or remove it)")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    # mkdtemp makes the directory private (0700); the result should get the usual permissions.
+    tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
     except BaseException:
@@ -51,6 +59,7 @@ def atomic_output_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(0o666 & ~_umask())
     try:
         yield tmp
     except BaseException:
