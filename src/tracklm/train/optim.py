@@ -1,0 +1,66 @@
+"""AdamW with BERT's weight-decay exclusions, and the warm-up + linear-decay learning-rate schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split parameters into decayed weights and undecayed biases, norms and embeddings.
+
+    Parameters
+    ----------
+    model : the network.
+    weight_decay : decay of the weight matrices of linear layers (and other non-excluded tensors).
+
+    Returns
+    -------
+    Two AdamW parameter groups; every trainable parameter appears exactly once (tied weights once).
+    """
+    no_decay: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        exempt_module = isinstance(module, (nn.Embedding, nn.LayerNorm))
+        for name, parameter in module.named_parameters(recurse=False):
+            if exempt_module or name.endswith("bias"):
+                no_decay[id(parameter)] = parameter
+    decay = [p for p in model.parameters() if p.requires_grad and id(p) not in no_decay]
+    undecayed = [p for p in no_decay.values() if p.requires_grad]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": undecayed, "weight_decay": 0.0},
+    ]
+
+
+def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear from 0 to 1 over ``warmup_steps``, then linear to 0 at ``total_steps``.
+
+    Returns a function of the optimiser step (0-based) for ``torch.optim.lr_scheduler.LambdaLR``.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    warmup_steps: int,
+    total_steps: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over ``parameter_groups`` and its per-step ``LambdaLR`` schedule."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=lr, betas=betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_linear_decay(warmup_steps, total_steps)
+    )
+    return optimizer, schedule

@@ -1,0 +1,350 @@
+"""``tracklm pretrain``: train TrackingBERT on a prepared dataset and write the run directory.
+
+Run directory::
+
+    RUN/run.json            the resolved config, seed, dataset and vocabulary hash (for --resume)
+    RUN/checkpoints/last.ckpt   Lightning checkpoint, every ``checkpoint_every`` steps and at the end
+    RUN/logs/               CSV logs (and TensorBoard logs where tensorboard is installed)
+    RUN/model/              the final model (``TrackingBert.from_pretrained``), written atomically
+    RUN/metrics.json        final validation metrics and training throughput
+    RUN/manifest.json       stage "pretrain": inputs, config, metrics, versions, file hashes
+
+``--resume`` continues from ``checkpoints/last.ckpt`` with the step count, learning-rate schedule,
+optimiser state and data order of the interrupted run; an uninterrupted run and an interrupted
+and resumed one of the same length give the same weights.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from tracklm import config as config_lib
+from tracklm._fs import atomic_output_dir, write_json
+from tracklm.data.batches import input_width
+from tracklm.errors import InputError
+from tracklm.io.dataset import PreparedDataset, open_dataset
+from tracklm.manifest import write_manifest
+from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.train.config import PretrainConfig, load_pretrain_config
+from tracklm.train.module import PretrainData, PretrainModule
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+MODEL_DIR = "model"
+
+
+def run_pretrain(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    preset: str = "tiny",
+    config: str | os.PathLike[str] | None = None,
+    max_steps: int | None = None,
+    max_time: float | None = None,
+    batch_size: int | None = None,
+    devices: str = "1",
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    accelerator: str = "auto",
+    resume: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Pre-train TrackingBERT (the ``tracklm pretrain`` verb).
+
+    Parameters
+    ----------
+    data : dataset directory from ``tracklm prepare``.
+    out : run directory; must be new (or empty) unless ``resume``.
+    preset : ``tiny``, ``small`` or ``paper`` (ignored with ``resume``: the run keeps its config).
+    config : YAML file of ``PretrainConfig`` keys overriding the preset (or the resumed run's config).
+    max_steps : optimiser steps of the run (overrides the config; may extend a resumed run).
+    max_time : wall-clock minutes for this invocation; training stops then and the model is written.
+    batch_size : pairs per batch per device (overrides the config).
+    devices, num_nodes, strategy, accelerator : passed to ``lightning.pytorch.Trainer``
+        (e.g. ``devices="2", strategy="ddp"`` for data-parallel training).
+    resume : continue the run in ``out`` from ``checkpoints/last.ckpt``.
+    seed : random seed of a new run (a resumed run keeps its own).
+
+    Returns
+    -------
+    The run directory.
+    """
+    dataset = open_dataset(data)
+    run = Path(out)
+    overrides = {"max_steps": max_steps, "batch_size": batch_size}
+    first_process = _process_rank() == 0
+    if resume:
+        cfg, seed = _resumed_settings(run, dataset, config, overrides)
+        checkpoint = run / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if not checkpoint.is_file():
+            log.warning("%s: no checkpoint yet; starting the run again from step 0", checkpoint)
+            checkpoint = None
+    else:
+        cfg = load_pretrain_config(preset, None if config is None else str(config), overrides)
+        checkpoint = None
+        # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
+        if first_process:
+            if run.exists() and (not run.is_dir() or any(run.iterdir())):
+                raise InputError(
+                    f"--out: {run} already exists and is not empty (use --resume to continue it)"
+                )
+            run.mkdir(parents=True, exist_ok=True)
+            write_json(run / RUN_FILE, _run_record(dataset, cfg, seed))
+    return train(
+        dataset,
+        run,
+        cfg,
+        seed=seed,
+        checkpoint=checkpoint,
+        max_time=max_time,
+        trainer_options={
+            "devices": _parse_devices(devices),
+            "num_nodes": num_nodes,
+            "strategy": strategy,
+            "accelerator": accelerator,
+        },
+    )
+
+
+def train(
+    dataset: PreparedDataset,
+    run: Path,
+    config: PretrainConfig,
+    *,
+    seed: int,
+    checkpoint: Path | None = None,
+    max_time: float | None = None,
+    trainer_options: dict[str, Any] | None = None,
+    callbacks: list[Callback] | None = None,
+) -> Path:
+    """Train in ``run`` (which holds ``run.json``) and write the model, metrics and manifest.
+
+    Parameters
+    ----------
+    dataset : the opened dataset.
+    run : run directory.
+    config : resolved options.
+    seed : run seed.
+    checkpoint : Lightning checkpoint to resume from, or None.
+    max_time : wall-clock minutes of this invocation, or None.
+    trainer_options : extra ``Trainer`` arguments (devices, num_nodes, strategy, accelerator).
+    callbacks : extra Lightning callbacks.
+    """
+    options = {
+        "accelerator": "auto",
+        "devices": 1,
+        "strategy": "auto",
+        "num_nodes": 1,
+        **(trainer_options or {}),
+    }
+    vocab = dataset.vocab
+    max_length = dataset.split("train").max_length
+    width = input_width(max_length, config.pairing)
+    model_config = _model_config(config, vocab_size=len(vocab), width=width)
+    pl.seed_everything(seed, verbose=False)
+    model = TrackingBert(model_config)
+    module = PretrainModule(model, config, seed)
+    data = PretrainData(dataset.path, vocab, config, seed)
+
+    checkpointing = ModelCheckpoint(
+        dirpath=run / CHECKPOINT_DIR,
+        every_n_train_steps=config.checkpoint_every,
+        save_top_k=0,
+        save_last=True,
+        enable_version_counter=False,
+    )
+    all_callbacks: list[Callback] = [checkpointing]
+    timer = None
+    if max_time is not None:
+        timer = _InvocationTimer(
+            duration=_dt.timedelta(minutes=max_time), interval="step", verbose=False
+        )
+        all_callbacks.append(timer)
+    stopper = None
+    if config.early_stopping_patience is not None:
+        stopper = EarlyStopping(
+            monitor="val/loss", mode="min", patience=config.early_stopping_patience,
+            check_on_train_epoch_end=False, strict=False,
+        )  # fmt: skip
+        all_callbacks.append(stopper)
+    all_callbacks += callbacks or []
+
+    trainer = pl.Trainer(
+        **options,
+        precision=_precision(config.precision, options["accelerator"]),
+        max_steps=config.max_steps,
+        max_epochs=-1,
+        val_check_interval=config.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        gradient_clip_val=config.gradient_clip,
+        callbacks=all_callbacks,
+        logger=_loggers(run),
+        log_every_n_steps=max(1, min(50, config.val_every // 5)),
+        use_distributed_sampler=False,
+        default_root_dir=run,
+    )
+    started = time.perf_counter()
+    # Our checkpoints hold tensors and plain data only: load them without unpickling code.
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
+    wall_seconds = time.perf_counter() - started
+    trainer.save_checkpoint(run / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
+
+    val_metrics: dict[str, float] = {}
+    if data.n_val_batches > 0:
+        results = trainer.validate(module, datamodule=data, verbose=False)
+        val_metrics = {key.removeprefix("val/"): float(value) for key, value in results[0].items()}
+    if not trainer.is_global_zero:
+        return run
+
+    stopped_by = "max_steps"
+    if trainer.global_step < config.max_steps:
+        if stopper is not None and stopper.wait_count >= stopper.patience:
+            stopped_by = "early_stopping"
+        elif timer is not None and (timer.time_remaining() or 0.0) <= 0:
+            stopped_by = "max_time"
+        else:
+            stopped_by = "interrupted"
+    world = trainer.world_size
+    metrics = {
+        "step": trainer.global_step,
+        "stopped_by": stopped_by,
+        "val": val_metrics,
+        "train": {
+            "pairs_seen": trainer.global_step * config.batch_size * world,
+            "pairs_per_second": module.pairs_per_second * world,
+            "wall_seconds": wall_seconds,
+            "devices": world,
+            "precision": str(trainer.precision),
+        },
+    }
+    card = {
+        "data": str(dataset.path),
+        "selection": dataset.manifest.get("selection"),
+        "order": dataset.manifest.get("order"),
+        "steps": trainer.global_step,
+        "pairs_seen": metrics["train"]["pairs_seen"],
+        "pairing": config.pairing,
+        "pair_task": config.pair_task,
+        "validation": val_metrics,
+    }
+    with atomic_output_dir(run / MODEL_DIR, overwrite=True) as tmp:
+        module.model.to("cpu")
+        module.model.save_pretrained(tmp, vocab, card=card)
+    write_json(run / "metrics.json", metrics)
+    write_manifest(
+        run,
+        "pretrain",
+        inputs={
+            "data": str(dataset.path),
+            "data_manifest_created": dataset.manifest.get("created"),
+        },
+        vocab_sha256=vocab.sha256,
+        seed=seed,
+        config=config.to_dict(),
+        model=model_config.to_dict(),
+        metrics=metrics,
+    )
+    log.info(
+        "pretrain: %d steps, val %s, model in %s", trainer.global_step, val_metrics, run / MODEL_DIR
+    )
+    return run
+
+
+class _InvocationTimer(Timer):
+    """``Timer`` that limits this invocation: a resumed run gets its full ``--max-time`` again."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        return None
+
+
+def _model_config(config: PretrainConfig, *, vocab_size: int, width: int) -> TrackingBertConfig:
+    overrides = dict(config.model_overrides)
+    overrides["vocab_size"] = vocab_size
+    overrides["max_length"] = max(width, int(overrides.get("max_length", width)))
+    return TrackingBertConfig.preset(config.model, **overrides)
+
+
+def _run_record(dataset: PreparedDataset, config: PretrainConfig, seed: int) -> dict[str, Any]:
+    return {
+        "data": str(dataset.path),
+        "vocab_sha256": dataset.vocab.sha256,
+        "seed": seed,
+        "config": config.to_dict(),
+    }
+
+
+def _resumed_settings(
+    run: Path,
+    dataset: PreparedDataset,
+    config_path: str | os.PathLike[str] | None,
+    overrides: dict[str, Any],
+) -> tuple[PretrainConfig, int]:
+    record_path = run / RUN_FILE
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        raise InputError(
+            f"--resume: {record_path} not found (not a tracklm pretrain run)"
+        ) from None
+    except json.JSONDecodeError:
+        raise InputError(f"{record_path}: not valid JSON") from None
+    if record.get("vocab_sha256") != dataset.vocab.sha256:
+        raise InputError(
+            f"{dataset.path / 'vocab.json'}: vocabulary sha256 {dataset.vocab.sha256[:12]} differs from "
+            f"the run's {str(record.get('vocab_sha256'))[:12]} ({record_path}); resume with the run's dataset"
+        )
+    cfg = config_lib.from_dict(PretrainConfig, record.get("config", {}), where=str(record_path))
+    if config_path is not None:
+        cfg = config_lib.merge(cfg, config_lib.read_yaml(config_path), where=str(config_path))
+    extra = {key: value for key, value in overrides.items() if value is not None}
+    if extra:
+        cfg = config_lib.merge(cfg, extra, where="options")
+    return cfg, int(record.get("seed", 0))
+
+
+def _process_rank() -> int:
+    """Global rank of this process as launchers announce it (0 outside distributed launches)."""
+    for key in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if key in os.environ:
+            return int(os.environ[key])
+    # Lightning's own launcher starts the other local ranks with LOCAL_RANK (and NODE_RANK).
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
+def _parse_devices(devices: str | int) -> str | int:
+    text = str(devices).strip()
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
+
+
+def _precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if cuda else "32-true"
+
+
+def _loggers(run: Path) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=run, name="logs")]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return loggers
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers.append(TensorBoardLogger(save_dir=run / "logs", name="tensorboard"))
+    return loggers

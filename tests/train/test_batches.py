@@ -1,0 +1,100 @@
+"""Batches: deterministic per step, disjoint across ranks, consistent with the tracks, resumable."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from synthetic import make_synthetic_dataset
+
+from tracklm.data.batches import PairBatches, StepSampler, input_width, step_loader
+from tracklm.data.masking import IGNORE_INDEX, MaskSchedule
+from tracklm.io.dataset import open_dataset
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return open_dataset(make_synthetic_dataset(tmp_path_factory.mktemp("data"), 20, 30, seed=1))
+
+
+def batches(dataset, **kwargs) -> PairBatches:
+    options = {
+        "batch_size": 16, "seed": 3, "pairing": "event", "pair_task": "pt",
+        "mask_schedule": MaskSchedule(rates=(0.15, 0.5), boundaries=(40,)),
+    }  # fmt: skip
+    options.update(kwargs)
+    return PairBatches(dataset.path / "train", dataset.vocab, **options)
+
+
+def test_batch_is_a_function_of_seed_and_step(dataset):
+    first, again = batches(dataset), batches(dataset)
+    steps_per_epoch = first.batches_per_epoch
+    assert steps_per_epoch == first.n_pairs // 16 and first.n_pairs == 16 * 30
+    for step in (0, 5, steps_per_epoch + 2, 45):
+        a, b = first[step], again[step]
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert not torch.equal(first[1]["input_ids"], first[2]["input_ids"])
+    assert not torch.equal(first[0]["input_ids"], batches(dataset, seed=4)[0]["input_ids"])
+    # the next data epoch draws new pairs
+    assert not np.array_equal(first.pairs(0).index_a, first.pairs(1).index_a)
+
+
+def test_batch_contents_follow_the_tracks(dataset):
+    data = batches(dataset)
+    split = dataset.split("train")
+    batch = data[3]
+    pairs = data.batch_pairs(3)
+    width = input_width(split.max_length, "event")
+    assert batch["input_ids"].shape == (16, width) and batch["input_ids"].dtype == torch.int64
+    assert (
+        batch["attention_mask"].dtype == torch.bool and batch["pair_labels"].dtype == torch.float32
+    )
+    labels = batch["labels"].numpy()
+    ids = batch["input_ids"].numpy()
+    for row in range(16):
+        a, b = pairs.index_a[row], pairs.index_b[row]
+        la, lb = split.lengths[a], split.lengths[b]
+        original = np.r_[split.tokens[a, :la], split.tokens[b, :lb]]
+        positions = np.r_[1 : 1 + la, la + 2 : la + 2 + lb]
+        # labelled positions carry the original module, the others are shown unchanged
+        chosen = labels[row, positions] != IGNORE_INDEX
+        np.testing.assert_array_equal(labels[row, positions][chosen], original[chosen])
+        np.testing.assert_array_equal(ids[row, positions][~chosen], original[~chosen])
+        assert chosen[:la].any() and chosen[la:].any()
+        assert batch["pair_labels"][row] == float(split.pt[b] > split.pt[a])
+    assert int(batch["step"]) == 3
+
+
+def test_ranks_take_disjoint_pairs_of_each_epoch(dataset):
+    ranks = [batches(dataset, rank=r, world_size=2) for r in range(2)]
+    per_epoch = ranks[0].batches_per_epoch
+    assert per_epoch == ranks[0].n_pairs // 32
+    seen = [
+        np.concatenate([data.batch_pairs(step).index_a for step in range(per_epoch)])
+        for data in ranks
+    ]
+    assert not set(seen[0]) & set(seen[1])
+    assert len(set(seen[0])) == len(seen[0]) == 16 * per_epoch
+
+
+def test_step_sampler_resumes_where_the_run_stopped_and_loader_keeps_order(dataset):
+    assert list(StepSampler(6)) == list(range(6))
+    position = {"step": 4}
+    sampler = StepSampler(6, first_step=lambda: position["step"])
+    assert len(sampler) == 6 and list(sampler) == [4, 5]
+    data = batches(dataset)
+    loader = step_loader(data, StepSampler(3))
+    for step, batch in enumerate(loader):
+        torch.testing.assert_close(batch["input_ids"], data[step]["input_ids"])
+
+
+def test_pickled_batches_reopen_the_memory_map_instead_of_copying(dataset):
+    data = batches(dataset)
+    data[0]  # opens the memory maps
+    clone = pickle.loads(pickle.dumps(data))
+    assert clone._tokens is None  # a worker reopens the split itself
+    torch.testing.assert_close(clone[7]["input_ids"], data[7]["input_ids"])

@@ -1,0 +1,47 @@
+"""Optimiser: no weight decay on norms, biases and embeddings; warm-up then linear decay."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.train.optim import build_optimizer, parameter_groups, warmup_linear_decay
+
+
+def test_weight_decay_skips_norms_biases_and_embeddings():
+    model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=50))
+    decay, no_decay = parameter_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in decay["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[i] for i in ids}
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert not ids & {id(p) for p in no_decay["params"]}
+    assert all(n.endswith("weight") and "norm" not in n and "embeddings" not in n for n in decayed)
+    assert "embeddings.token.weight" in undecayed  # tied with the masked-module decoder
+    assert "mlm_head.bias" in undecayed
+    assert any("norm" in n for n in undecayed)
+    assert "blocks.0.attention.qkv.weight" in decayed
+
+
+def test_learning_rate_warms_up_then_decays_linearly_to_zero():
+    factor = warmup_linear_decay(warmup_steps=10, total_steps=110)
+    values = [factor(s) for s in range(111)]
+    assert values[0] == pytest.approx(1 / 11)
+    assert all(b > a for a, b in itertools.pairwise(values[:11]))  # rising during warm-up
+    assert values[10] == pytest.approx(1.0)
+    assert values[60] == pytest.approx(0.5)
+    assert values[110] == 0.0
+    model = torch.nn.Linear(3, 3)
+    optimizer, schedule = build_optimizer(
+        model, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), warmup_steps=10, total_steps=110
+    )
+    assert isinstance(optimizer, torch.optim.AdamW)
+    for _ in range(60):
+        optimizer.step()
+        schedule.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
