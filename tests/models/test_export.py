@@ -1,0 +1,79 @@
+"""ONNX export: onnxruntime reproduces the PyTorch model; bad inputs are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tracklm.data.sequences import encode_pairs
+from tracklm.detector.vocab import ModuleVocab
+from tracklm.errors import InputError
+from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.models.export import run_export
+
+
+def make_vocab(n_modules: int = 40) -> ModuleVocab:
+    return ModuleVocab(
+        np.stack([np.full(n_modules, 8), np.full(n_modules, 2), np.arange(n_modules)], 1)
+    )
+
+
+def make_inputs(vocab: ModuleVocab, batch: int, width: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Pairs of random tracks of 2 to 4 hits (so they fit ``width``), padded to ``width``."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(vocab.num_special, len(vocab), (2, batch, 4))
+    lengths = rng.integers(2, 5, (2, batch))
+    enc = encode_pairs(tokens[0], lengths[0], tokens[1], lengths[1], vocab, width)
+    return tuple(
+        torch.from_numpy(x) for x in (enc.input_ids, enc.token_type_ids, enc.attention_mask)
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    vocab = make_vocab()
+    torch.manual_seed(0)
+    model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=len(vocab))).eval()
+    directory = tmp_path_factory.mktemp("run") / "model"
+    model.save_pretrained(directory, vocab)
+    return directory
+
+
+def test_onnx_matches_pytorch(model_dir, tmp_path) -> None:
+    pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (extra 'export')")
+    ort = pytest.importorskip(
+        "onnxruntime", reason="parity check needs onnxruntime (extra 'export')"
+    )
+    out = run_export(model_dir, "onnx", tmp_path / "sub" / "model.onnx")
+    assert out.is_file() and not list(out.parent.glob(".*tmp*"))
+    model = TrackingBert.from_pretrained(model_dir)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    for batch, width in ((7, 19), (3, 12)):
+        # another batch size and width than the export example, with padding
+        ids, types, attn = make_inputs(model.vocab, batch, width, seed=batch)
+        with torch.no_grad():
+            expected = model(ids, types, attn)
+        mlm, pair = session.run(
+            None,
+            {
+                "input_ids": ids.numpy(),
+                "token_type_ids": types.numpy(),
+                "attention_mask": attn.numpy(),
+            },
+        )
+        assert mlm.shape == (batch, width, len(model.vocab)) and pair.shape == (batch,)
+        real = attn.numpy()
+        np.testing.assert_allclose(
+            mlm[real], expected.mlm_logits.numpy()[real], atol=1e-4, rtol=1e-4
+        )
+        np.testing.assert_allclose(pair, expected.pair_logits.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_bad_model_dir(tmp_path) -> None:
+    with pytest.raises(InputError, match="no model directory"):
+        run_export(tmp_path / "absent", "onnx", tmp_path / "m.onnx")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"config\.json"):
+        run_export(tmp_path / "empty", "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
