@@ -1,0 +1,296 @@
+"""``tracklm prepare``: a TrackML event directory -> a tokenized track dataset.
+
+Writes (atomically) ``manifest.json``, ``vocab.json``, ``modules.parquet`` and ``train/``,
+``val/``, ``test/`` (``tracklm.io.dataset`` layout). Events are streamed: read one event, extract
+its tracks, append them to its split's writer, so memory stays at a few events whatever their
+number. With ``workers > 1`` events are read in a process pool and written in event order, so the
+dataset is the same as with one worker.
+
+Event split rule (``split_events``): the sorted event ids are shuffled with
+``numpy.random.default_rng(seed)``; the first ``n_test`` go to test, the next ``n_val`` to
+validation, the rest to training, where ``n = round(fraction * n_events)``. With at least 3 events
+a split whose fraction is above 0 gets at least one event, and training always keeps at least one.
+Each split lists its events in increasing order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from tracklm._fs import atomic_output_dir
+from tracklm.data.tracks import ORDERS, Selection, check_modules, extract_tracks, get_selection
+from tracklm.detector.geometry import Detector
+from tracklm.detector.vocab import ModuleVocab
+from tracklm.errors import InputError
+from tracklm.io.dataset import SPLITS, SplitWriter, TrackArrays, modules_table
+from tracklm.io.trackml import event_path, list_events, read_part
+from tracklm.manifest import sha256_file, write_manifest
+
+logger = logging.getLogger(__name__)
+
+EVENT_PARTS = ("hits", "particles", "truth")
+# Events in flight per worker: enough to keep the pool busy, few enough to bound memory.
+_EVENTS_IN_FLIGHT_PER_WORKER = 2
+
+
+def split_events(
+    event_ids: list[int], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[int]]:
+    """Assign whole events to train, val and test (see the module docstring for the rule).
+
+    Parameters
+    ----------
+    event_ids : event numbers (any order; duplicates are not allowed).
+    val_fraction, test_fraction : fractions of events in [0, 1) whose sum is below 1.
+    seed : seed of the shuffle; the same ids and seed always give the same split.
+
+    Returns
+    -------
+    ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
+    """
+    for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise InputError(f"{option}: must be in [0, 1), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise InputError(
+            f"--val-fraction + --test-fraction must be below 1 (got {val_fraction} + {test_fraction})"
+        )
+    ids = np.array(sorted(event_ids), dtype=np.int64)
+    n = ids.size
+    sizes = {"val": round(val_fraction * n), "test": round(test_fraction * n)}
+    if n >= 3:
+        for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+            if fraction > 0:
+                sizes[name] = max(sizes[name], 1)
+    # Training keeps at least one event: take back from the larger of val and test.
+    while n and sizes["val"] + sizes["test"] > n - 1:
+        larger = "val" if sizes["val"] >= sizes["test"] else "test"
+        sizes[larger] -= 1
+    shuffled = ids[np.random.default_rng(seed).permutation(n)]
+    n_test, n_val = sizes["test"], sizes["val"]
+    return {
+        "train": sorted(int(i) for i in shuffled[n_test + n_val :]),
+        "val": sorted(int(i) for i in shuffled[n_test : n_test + n_val]),
+        "test": sorted(int(i) for i in shuffled[:n_test]),
+    }
+
+
+def resolve_detector(events: Path, detector: str | os.PathLike[str] | None) -> Detector:
+    """``detector`` if given, else ``EVENTS/detectors.csv`` if present, else the built-in one."""
+    if detector is None:
+        local = events / "detectors.csv"
+        detector = local if local.is_file() else "trackml"
+    return Detector.load(detector)
+
+
+@dataclass
+class _EventResult:
+    event_id: int
+    tracks: TrackArrays | None
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _EventJob:
+    """Everything a worker needs to turn one event into tracks."""
+
+    events: Path
+    detector: Detector
+    vocab: ModuleVocab
+    selection: Selection
+    order: str
+
+
+_WORKER_JOB: _EventJob | None = None
+
+
+def _init_worker(job: _EventJob) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _worker_prepare(event_id: int) -> _EventResult:
+    assert _WORKER_JOB is not None
+    return _prepare_event(_WORKER_JOB, event_id)
+
+
+def _prepare_event(job: _EventJob, event_id: int) -> _EventResult:
+    """Read, check and extract one event; input errors come back as the result's ``error``."""
+    try:
+        paths = {part: event_path(job.events, event_id, part) for part in EVENT_PARTS}
+        tables = {part: read_part(path, part) for part, path in paths.items()}
+        check_modules(tables["hits"], job.detector, paths["hits"])
+        tracks = extract_tracks(
+            tables["hits"],
+            tables["truth"],
+            tables["particles"],
+            job.vocab,
+            job.selection,
+            job.order,
+            event_id=event_id,
+            sources={part: str(path) for part, path in paths.items()},
+        )
+    except InputError as exc:
+        return _EventResult(event_id, None, error=str(exc).splitlines()[0])
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for path in paths.values()
+    }
+    return _EventResult(event_id, tracks, files)
+
+
+def _results_in_order(job: _EventJob, event_ids: list[int], workers: int) -> Iterator[_EventResult]:
+    """Results of ``event_ids`` in the given order, computed by ``workers`` processes."""
+    if workers <= 1 or len(event_ids) <= 1:
+        for event_id in event_ids:
+            yield _prepare_event(job, event_id)
+        return
+    # spawn: worker processes start clean (no inherited pyarrow thread pools).
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(job,)
+    ) as pool:
+        pending: deque[concurrent.futures.Future[_EventResult]] = deque()
+        remaining = iter(event_ids)
+        limit = workers * _EVENTS_IN_FLIGHT_PER_WORKER
+        try:
+            for event_id in remaining:
+                pending.append(pool.submit(_worker_prepare, event_id))
+                if len(pending) >= limit:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def run_prepare(
+    events: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    detector: str | os.PathLike[str] | None = None,
+    selection: str = "pixel-4to8",
+    order: str = "distance",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    workers: int = 1,
+    tolerant: bool = False,
+) -> dict[str, Any]:
+    """Tokenize the events of a TrackML directory into a dataset directory ``out``.
+
+    Parameters
+    ----------
+    events : TrackML event directory (``eventNNNNNNNNN-{hits,particles,truth}.csv[.gz]``).
+    out : dataset directory to create (must not exist, or be empty).
+    detector : ``"trackml"`` or a ``detectors.csv`` path; default ``EVENTS/detectors.csv`` if
+        present, else the built-in detector.
+    selection : a name of ``tracklm.data.tracks.SELECTIONS``.
+    order : hit order, one of ``tracklm.data.tracks.ORDERS``.
+    val_fraction, test_fraction : fractions of events (split by event; see ``split_events``).
+    seed : seed of the event split.
+    workers : processes reading events; the output does not depend on it.
+    tolerant : skip bad events with a warning (recorded in the manifest) instead of failing.
+
+    Returns
+    -------
+    The manifest written to ``out/manifest.json``.
+    """
+    events = Path(events)
+    chosen = get_selection(selection)
+    if order not in ORDERS:
+        raise InputError(f"--order: unknown order {order!r} (choose from {', '.join(ORDERS)})")
+    if workers < 1:
+        raise InputError(f"--workers: must be at least 1, got {workers}")
+    event_ids = list_events(events)
+    if not event_ids:
+        raise InputError(f"{events}: no events (no eventNNNNNNNNN-hits.csv[.gz] files)")
+    split = split_events(event_ids, val_fraction, test_fraction, seed)
+    split_of = {event_id: name for name, ids in split.items() for event_id in ids}
+    geometry = resolve_detector(events, detector)
+    vocab = chosen.vocab(geometry)
+    job = _EventJob(events, geometry, vocab, chosen, order)
+
+    written: dict[str, list[int]] = {name: [] for name in SPLITS}
+    skipped: list[dict[str, Any]] = []
+    input_files: dict[str, dict[str, Any]] = {}
+    with atomic_output_dir(out) as tmp:
+        vocab.save(tmp / "vocab.json")
+        modules_table(vocab, geometry).to_parquet(tmp / "modules.parquet", index=False)
+        with contextlib.ExitStack() as stack:
+            writers = {
+                name: stack.enter_context(SplitWriter(tmp / name, chosen.max_hits))
+                for name in SPLITS
+            }
+            progress = stack.enter_context(
+                tqdm(total=len(event_ids), desc="prepare", unit="event", disable=None)
+            )
+            results = stack.enter_context(
+                contextlib.closing(_results_in_order(job, event_ids, workers))
+            )
+            for result in results:
+                progress.update(1)
+                if result.error is not None:
+                    if not tolerant:
+                        raise InputError(result.error)
+                    logger.warning("skipping event %d: %s", result.event_id, result.error)
+                    skipped.append({"event_id": result.event_id, "reason": result.error})
+                    continue
+                assert result.tracks is not None
+                name = split_of[result.event_id]
+                writers[name].append(result.tracks)
+                written[name].append(result.event_id)
+                input_files.update(result.files)
+            n_tracks = {name: writers[name].n_tracks for name in SPLITS}
+        if skipped and not any(written.values()):
+            raise InputError(
+                f"{events}: all {len(event_ids)} events are bad (first: {skipped[0]['reason']})"
+            )
+        detector_input: dict[str, Any] = {"name": geometry.name}
+        if Path(geometry.name).is_file():
+            detector_input["sha256"] = sha256_file(geometry.name)
+        manifest = write_manifest(
+            tmp,
+            "prepare",
+            n_tracks=n_tracks,
+            events=written,
+            selection=chosen.name,
+            order=order,
+            vocab_sha256=vocab.sha256,
+            max_length=chosen.max_hits,
+            skipped_events=skipped,
+            inputs={
+                "events": str(events.resolve()),
+                "detector": detector_input,
+                "files": input_files,
+            },
+            config={
+                "selection": chosen.to_dict(),
+                "order": order,
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "seed": seed,
+                "tolerant": tolerant,
+            },
+        )
+    logger.info(
+        "prepared %s tracks (train/val/test) from %d events into %s%s",
+        "/".join(str(n_tracks[name]) for name in SPLITS),
+        sum(len(ids) for ids in written.values()),
+        out,
+        f"; skipped {len(skipped)} bad events" if skipped else "",
+    )
+    return manifest
