@@ -130,8 +130,8 @@ def test_non_numeric_value_names_row_and_column(real_table, tmp_path):
     table.loc[6, "module_hv"] = "wide"
     path = tmp_path / "bad.csv"
     table.to_csv(path, index=False)
-    # Data row 6 (0-based) is line 8 of the file: one header line, 1-based numbering.
-    with pytest.raises(InputError, match=r"bad\.csv: row 8, column 'module_hv': not a number"):
+    # Data row 6 (0-based) is row 7 in the project-wide convention: data rows counted from 1, header excluded.
+    with pytest.raises(InputError, match=r"bad\.csv: row 7, column 'module_hv': not a number"):
         Detector.from_csv(path)
 
 

@@ -89,8 +89,7 @@ class Detector:
             values = pd.to_numeric(table[column], errors="coerce")
             bad = np.flatnonzero(values.isna().to_numpy())
             if bad.size:
-                # +2: one for the header line, one for 1-based row numbers.
-                raise InputError(f"{path}: row {int(bad[0]) + 2}, column {column!r}: not a number")
+                raise InputError(f"{path}: row {int(bad[0]) + 1}, column {column!r}: not a number")
             table[column] = values
         for column in ID_COLUMNS:
             table[column] = table[column].astype(np.int32)
