@@ -1,0 +1,278 @@
+"""The one contract that every downstream task follows, and the pieces tasks share.
+
+A task is a frozen ``TaskSpec`` of plain functions (composition, not a class tree):
+
+* ``make_examples(tracks, context, rng) -> Examples``: labelled model inputs made from truth, pure
+  numpy. The modified tracks (``tokens``, ``lengths``) travel with them for baselines.
+* ``make_head(encoder) -> nn.Module``: the task head on top of the encoder's hidden states.
+* ``forward(encoder, head, batch) -> dict of tensors`` and ``loss(outputs, batch) -> tensor``.
+* ``predict(outputs) -> dict of numpy arrays``: the task's predictions.
+* ``metrics(predictions, examples, context) -> dict``: one function scores the fine-tuned model,
+  the zero-shot model and the classical baseline alike, so their numbers compare like for like.
+* ``baseline(examples, context) -> predictions``: a classical method (helix fits).
+* ``zero_shot(encoder, examples, context, batch_size) -> predictions`` or None: the pre-trained
+  masked-module head used without training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tracklm.data.sequences import encode_pairs
+from tracklm.detector.vocab import ModuleVocab
+from tracklm.evaluate.helix import LayerSurfaces
+from tracklm.io.dataset import PreparedDataset, TrackArrays
+from tracklm.models.bert import TrackingBert
+
+IGNORE = -1
+"""Label value meaning "no label" in task label arrays (numpy side)."""
+
+
+@dataclass
+class Examples:
+    """Labelled task examples; B rows.
+
+    Attributes
+    ----------
+    tokens : (B, L) int64 the tracks as the task shows them (hit removed, replaced, truncated...).
+    lengths : (B,) int64 their number of hits.
+    inputs : model inputs: ``input_ids`` (B, W) int64, ``token_type_ids`` (B, W) int64,
+        ``attention_mask`` (B, W) bool.
+    labels : task labels, each (B, ...) numpy arrays; ``IGNORE`` (-1) where a label does not apply.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    inputs: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.lengths.shape[0])
+
+    def take(self, index: np.ndarray | slice) -> Examples:
+        """The examples at ``index``."""
+        return Examples(
+            tokens=self.tokens[index],
+            lengths=self.lengths[index],
+            inputs={k: v[index] for k, v in self.inputs.items()},
+            labels={k: v[index] for k, v in self.labels.items()},
+        )
+
+    def batch(
+        self, index: np.ndarray | slice, device: torch.device | str = "cpu"
+    ) -> dict[str, Tensor]:
+        """Inputs and labels of the examples at ``index`` as tensors on ``device``."""
+        arrays = {**self.inputs, **self.labels}
+        return {
+            k: torch.from_numpy(np.ascontiguousarray(v[index])).to(device)
+            for k, v in arrays.items()
+        }
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What tasks know about the detector, from the prepared dataset.
+
+    Attributes
+    ----------
+    vocab : the dataset's vocabulary.
+    centres_mm : (V, 3) module centre of every token id in mm (NaN for special tokens).
+    surfaces : the layers as surfaces, with per-layer KD-trees of module centres.
+    """
+
+    vocab: ModuleVocab
+    centres_mm: np.ndarray
+    surfaces: LayerSurfaces
+
+    @classmethod
+    def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
+        return cls(
+            vocab=dataset.vocab,
+            centres_mm=dataset.module_centres,
+            surfaces=LayerSurfaces.from_modules(dataset.modules, len(dataset.vocab)),
+        )
+
+    def layer_of(self, tokens: np.ndarray) -> np.ndarray:
+        """Layer index of every token (-1 for special tokens and padding)."""
+        table = self.surfaces.layer_of_token
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return np.where(
+            (tokens >= 0) & (tokens < len(table)), table[np.clip(tokens, 0, len(table) - 1)], -1
+        )
+
+    def centres_of(self, tokens: np.ndarray) -> np.ndarray:
+        """(..., 3) module centres of tokens in mm (NaN for special tokens and padding)."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return self.centres_mm[np.clip(tokens, 0, len(self.centres_mm) - 1)]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A downstream task as a bundle of functions (see the module docstring).
+
+    Attributes
+    ----------
+    name : the ``--task`` name.
+    description : one line for reports.
+    headline : the metric key (in ``metrics``) that summarises the task, e.g. for transfer plots.
+    higher_is_better : direction of ``headline``.
+    """
+
+    name: str
+    description: str
+    make_examples: Callable[[TrackArrays, TaskContext, np.random.Generator], Examples]
+    make_head: Callable[[TrackingBert], nn.Module]
+    forward: Callable[[TrackingBert, nn.Module, dict[str, Tensor]], dict[str, Tensor]]
+    loss: Callable[[dict[str, Tensor], dict[str, Tensor]], Tensor]
+    predict: Callable[[dict[str, Tensor]], dict[str, np.ndarray]]
+    metrics: Callable[[dict[str, np.ndarray], Examples, TaskContext], dict[str, Any]]
+    baseline: Callable[[Examples, TaskContext], dict[str, np.ndarray]]
+    zero_shot: Callable[[TrackingBert, Examples, TaskContext, int], dict[str, np.ndarray]] | None
+    headline: str
+    higher_is_better: bool = True
+
+
+# ----------------------------------------------------------------------------- token arrays
+def track_mask(lengths: np.ndarray, width: int) -> np.ndarray:
+    """(N, width) bool, True on the first ``lengths`` columns."""
+    return np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+
+
+def delete_hit(tokens: np.ndarray, position: np.ndarray, pad_id: int) -> np.ndarray:
+    """Remove the hit at ``position`` (N,) from each track (N, L); the row is padded at the end."""
+    tokens = np.asarray(tokens)
+    width = tokens.shape[1]
+    j = np.arange(width)[None, :]
+    source = np.where(j >= np.asarray(position)[:, None], j + 1, j)
+    out = np.take_along_axis(tokens, np.clip(source, 0, width - 1), axis=1)
+    return np.where(source < width, out, pad_id)
+
+
+def insert_token(tokens: np.ndarray, position: np.ndarray, value: int | np.ndarray) -> np.ndarray:
+    """Insert ``value`` before column ``position`` (N,) of each row (N, L) -> (N, L + 1)."""
+    tokens = np.asarray(tokens)
+    n, width = tokens.shape
+    j = np.arange(width + 1)[None, :]
+    position = np.asarray(position)[:, None]
+    source = np.where(j > position, j - 1, j)
+    out = np.take_along_axis(tokens, np.clip(source, 0, width - 1), axis=1)
+    value = np.broadcast_to(np.asarray(value).reshape(-1, 1) if np.ndim(value) else value, (n, 1))
+    return np.where(j == position, value, out)
+
+
+def single_inputs(
+    tokens: np.ndarray, lengths: np.ndarray, vocab: ModuleVocab, width: int
+) -> dict[str, np.ndarray]:
+    """``[CLS] track [SEP]`` model inputs (hit ``k`` at input position ``1 + k``)."""
+    encoded = encode_pairs(tokens, lengths, None, None, vocab, width)
+    return {
+        "input_ids": encoded.input_ids,
+        "token_type_ids": encoded.token_type_ids,
+        "attention_mask": encoded.attention_mask,
+    }
+
+
+def random_choice_where(allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly chosen True column per row of ``allowed`` (N, K); -1 where a row has none."""
+    keys = np.where(allowed, rng.random(allowed.shape), -1.0)
+    choice = np.argmax(keys, axis=1)
+    return np.where(allowed.any(axis=1), choice, -1)
+
+
+# ----------------------------------------------------------------------------- heads
+class ModuleDecoder(nn.Module):
+    """Scores every token from a representation: transform, then the encoder's embedding table.
+
+    Same shape as the pre-trained masked-module head (dense + GELU + LayerNorm, decoder tied to the
+    token embeddings, own bias), so it can start from that head's weights.
+
+    Parameters
+    ----------
+    in_features : width of the representation fed in (d, or 2d for a pair of positions).
+    hidden_size, vocab_size : d and v of the encoder.
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, vocab_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
+        self.bias = nn.Parameter(torch.zeros(vocab_size))
+
+    def forward(self, x: Tensor, token_embedding: Tensor) -> Tensor:
+        """(…, in_features) and the (v, d) embedding table -> (…, v) logits."""
+        return F.linear(self.norm(F.gelu(self.dense(x))), token_embedding, self.bias)
+
+    def load_masked_module_head(self, encoder: TrackingBert) -> None:
+        """Start from the encoder's pre-trained masked-module head (needs ``in_features == d``)."""
+        self.load_state_dict(encoder.mlm_head.state_dict())
+
+
+def track_classifier(hidden_size: int, outputs: int) -> nn.Module:
+    """Pooler (dense + tanh) then a linear layer: ``[CLS]`` state (…, d) -> (…, outputs)."""
+    return nn.Sequential(
+        nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, outputs)
+    )
+
+
+def module_logits_only(logits: Tensor, vocab_size: int, num_special: int) -> Tensor:
+    """Logits with the special tokens made impossible (a prediction must be a module)."""
+    special = torch.arange(vocab_size, device=logits.device) < num_special
+    return logits.masked_fill(special, float("-inf"))
+
+
+def encode_batch(encoder: TrackingBert, batch: dict[str, Tensor]) -> Tensor:
+    """(B, W, d) hidden states of a task batch."""
+    return encoder.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+
+
+@torch.no_grad()
+def masked_module_logits(
+    encoder: TrackingBert,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    positions: np.ndarray,
+    batch_size: int,
+    reduce: Callable[[Tensor, slice], Tensor],
+) -> np.ndarray:
+    """Run the pre-trained masked-module head at one position per sequence, in batches.
+
+    Parameters
+    ----------
+    encoder : the pre-trained model (eval mode is set here).
+    input_ids : (B, W) token ids (with ``[MASK]`` where wanted); single-track segment ids.
+    attention_mask : (B, W) bool.
+    positions : (B,) input position whose logits are read.
+    batch_size : sequences per forward pass.
+    reduce : maps the (b, v) logits of a batch and the batch's slice of the B rows to what is kept
+        (e.g. the log-probability of each row's own token), so no (B, v) matrix is held at once.
+
+    Returns
+    -------
+    The concatenation of ``reduce`` over batches, as numpy.
+    """
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    out = []
+    for start in range(0, len(input_ids), batch_size):
+        stop = start + batch_size
+        ids = torch.from_numpy(input_ids[start:stop]).to(device)
+        mask = torch.from_numpy(attention_mask[start:stop]).to(device)
+        rows = torch.arange(len(ids), device=device)
+        where = torch.stack([rows, torch.from_numpy(positions[start:stop]).to(device)], dim=1)
+        logits = encoder.predict_masked(ids, torch.zeros_like(ids), mask, where).float()
+        out.append(reduce(logits, slice(start, stop)).cpu().numpy())
+    if not out:
+        return np.zeros((0,))
+    return np.concatenate(out)
+
+
+def top_k_modules(logits: Tensor, vocab: ModuleVocab, k: int = 5) -> Tensor:
+    """(b, k) best module tokens of (b, v) logits (special tokens excluded)."""
+    return module_logits_only(logits, logits.shape[-1], vocab.num_special).topk(k, dim=-1).indices

@@ -1,0 +1,478 @@
+"""``tracklm finetune``: train a downstream task head on a pre-trained TrackingBERT, and score it.
+
+Transfer modes (``--mode``):
+
+* ``finetune``: the pre-trained encoder and a new head are trained together (the encoder at a
+  smaller learning rate).
+* ``frozen``: the pre-trained encoder is fixed (weights and dropout), only the head is trained.
+* ``scratch``: the same architecture, randomly initialised (seeded), trained with the head: what
+  the data alone teach, the reference for what pre-training is worth.
+
+Training is a small Lightning loop (AdamW, linear warm-up then linear decay) on examples made from
+the ``train`` split, validated on ``val``; the result is scored on ``test`` beside the task's
+classical baseline and its zero-shot use of the pre-trained masked-module head. Output::
+
+    RUN2/metrics.json   {"task", "mode", "train_size", "metrics", "baseline", "zero_shot", ...}
+    RUN2/model/         encoder (save_pretrained) + head.safetensors + head.json
+    RUN2/manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from tracklm import config as config_lib
+from tracklm._fs import atomic_output_dir, atomic_output_file, write_json
+from tracklm.errors import InputError
+from tracklm.io.dataset import PreparedDataset, open_dataset
+from tracklm.manifest import write_manifest
+from tracklm.models.bert import TrackingBert
+from tracklm.tasks import extrapolate, holes, outliers, pt
+from tracklm.tasks.common import Examples, TaskContext, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (holes.SPEC, outliers.SPEC, extrapolate.SPEC, pt.SPEC)
+}
+MODES = ("finetune", "frozen", "scratch")
+HEAD_WEIGHTS_FILE = "head.safetensors"
+HEAD_FILE = "head.json"
+
+
+@dataclass
+class FinetuneConfig:
+    """Fine-tuning options (defaults match ``configs/tasks/default.yaml``).
+
+    Attributes
+    ----------
+    batch_size : tracks per optimiser step.
+    learning_rate : AdamW learning rate of the head (and of the encoder in ``scratch`` mode).
+    encoder_learning_rate : learning rate of the pre-trained encoder in ``finetune`` mode.
+    weight_decay : AdamW weight decay.
+    warmup_steps : linear warm-up steps, then linear decay to zero at ``max_steps``.
+    max_steps : optimiser steps unless ``--max-steps`` is given.
+    val_every : validate every this many steps.
+    val_tracks : at most this many ``val`` tracks for validation.
+    eval_tracks : at most this many ``test`` tracks for the final scores.
+    eval_batch_size : sequences per forward pass when scoring.
+    accelerator : Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+    """
+
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    encoder_learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    val_every: int = 250
+    val_tracks: int = 5000
+    eval_tracks: int = 20000
+    eval_batch_size: int = 1024
+    accelerator: str = "auto"
+
+
+# ----------------------------------------------------------------------------- encoder per mode
+def load_encoder(model: str | os.PathLike[str], mode: str, seed: int) -> TrackingBert:
+    """The encoder a transfer mode starts from: pre-trained, or the same architecture at random.
+
+    Parameters
+    ----------
+    model : pre-trained model directory.
+    mode : ``finetune``, ``frozen`` or ``scratch``.
+    seed : seeds the random initialisation in ``scratch`` mode.
+    """
+    if mode not in MODES:
+        raise InputError(f"--mode: unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    pretrained = TrackingBert.from_pretrained(model)
+    if mode != "scratch":
+        return pretrained
+    torch.manual_seed(seed)
+    fresh = TrackingBert(pretrained.config)
+    fresh.vocab = pretrained.vocab
+    return fresh
+
+
+def freeze(encoder: TrackingBert) -> None:
+    """Fix the encoder: no gradients, and eval mode (no dropout)."""
+    encoder.requires_grad_(False)
+    encoder.eval()
+
+
+# ----------------------------------------------------------------------------- examples
+def sample_tracks(dataset: PreparedDataset, split: str, n: int | None, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """At most ``n`` tracks of ``split``, drawn without replacement (all, in order, if n is None)."""
+    tracks = dataset.split(split)
+    total = len(tracks)
+    if n is None or n >= total:
+        return tracks.take(slice(None))
+    return tracks.take(np.sort(rng.choice(total, size=n, replace=False)))
+
+
+def trim_inputs(examples: Examples) -> Examples:
+    """Drop input columns that are padding in every row (the model's width limit is then honest)."""
+    used = examples.inputs["attention_mask"].any(axis=0)
+    width = int(np.flatnonzero(used)[-1]) + 1 if used.any() else 1
+    examples.inputs = {k: np.ascontiguousarray(v[:, :width]) for k, v in examples.inputs.items()}
+    return examples
+
+
+def check_width(examples: Examples, encoder: TrackingBert, task: str, split: str) -> None:
+    width = examples.inputs["input_ids"].shape[1]
+    if width > encoder.config.max_length:
+        raise InputError(
+            f"--data: {split} tracks need {width} input positions for task {task}, "
+            f"but the model knows only {encoder.config.max_length} (max_length)"
+        )
+
+
+class _ExampleBatches(Dataset):  # type: ignore[type-arg]
+    """Index with a list of rows -> one batch dict of tensors (used with a BatchSampler)."""
+
+    def __init__(self, examples: Examples) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, rows: list[int]) -> dict[str, Tensor]:
+        return self.examples.batch(np.asarray(rows))
+
+
+def example_loader(examples: Examples, batch_size: int, shuffle: bool, seed: int) -> DataLoader:  # type: ignore[type-arg]
+    data = _ExampleBatches(examples)
+    if shuffle:
+        sampler: Any = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(data)
+    return DataLoader(
+        data, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None
+    )
+
+
+# ----------------------------------------------------------------------------- training
+class FinetuneModule(pl.LightningModule):
+    """Encoder + task head trained on one task's loss (see the module docstring for the modes)."""
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        encoder: TrackingBert,
+        head: nn.Module,
+        mode: str,
+        config: FinetuneConfig,
+        total_steps: int,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.encoder = encoder
+        self.head = head
+        self.mode = mode
+        self.settings = config
+        self.total_steps = max(total_steps, 1)
+        self.val_history: list[dict[str, float]] = []
+        # from_pretrained returns eval mode and Lightning keeps the modes it is given.
+        encoder.train()
+        head.train()
+        if mode == "frozen":
+            freeze(encoder)
+
+    def _loss(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.spec.loss(self.spec.forward(self.encoder, self.head, batch), batch)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        if self.mode == "frozen":
+            self.encoder.eval()  # Lightning switches the whole module to train mode
+        loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), batch_size=len(batch["input_ids"]))
+
+    def on_validation_epoch_end(self) -> None:
+        value = self.trainer.callback_metrics.get("val_loss")
+        if value is not None:
+            self.val_history.append({"step": int(self.global_step), "val_loss": float(value)})
+
+    def configure_optimizers(self) -> Any:
+        s = self.settings
+        groups = [
+            {
+                "params": [p for p in self.head.parameters() if p.requires_grad],
+                "lr": s.learning_rate,
+            }
+        ]
+        encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
+        if encoder_params:
+            lr = s.encoder_learning_rate if self.mode == "finetune" else s.learning_rate
+            groups.append({"params": encoder_params, "lr": lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
+        warmup, total = s.warmup_steps, self.total_steps
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+@torch.no_grad()
+def predict_examples(
+    spec: TaskSpec, encoder: TrackingBert, head: nn.Module, examples: Examples, batch_size: int
+) -> dict[str, np.ndarray]:
+    """The task predictions of a trained encoder + head on every example (numpy, concatenated)."""
+    encoder.eval()
+    head.eval()
+    device = next(encoder.parameters()).device
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, len(examples), batch_size):
+        batch = examples.batch(slice(start, start + batch_size), device)
+        parts.append(spec.predict(spec.forward(encoder, head, batch)))
+    if not parts:
+        raise InputError("--data: no test examples for this task (is the test split empty?)")
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN and infinities (not valid JSON) by None, recursively; numpy scalars to Python."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ----------------------------------------------------------------------------- saving
+def save_finetuned(
+    directory: Path,
+    spec: TaskSpec,
+    encoder: TrackingBert,
+    head: nn.Module,
+    mode: str,
+    card: dict[str, Any],
+) -> None:
+    """Write the encoder (``save_pretrained``), ``head.safetensors`` and ``head.json``."""
+    assert encoder.vocab is not None
+    encoder.save_pretrained(directory, encoder.vocab, card=card)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    with atomic_output_file(directory / HEAD_WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"task": spec.name})
+    write_json(
+        directory / HEAD_FILE,
+        {
+            "task": spec.name,
+            "head": type(head).__name__,
+            "mode": mode,
+            "hidden_size": encoder.config.hidden_size,
+            "vocab_size": encoder.config.vocab_size,
+            "vocab_sha256": encoder.vocab.sha256,
+            "note": "module decoders use the encoder's token embedding table (not stored in the head)",
+        },
+    )
+
+
+def load_finetuned(directory: str | os.PathLike[str]) -> tuple[TaskSpec, TrackingBert, nn.Module]:
+    """Rebuild (task, encoder, head) from a ``RUN2/model`` directory written by ``tracklm finetune``."""
+    directory = Path(directory)
+    path = directory / HEAD_FILE
+    try:
+        description = json.loads(path.read_text())
+        spec = TASKS[description["task"]]
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing (not a fine-tuned model directory?)") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a tracklm task head description ({exc})") from None
+    encoder = TrackingBert.from_pretrained(directory)
+    head = spec.make_head(encoder)
+    head.load_state_dict(load_file(str(directory / HEAD_WEIGHTS_FILE)))
+    return spec, encoder, head.eval()
+
+
+# ----------------------------------------------------------------------------- the command
+def run_finetune(
+    task: str,
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    mode: str = "finetune",
+    train_size: int | None = None,
+    max_steps: int | None = None,
+    max_time: float | None = None,
+    seed: int = 0,
+    *,
+    config: FinetuneConfig | None = None,
+    references: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune (or train from scratch, or train a head on a frozen encoder) and score one task.
+
+    Parameters
+    ----------
+    task : ``holes``, ``outliers``, ``extrapolate`` or ``pt``.
+    model : pre-trained model directory (``RUN/model``).
+    data : prepared dataset directory; its vocabulary must be the model's.
+    out : run directory to create (atomically).
+    mode : ``finetune``, ``frozen`` or ``scratch``.
+    train_size : training tracks drawn (seeded) from ``train`` (all when None).
+    max_steps : optimiser steps (``config.max_steps`` when None).
+    max_time : stop training after this many minutes.
+    seed : seeds track sampling, example labels, initialisation and shuffling.
+    config : fine-tuning options (``FinetuneConfig()`` when None).
+    references : also score the classical baseline and the zero-shot model (``null`` otherwise;
+        the transfer study computes them once per task).
+
+    Returns
+    -------
+    The content of ``metrics.json``.
+    """
+    if task not in TASKS:
+        raise InputError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
+    spec = TASKS[task]
+    settings = config or FinetuneConfig()
+    steps = int(max_steps or settings.max_steps)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"--out {out}: output already exists (choose another --out or remove it)")
+
+    encoder = load_encoder(model, mode, seed)
+    dataset = open_dataset(data)
+    encoder.check_vocab(dataset.vocab)
+    context = TaskContext.from_dataset(dataset)
+
+    rng = np.random.default_rng(seed)
+    examples = {}
+    for split, n in (
+        ("train", train_size),
+        ("val", settings.val_tracks),
+        ("test", settings.eval_tracks),
+    ):
+        tracks = sample_tracks(dataset, split, n, rng)
+        examples[split] = trim_inputs(spec.make_examples(tracks, context, rng))
+        if split == "train":
+            n_train_tracks = len(tracks)
+        if len(examples[split]) == 0:
+            raise InputError(f"--data {data}: no {split} tracks usable for task {task}")
+        check_width(examples[split], encoder, task, split)
+    if train_size is not None and n_train_tracks < train_size:
+        logger.warning(
+            "--train-size %d: only %d training tracks exist; using all", train_size, n_train_tracks
+        )
+
+    torch.manual_seed(seed)
+    head = spec.make_head(encoder)
+    module = FinetuneModule(spec, encoder, head, mode, settings, steps)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_time={"minutes": max_time} if max_time is not None else None,
+        accelerator=settings.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        val_check_interval=settings.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
+    started = time.perf_counter()
+    trainer.fit(
+        module,
+        example_loader(examples["train"], settings.batch_size, shuffle=True, seed=seed),
+        example_loader(examples["val"], settings.eval_batch_size, shuffle=False, seed=seed),
+    )
+    train_seconds = time.perf_counter() - started
+    device = trainer.strategy.root_device
+    encoder.to(device)
+    head.to(device)
+    final_val = trainer.validate(
+        module,
+        example_loader(examples["val"], settings.eval_batch_size, False, seed),
+        verbose=False,
+    )
+
+    test = examples["test"]
+    result: dict[str, Any] = {
+        "task": task,
+        "mode": mode,
+        "train_size": train_size,
+        "metrics": spec.metrics(
+            predict_examples(spec, encoder, head, test, settings.eval_batch_size), test, context
+        ),
+        "baseline": None,
+        "zero_shot": None,
+        "n_train_tracks": n_train_tracks,
+        "n_train_examples": len(examples["train"]),
+        "n_test_examples": len(test),
+        "training": {
+            "steps": int(trainer.global_step),
+            "max_steps": steps,
+            "max_time_minutes": max_time,
+            "seconds": round(train_seconds, 2),
+            "val_history": module.val_history,
+            "final_val_loss": float(final_val[0]["val_loss"]) if final_val else None,
+        },
+        "seed": seed,
+        "model": str(model),
+        "data": str(data),
+    }
+    if references:
+        result["baseline"] = spec.metrics(spec.baseline(test, context), test, context)
+        if spec.zero_shot is not None:
+            pretrained = TrackingBert.from_pretrained(model, map_location=device)
+            predictions = spec.zero_shot(pretrained, test, context, settings.eval_batch_size)
+            result["zero_shot"] = spec.metrics(predictions, test, context)
+    result = json_safe(result)
+    logger.info(
+        "%s (%s, %s training tracks): %s = %s; baseline %s; zero-shot %s",
+        task,
+        mode,
+        n_train_tracks,
+        spec.headline,
+        result["metrics"].get(spec.headline),
+        (result["baseline"] or {}).get(spec.headline),
+        (result["zero_shot"] or {}).get(spec.headline),
+    )
+
+    with atomic_output_dir(out) as tmp:
+        card = {"task": task, "mode": mode, "pretrained_from": str(model), "train_tracks": n_train_tracks,
+                "steps": result["training"]["steps"], spec.headline: result["metrics"].get(spec.headline)}  # fmt: skip
+        save_finetuned(tmp / "model", spec, encoder.cpu(), head.cpu(), mode, card)
+        write_json(tmp / "metrics.json", result)
+        write_manifest(
+            tmp,
+            "finetune",
+            inputs={"model": str(model), "data": str(data)},
+            config=config_lib.to_dict(settings),
+            task=task,
+            mode=mode,
+            train_size=train_size,
+            max_steps=steps,
+            max_time=max_time,
+            seed=seed,
+            vocab_sha256=dataset.vocab.sha256,
+        )
+    return result

@@ -1,0 +1,222 @@
+"""Outlier detection: has one hit of a track been replaced by a wrong one nearby, and which?
+
+Examples (from truth): tracks with at least 4 hits. Half of them (seeded) get one hit, chosen
+uniformly, replaced by a module on the same layer among the ``NEARBY`` modules whose centres are
+nearest to the true module (never a module the track already crosses): the wrong hit a track
+finder picks up from a neighbouring track. Labels: ``has_outlier`` (0/1), ``position`` (index of
+the replaced hit, -1 without), ``original`` (the true module token, -1 without).
+
+* Model head: a track logit on ``[CLS]`` and a logit per hit.
+* Zero-shot: mask each hit in turn; the pre-trained masked-module head's log-probability of the
+  observed module given the others. The least probable hit is the outlier candidate and its
+  negative log-probability the track score.
+* Baseline: leave-one-out helix residuals: fit a helix through the other module centres, cross
+  the hit's layer between its neighbours, and measure how much farther the hit's module centre is
+  from that crossing than the layer's nearest module centre (mm). The largest residual is the
+  candidate and the track score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tracklm.evaluate.helix import fit_helix
+from tracklm.io.dataset import TrackArrays
+from tracklm.models.bert import TrackingBert
+from tracklm.tasks.common import (
+    IGNORE,
+    Examples,
+    TaskContext,
+    TaskSpec,
+    encode_batch,
+    masked_module_logits,
+    random_choice_where,
+    single_inputs,
+    track_classifier,
+    track_mask,
+)
+from tracklm.tasks.metrics import accuracy, detection_metrics
+
+MIN_HITS = 4
+NEARBY = 4
+
+
+def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
+    """Outlier examples from tracks (see the module docstring)."""
+    tokens = np.asarray(tracks.tokens, dtype=np.int64)
+    lengths = np.asarray(tracks.lengths, dtype=np.int64)
+    keep = lengths >= MIN_HITS
+    tokens, lengths = tokens[keep], lengths[keep]
+    n, width = tokens.shape
+    rows = np.arange(n)
+    real = track_mask(lengths, width)
+
+    position = np.minimum((rng.random(n) * lengths).astype(np.int64), lengths - 1)
+    original = tokens[rows, position]
+    candidates, _ = context.surfaces.nearest_modules(
+        context.layer_of(original),
+        context.centres_of(original),
+        k=NEARBY,
+        exclude=np.where(real, tokens, -1),
+    )
+    choice = random_choice_where(candidates >= 0, rng)
+    has_outlier = (rng.random(n) < 0.5) & (choice >= 0)
+    replacement = candidates[rows, np.clip(choice, 0, None)]
+    changed = tokens.copy()
+    changed[rows[has_outlier], position[has_outlier]] = replacement[has_outlier]
+    return Examples(
+        tokens=changed,
+        lengths=lengths,
+        inputs=single_inputs(changed, lengths, context.vocab, width + 2),
+        labels={
+            "has_outlier": has_outlier.astype(np.float32),
+            "position": np.where(has_outlier, position, IGNORE).astype(np.int64),
+            "original": np.where(has_outlier, original, IGNORE).astype(np.int64),
+        },
+    )
+
+
+class OutlierHead(nn.Module):
+    """Track logit on ``[CLS]`` and one logit per hit state."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.detect = track_classifier(hidden_size, 1)
+        self.locate = nn.Sequential(
+            nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 1)
+        )
+
+
+def make_head(encoder: TrackingBert) -> OutlierHead:
+    return OutlierHead(encoder.config.hidden_size)
+
+
+def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    hidden = encode_batch(encoder, batch)  # (b, w, d)
+    n_hits = batch["attention_mask"].sum(dim=1) - 2
+    hit = torch.arange(hidden.shape[1] - 2, device=hidden.device)[None, :]
+    hit_logits = head.locate(hidden[:, 1:-1]).squeeze(-1)  # hit k at input position 1 + k
+    return {
+        "outlier_logit": head.detect(hidden[:, 0]).squeeze(-1),
+        "hit_logits": hit_logits.masked_fill(hit >= n_hits[:, None], float("-inf")),
+    }
+
+
+def loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+    total = F.binary_cross_entropy_with_logits(outputs["outlier_logit"], batch["has_outlier"])
+    positive = batch["position"] >= 0
+    if bool(positive.any()):
+        total = total + F.cross_entropy(
+            outputs["hit_logits"][positive], batch["position"][positive]
+        )
+    return total
+
+
+def predict(outputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    return {
+        "outlier_score": outputs["outlier_logit"].float().cpu().numpy(),
+        "position": outputs["hit_logits"].argmax(dim=1).cpu().numpy(),
+    }
+
+
+def metrics(
+    predictions: dict[str, np.ndarray], examples: Examples, context: TaskContext
+) -> dict[str, Any]:
+    """Detection AUC and efficiencies; accuracy of the outlier's position on tracks that have one."""
+    has = examples.labels["has_outlier"] > 0.5
+    out: dict[str, Any] = {"n_tracks": len(has), "n_outliers": int(has.sum())}
+    out.update(detection_metrics(predictions["outlier_score"], has))
+    out["position_accuracy"] = accuracy(
+        predictions["position"][has], examples.labels["position"][has]
+    )
+    return out
+
+
+def zero_shot(
+    encoder: TrackingBert, examples: Examples, context: TaskContext, batch_size: int
+) -> dict[str, np.ndarray]:
+    """Mask each hit in turn; least probable observed module = outlier (module docstring)."""
+    vocab = context.vocab
+    tokens, lengths = examples.tokens, examples.lengths
+    n, width = tokens.shape
+    rows, hits = np.nonzero(track_mask(lengths, width))
+    inputs = single_inputs(tokens[rows], lengths[rows], vocab, width + 2)
+    inputs["input_ids"][np.arange(len(rows)), 1 + hits] = vocab.mask_id
+    observed = torch.from_numpy(tokens[rows, hits])
+
+    def observed_log_probability(logits: Tensor, part: slice) -> Tensor:
+        target = observed[part].to(logits.device)
+        return logits.log_softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
+
+    log_p = masked_module_logits(
+        encoder,
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        1 + hits,
+        batch_size,
+        observed_log_probability,
+    )
+    surprise = np.full((n, width), -np.inf)
+    surprise[rows, hits] = -log_p
+    return {"outlier_score": surprise.max(axis=1), "position": surprise.argmax(axis=1)}
+
+
+def helix_residuals_mm(tokens: np.ndarray, lengths: np.ndarray, context: TaskContext) -> np.ndarray:
+    """Leave-one-out helix residual of every hit, in mm (-inf on padding).
+
+    For hit k: a helix through the other module centres, crossed with hit k's layer between its
+    neighbours' arc lengths. The residual is how much farther hit k's module centre lies from the
+    crossing than the nearest module centre of that layer does (0 when the helix points at hit
+    k's own module): module centres are coarse (a pixel module is 17 x 72 mm), so the raw
+    distance would mostly measure where the crossing falls inside a module.
+    """
+    n, width = tokens.shape
+    rows = np.arange(n)
+    real = track_mask(lengths, width)
+    centres = np.nan_to_num(context.centres_of(tokens))
+    layer = np.where(real, context.layer_of(tokens), 0)
+    # The beam line (origin) leads every fit: it steadies circles through a few coarse centres.
+    points = np.concatenate([np.zeros((n, 1, 3)), centres], axis=1)
+    residual = np.full((n, width), -np.inf)
+    for k in range(width):
+        has = real[:, k]
+        if not has.any():
+            continue
+        others = np.concatenate([np.ones((n, 1), dtype=bool), real], axis=1)
+        others[:, k + 1] = False
+        fit = fit_helix(points, others)
+        s = fit.s_mm  # column 0 is the beam line, column k + 1 hit k
+        s_lo = s[:, k]
+        s_hi = np.where(k + 1 < lengths, s[:, min(k + 2, width)], np.inf)
+        s_lo, s_hi = np.where(np.isnan(s_lo), -np.inf, s_lo), np.where(np.isnan(s_hi), np.inf, s_hi)
+        xyz, _, _ = context.surfaces.intersect(fit, layer[:, k], s_lo, s_hi)
+        _, nearest = context.surfaces.nearest_modules(layer[:, k], xyz, k=1)
+        excess = np.linalg.norm(xyz - centres[rows, k], axis=1) - nearest[:, 0]
+        residual[:, k] = np.where(has, excess, -np.inf)
+    return residual
+
+
+def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
+    """Largest leave-one-out helix residual (module docstring)."""
+    residual = helix_residuals_mm(examples.tokens, examples.lengths, context)
+    return {"outlier_score": residual.max(axis=1), "position": residual.argmax(axis=1)}
+
+
+SPEC = TaskSpec(
+    name="outliers",
+    description="has one hit been replaced by a nearby module on the same layer, and which",
+    make_examples=make_examples,
+    make_head=make_head,
+    forward=forward,
+    loss=loss,
+    predict=predict,
+    metrics=metrics,
+    baseline=baseline,
+    zero_shot=zero_shot,
+    headline="auc",
+)

@@ -1,0 +1,125 @@
+"""Transverse momentum and charge from the module sequence alone.
+
+Examples (from truth): tracks with at least 3 hits and a non-zero charge; labels ``log_pt``
+(natural log of pT in GeV at production), ``pt_gev`` and ``charge_positive`` (1 for positive).
+
+* Model head: pooler on ``[CLS]``, then two numbers: log pT (squared error) and the charge logit.
+* Zero-shot: none (the pre-training pair head ranks two tracks by pT but gives no scale).
+* Baseline: a circle through the beam line (0, 0) and the module centres in x-y (the seed fit of
+  a classical tracker); pT = 0.3 * 2 T * R[m], charge from the bending direction (a positive
+  particle turns clockwise seen from +z, the field being along +z).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tracklm.evaluate.helix import fit_helix
+from tracklm.io.dataset import TrackArrays
+from tracklm.models.bert import TrackingBert
+from tracklm.tasks.common import (
+    Examples,
+    TaskContext,
+    TaskSpec,
+    encode_batch,
+    single_inputs,
+    track_classifier,
+    track_mask,
+)
+from tracklm.tasks.metrics import accuracy, relative_resolution
+
+MIN_HITS = 3
+B_FIELD_T = 2.0
+
+
+def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
+    """pT and charge examples from tracks (see the module docstring); ``rng`` is not needed."""
+    tokens = np.asarray(tracks.tokens, dtype=np.int64)
+    lengths = np.asarray(tracks.lengths, dtype=np.int64)
+    pt = np.asarray(tracks.pt, dtype=np.float32)
+    charge = np.asarray(tracks.charge)
+    keep = (lengths >= MIN_HITS) & (charge != 0) & (pt > 0)
+    tokens, lengths, pt, charge = tokens[keep], lengths[keep], pt[keep], charge[keep]
+    return Examples(
+        tokens=tokens,
+        lengths=lengths,
+        inputs=single_inputs(tokens, lengths, context.vocab, tokens.shape[1] + 2),
+        labels={
+            "log_pt": np.log(pt).astype(np.float32),
+            "pt_gev": pt,
+            "charge_positive": (charge > 0).astype(np.float32),
+        },
+    )
+
+
+def make_head(encoder: TrackingBert) -> nn.Module:
+    return track_classifier(encoder.config.hidden_size, 2)
+
+
+def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    hidden = encode_batch(encoder, batch)  # (b, w, d)
+    out = head(hidden[:, 0])  # (b, 2)
+    return {"log_pt": out[:, 0], "charge_logit": out[:, 1]}
+
+
+def loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+    regression = F.mse_loss(outputs["log_pt"], batch["log_pt"])
+    return regression + F.binary_cross_entropy_with_logits(
+        outputs["charge_logit"], batch["charge_positive"]
+    )
+
+
+def predict(outputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    return {
+        "pt_gev": outputs["log_pt"].float().exp().cpu().numpy(),
+        "charge": np.where(outputs["charge_logit"].float().cpu().numpy() > 0, 1, -1).astype(
+            np.int8
+        ),
+    }
+
+
+def metrics(
+    predictions: dict[str, np.ndarray], examples: Examples, context: TaskContext
+) -> dict[str, Any]:
+    """Relative pT resolution (sigma68, std, median bias), overall and above 1 GeV; charge accuracy."""
+    truth = examples.labels["pt_gev"]
+    predicted = predictions["pt_gev"]
+    charge = np.where(examples.labels["charge_positive"] > 0.5, 1, -1)
+    out: dict[str, Any] = {"n_tracks": len(truth)}
+    out.update({f"pt_{k}": v for k, v in relative_resolution(predicted, truth).items()})
+    high = truth > 1.0
+    out["pt_sigma68_above_1gev"] = relative_resolution(predicted[high], truth[high])["sigma68"]
+    out["charge_accuracy"] = accuracy(predictions["charge"], charge)
+    return out
+
+
+def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
+    """Circle through the beam line and the module centres (module docstring)."""
+    tokens, lengths = examples.tokens, examples.lengths
+    n, width = tokens.shape
+    points = np.concatenate(
+        [np.zeros((n, 1, 3)), np.nan_to_num(context.centres_of(tokens))], axis=1
+    )
+    mask = np.concatenate([np.ones((n, 1), dtype=bool), track_mask(lengths, width)], axis=1)
+    fit = fit_helix(points, mask)
+    return {"pt_gev": fit.pt_gev(B_FIELD_T), "charge": fit.charge(B_FIELD_T)}
+
+
+SPEC = TaskSpec(
+    name="pt",
+    description="transverse momentum (GeV) and charge from the module sequence",
+    make_examples=make_examples,
+    make_head=make_head,
+    forward=forward,
+    loss=loss,
+    predict=predict,
+    metrics=metrics,
+    baseline=baseline,
+    zero_shot=None,
+    headline="pt_sigma68",
+    higher_is_better=False,
+)
