@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.evaluate.helix import LayerSurfaces, fit_helix
+from tracklm.evaluate.helix import LayerSurfaces, ModuleBounds, fit_helix
 
 from .toy import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
 
@@ -92,3 +94,78 @@ def test_disk_intersection_and_coverage():
     )
     assert surfaces.covers(np.array([disk]), xyz)[0]
     assert not surfaces.covers(np.array([0]), np.array([[32.0, 0.0, 900.0]]))[0]
+
+
+@pytest.mark.parametrize(
+    ("pt_gev", "charge", "phi0"), [(0.5, 1, 0.3), (2.0, -1, 2.9), (0.8, -1, -3.0)]
+)
+def test_fit_through_origin_recovers_circle_charge_and_slope(pt_gev, charge, phi0):
+    s = np.array([0.0, 32.0, 72.0, 116.0, 172.0])
+    points = helix_points(pt_gev, phi0, 1.3, charge, s)[None]
+    fit = fit_helix(points, np.ones((1, 5), dtype=bool), through_origin=True)
+    assert fit.pt_gev()[0] == pytest.approx(pt_gev, rel=1e-4)
+    assert fit.charge()[0] == charge
+    assert fit.dz_ds[0] == pytest.approx(1.3, rel=1e-6)
+
+
+def test_covariance_weights_follow_coarse_directions():
+    """Points exact along the circle's normal but coarse along z keep the circle exact, and a
+    point with a large z error does not pull the (s, z) line."""
+    s = np.array([30.0, 75.0, 120.0, 175.0])
+    points = helix_points(1.0, 0.5, 0.4, 1, s)
+    shifted = points.copy()
+    shifted[2, 2] += 40.0  # a coarse z measurement, far off
+    cov = np.zeros((1, 4, 3, 3))
+    cov[0, :, 2, 2] = 0.01
+    cov[0, 2, 2, 2] = 400.0  # sigma 20 mm in z for that point
+    fit = fit_helix(shifted[None], np.ones((1, 4), dtype=bool), cov)
+    unweighted = fit_helix(shifted[None], np.ones((1, 4), dtype=bool))
+    assert fit.pt_gev()[0] == pytest.approx(1.0, rel=1e-4)
+    assert abs(fit.dz_ds[0] - 0.4) < 0.01 < abs(unweighted.dz_ds[0] - 0.4)
+
+
+def _two_ring_disk() -> tuple[pd.DataFrame, Detector]:
+    """One disk at z = 500: an inner ring of short modules (hv 10 mm at r = 60) and an outer ring
+    of long ones (hv 45 mm at r = 120), 8 modules each, v axis radial."""
+    rows = []
+    for ring, (radius, hv) in enumerate([(60.0, 10.0), (120.0, 45.0)]):
+        for k in range(8):
+            phi = 2 * np.pi * k / 8
+            u = [-np.sin(phi), np.cos(phi), 0.0]
+            v = [np.cos(phi), np.sin(phi), 0.0]
+            w = np.cross(u, v)
+            rot = np.stack([u, v, w], axis=1)  # columns u, v, w
+            rows.append(
+                dict(volume_id=9, layer_id=2, module_id=8 * ring + k + 1,
+                     cx=radius * np.cos(phi), cy=radius * np.sin(phi), cz=500.0,
+                     **{f"rot_{g}{a}": rot[i, j] for i, g in enumerate("xyz") for j, a in enumerate("uvw")},
+                     module_t=0.15, module_minhu=30.0, module_maxhu=30.0, module_hv=hv,
+                     pitch_u=0.05, pitch_v=0.05)
+            )  # fmt: skip
+    frame = pd.DataFrame(rows)
+    detector = Detector(frame[list(TRACKML_COLUMNS)], name="two-ring")
+    table = frame[["volume_id", "layer_id", "module_id", "cx", "cy", "cz"]].copy()
+    table.insert(0, "token", np.arange(6, 6 + len(frame)))
+    return table, detector
+
+
+def test_containment_picks_the_module_whose_bounds_hold_the_point():
+    table, detector = _two_ring_disk()
+    surfaces = LayerSurfaces.from_modules(table, 6 + len(table))
+    bounds = ModuleBounds.from_detector(table, detector, 6 + len(table))
+    assert bounds.exact
+    # r = 85 along phi = 0: 25 mm from the inner centre, 35 from the outer one, but only the
+    # outer (long) module reaches down to r = 75.
+    point = np.array([[85.0, 0.0, 500.0]])
+    nearest, _ = surfaces.nearest_modules(np.array([0]), point, k=1)
+    contained, score = bounds.rank(surfaces, np.array([0]), point, k=2)
+    inner, outer = 6, 6 + 8
+    assert nearest[0, 0] == inner
+    assert contained[0, 0] == outer and score[0, 0] < 1.0
+    assert bounds.outside(np.array([outer, inner]), np.repeat(point, 2, axis=0)).tolist()[1] > 1.0
+    # the excluded containing module gives way to the next best
+    again, _ = bounds.rank(surfaces, np.array([0]), point, k=1, exclude=np.array([[outer]]))
+    assert again[0, 0] not in (outer, -1)
+    # the bounds agree with the detector's own containment test
+    rows = detector.rows(np.array([9]), np.array([2]), np.array([9]))
+    assert detector.contains(rows, point)[0]

@@ -90,11 +90,18 @@ def test_run_evaluate_writes_schema_valid_metrics_report_and_plots(toy_run):
         0 <= mm["accuracy"] <= mm["top5_accuracy"] <= 1 and mm["within_20mm"] <= mm["within_100mm"]
     )
     assert set(on_disk["pair_pt"]) >= {"accuracy", "auc"}
-    assert set(on_disk["baselines"]) == {"frequency", "helix", "helix_centres"}
+    assert set(on_disk["baselines"]) == {"frequency", "helix", "helix+frequency", "helix_hits"}
     for block in on_disk["baselines"].values():
-        assert set(block) >= {"accuracy", "within_20mm", "by_position"}
-    # the helix through exact hits finds most hidden modules of the toy tracks; a random model does not
-    assert on_disk["baselines"]["helix"]["accuracy"] > 0.6 > mm["accuracy"]
+        assert set(block) >= {"accuracy", "within_20mm", "by_position", "description"}
+    # helix_hits uses what the model never sees, and says so
+    assert "REFERENCE" in on_disk["baselines"]["helix_hits"]["description"]
+    assert "CENTRES" in on_disk["baselines"]["helix"]["description"]
+    # the helix finds most hidden modules of the toy tracks, from centres too; a random model does not
+    assert on_disk["baselines"]["helix_hits"]["accuracy"] > 0.6 > mm["accuracy"]
+    assert on_disk["baselines"]["helix"]["accuracy"] > 0.5
+    report = (out / "report.md").read_text()
+    assert "`helix_hits` is a reference, not a baseline" in report
+    assert "best baseline (`helix_hits`)" not in report
     assert set(on_disk["multi_mask"]) == {"2", "3"}
     for name in PNGS:
         assert (out / name).stat().st_size > 1000, name
@@ -103,7 +110,8 @@ def test_run_evaluate_writes_schema_valid_metrics_report_and_plots(toy_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "evaluate" and "metrics.json" in manifest["files"]
     table = headline_table(metrics)
-    assert table.count("\n| ") == 5  # header, model and three baselines
+    assert table.count("\n| ") == 6  # header, model and four baselines
+    assert "| helix_hits (reference: measured hits) |" in table
 
     with pytest.raises(InputError, match="already exists"):
         run_evaluate(model, data, out)

@@ -25,8 +25,18 @@ COLOURS = {
     "model": "#1f4e9c",
     "frequency": "#e3882f",
     "helix": "#3a9e4f",
-    "helix_centres": "#8c6bb1",
+    "helix+frequency": "#b5651d",
+    "helix_hits": "#8c6bb1",
 }
+# Legend labels; names not listed are shown as they are.
+LABELS = {
+    "helix": "helix (module centres)",
+    "helix_hits": "helix_hits (reference: measured hits, not seen by the model)",
+}
+
+
+def _label(name: str) -> str:
+    return LABELS.get(name, name)
 
 
 def _colour(name: str, index: int) -> str:
@@ -70,7 +80,7 @@ def plot_grouped_accuracy(
             x + (i - (len(names) - 1) / 2) * width,
             np.nan_to_num(values),
             width,
-            label=name,
+            label=_label(name),
             color=_colour(name, i),
         )
         for bar, value in zip(bars, values):
@@ -111,11 +121,17 @@ def plot_distance_distribution(distances_mm: Mapping[str, np.ndarray]) -> Figure
     for i, (name, d) in enumerate(distances_mm.items()):
         d = np.asarray(d, dtype=np.float64)
         shown = np.clip(d[np.isfinite(d)], floor, None)
-        ax_hist.hist(shown, bins=bins, histtype="step", lw=1.5, label=name, color=_colour(name, i))
+        ax_hist.hist(
+            shown, bins=bins, histtype="step", lw=1.5, label=_label(name), color=_colour(name, i)
+        )
         xs = np.sort(np.where(np.isfinite(d), d, np.inf))
         fraction = np.arange(1, len(xs) + 1) / max(len(xs), 1)
         ax_cum.step(
-            np.clip(xs, floor, None), fraction, where="post", label=name, color=_colour(name, i)
+            np.clip(xs, floor, None),
+            fraction,
+            where="post",
+            label=_label(name),
+            color=_colour(name, i),
         )
     ax_hist.set_xscale("log")
     ax_hist.set_xlabel("distance between predicted and true module centre [mm] (exact = 0.1)")
@@ -225,7 +241,7 @@ def plot_example_tracks(
         for i, (name, centres) in enumerate(predicted_centres_mm.items()):
             p = centres[t]
             marker = "x" if i == 0 else "+"
-            ax_xy.plot(p[0], p[1], marker, color=_colour(name, i), ms=10, mew=2, label=name)
+            ax_xy.plot(p[0], p[1], marker, color=_colour(name, i), ms=10, mew=2, label=_label(name))
             ax_rz.plot(p[2], np.hypot(p[0], p[1]), marker, color=_colour(name, i), ms=10, mew=2)
         # zoom on the track with a margin
         pts = np.vstack([hits, true[None, :]])
