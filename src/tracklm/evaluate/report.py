@@ -161,6 +161,9 @@ def run_evaluate(
     -------
     The content of ``metrics.json``.
     """
+    from tracklm.runtime import configure_torch
+
+    configure_torch()
     if protocol not in PROTOCOLS:
         raise InputError(f"--protocol: unknown protocol {protocol!r} (choose masked or unmasked)")
     if max_tracks is not None and max_tracks < 1:

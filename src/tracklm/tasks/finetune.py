@@ -349,6 +349,9 @@ def run_finetune(
     -------
     The content of ``metrics.json``.
     """
+    from tracklm.runtime import configure_torch
+
+    configure_torch()
     if task not in TASKS:
         raise InputError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
     spec = TASKS[task]

@@ -144,6 +144,9 @@ def train(
     trainer_options : extra ``Trainer`` arguments (devices, num_nodes, strategy, accelerator).
     callbacks : extra Lightning callbacks.
     """
+    from tracklm.runtime import configure_torch
+
+    configure_torch()
     options = {
         "accelerator": "auto",
         "devices": 1,
