@@ -258,6 +258,8 @@ def plot_example_tracks(
         if titles is not None:
             ax_xy.set_title(titles[t], fontsize=9)
         if t == 0:
-            ax_xy.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+            handles, labels = ax_xy.get_legend_handles_labels()
+    # One legend below all panels, so it never hides a track.
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     return fig
