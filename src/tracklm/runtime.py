@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -14,3 +16,8 @@ def configure_torch() -> None:
     A no-op on GPUs, whose kernels flush subnormals anyway.
     """
     torch.set_flush_denormal(True)
+    # Lightning 2.6 calls a torch pytree API that torch 2.13 deprecates; the warning is about
+    # Lightning's code, not the user's, and would otherwise greet every training run.
+    warnings.filterwarnings(
+        "ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning
+    )
