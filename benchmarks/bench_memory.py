@@ -57,6 +57,8 @@ print(json.dumps({"peak_rss_mib": peak_kib / 1024, "seconds": time.perf_counter(
 
 _TRAIN = """
 import sys, torch
+from tracklm.runtime import configure_torch
+configure_torch()
 torch.set_num_threads(1)
 from tracklm.train.pretrain import run_pretrain
 run_pretrain(sys.argv[1], sys.argv[2], preset="tiny", max_steps=int(sys.argv[3]),

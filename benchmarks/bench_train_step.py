@@ -1,6 +1,7 @@
 """Training-step speed of TrackingBert against transformers' BertForPreTraining with the same config.
 
-One step = forward + backward + AdamW update on a batch of ``[CLS] A [SEP] B [SEP]`` pairs
+One step = forward + backward + AdamW update (fused on the CPU, as ``tracklm pretrain`` uses it,
+for both models) on a batch of ``[CLS] A [SEP] B [SEP]`` pairs
 (tracks of 4 to 8 hits, width 19, vocabulary 4,010, 30% of the module tokens masked), both
 models in the same process, same threads, same data. Also reports the achieved GFLOP/s of our
 step (matrix products only, counted analytically) against a measured float32 matmul rate.
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.runtime import configure_torch
+from tracklm.train.optim import fused_supported
 
 VOCAB_SIZE = 4010
 NUM_SPECIAL = 6
@@ -78,7 +81,11 @@ def hf_peer(config: TrackingBertConfig) -> torch.nn.Module:
 def step_function(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], hf: bool, bf16: bool
 ) -> Callable[[], None]:
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    # The same optimiser for both models: AdamW, fused where tracklm's training uses it (CPU).
+    fused = fused_supported(model)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused or None
+    )
     model.train()
     if hf:
         inputs = {
@@ -151,6 +158,7 @@ def benchmark_train_step(preset: str, batch_size: int, steps: int, threads: int)
     Pairs per second of each model (float32, and ours with bfloat16 autocast where the CPU has
     native bfloat16), their ratio, our achieved GFLOP/s and the float32 matmul rate.
     """
+    configure_torch()  # flush subnormals: process-wide, so ours and the HF peer alike
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = TrackingBertConfig.preset(preset, vocab_size=VOCAB_SIZE, max_length=WIDTH)

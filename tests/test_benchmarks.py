@@ -83,7 +83,7 @@ def test_inference_benchmark_returns_its_keys(random_data, tmp_path):
         "eager_full_logits",
         "onnx_tuned",
         "onnx_default",
-        "onnx_positions_graph",
+        "onnx_full_logits",
     }
     assert result["top1_agreement"] >= 0.99
     assert result["speedup_onnx_vs_eager"] > 0

@@ -1,4 +1,4 @@
-"""ONNX export: onnxruntime reproduces the PyTorch model; bad inputs are refused."""
+"""ONNX export: onnxruntime reproduces the PyTorch model (both graphs); bad inputs are refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tracklm.data.sequences import encode_pairs
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models import TrackingBert, TrackingBertConfig
-from tracklm.models.export import run_export
+from tracklm.models.export import export_onnx, run_export
 
 
 def make_vocab(n_modules: int = 40) -> ModuleVocab:
@@ -40,15 +40,58 @@ def model_dir(tmp_path_factory):
     return directory
 
 
-def test_onnx_matches_pytorch(model_dir, tmp_path) -> None:
+def _session(path):
     pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (extra 'export')")
     ort = pytest.importorskip(
         "onnxruntime", reason="parity check needs onnxruntime (extra 'export')"
     )
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_default_onnx_graph_scores_given_positions_like_pytorch(model_dir, tmp_path) -> None:
+    pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (extra 'export')")
     out = run_export(model_dir, "onnx", tmp_path / "sub" / "model.onnx")
     assert out.is_file() and not list(out.parent.glob(".*tmp*"))
+    session = _session(out)
+    assert [i.name for i in session.get_inputs()] == [
+        "input_ids", "token_type_ids", "attention_mask", "positions",
+    ]  # fmt: skip
+    assert [o.name for o in session.get_outputs()] == ["mlm_logits", "pair_logits"]
     model = TrackingBert.from_pretrained(model_dir)
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, width, k in ((7, 19, 11), (3, 12, 3), (4, 19, 0)):
+        # other sizes than the export example, with padding; positions repeat rows, any order
+        ids, types, attn = make_inputs(model.vocab, batch, width, seed=batch)
+        rows = rng.integers(0, batch, k)
+        columns = rng.integers(0, attn.sum(1).numpy()[rows].clip(min=1)) if k else rows
+        positions = np.stack([rows, columns], 1).astype(np.int64).reshape(k, 2)
+        with torch.no_grad():
+            expected = model(ids, types, attn)
+            expected_mlm = model.predict_masked(ids, types, attn, torch.from_numpy(positions))
+        mlm, pair = session.run(
+            None,
+            {
+                "input_ids": ids.numpy(),
+                "token_type_ids": types.numpy(),
+                "attention_mask": attn.numpy(),
+                "positions": positions,
+            },
+        )
+        assert mlm.shape == (k, len(model.vocab)) and pair.shape == (batch,)
+        np.testing.assert_allclose(mlm, expected_mlm.numpy(), atol=1e-4, rtol=1e-4)
+        full = expected.mlm_logits.numpy()[positions[:, 0], positions[:, 1]]
+        np.testing.assert_allclose(mlm, full, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(pair, expected.pair_logits.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_full_onnx_graph_matches_pytorch(model_dir, tmp_path) -> None:
+    pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (extra 'export')")
+    model = TrackingBert.from_pretrained(model_dir)
+    out = export_onnx(model, tmp_path / "full.onnx", head="full")
+    session = _session(out)
+    assert [i.name for i in session.get_inputs()] == [
+        "input_ids", "token_type_ids", "attention_mask",
+    ]  # fmt: skip
     for batch, width in ((7, 19), (3, 12)):
         # another batch size and width than the export example, with padding
         ids, types, attn = make_inputs(model.vocab, batch, width, seed=batch)
@@ -68,6 +111,13 @@ def test_onnx_matches_pytorch(model_dir, tmp_path) -> None:
             mlm[real], expected.mlm_logits.numpy()[real], atol=1e-4, rtol=1e-4
         )
         np.testing.assert_allclose(pair, expected.pair_logits.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_refuses_unknown_head(model_dir, tmp_path) -> None:
+    model = TrackingBert.from_pretrained(model_dir)
+    with pytest.raises(InputError, match="head 'logits' is unknown"):
+        export_onnx(model, tmp_path / "m.onnx", head="logits")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_export_refuses_bad_model_dir(tmp_path) -> None:

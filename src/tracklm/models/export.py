@@ -1,9 +1,33 @@
 """Export a trained TrackingBERT for deployment (ONNX).
 
-The exported graph takes ``input_ids``, ``token_type_ids`` (int64) and ``attention_mask`` (bool),
-each (b, t) with dynamic batch size and width up to ``max_length``, and returns
-``mlm_logits`` (b, t, v) and ``pair_logits`` (b,). It uses PyTorch's TorchScript-based ONNX
-exporter, which needs no package beyond ``onnx``.
+Two graphs can be written; ``tracklm export`` writes the first (``head="masked"``).
+
+``head="masked"`` (default): the masked-module head runs only at the positions asked for, as the
+library's own prediction does (``TrackingBert.predict_masked``). Inputs:
+
+* ``input_ids`` int64 (b, t), ``token_type_ids`` int64 (b, t), ``attention_mask`` bool (b, t):
+  pairs laid out by ``tracklm.data.sequences.encode_pairs`` (dynamic b, and t up to
+  ``max_length``);
+* ``positions`` int64 (k, 2): (row, input position) of each position to score, e.g.
+  ``(i, offset_a[i] + hit)`` for a masked hit of track A of pair i (dynamic k; k = 0 is allowed).
+
+Outputs: ``mlm_logits`` float32 (k, v), one row per entry of ``positions`` in the order given,
+and ``pair_logits`` float32 (b,), the logit of pT(B) > pT(A).
+
+``head="full"``: inputs ``input_ids``, ``token_type_ids``, ``attention_mask`` as above; outputs
+``mlm_logits`` float32 (b, t, v) at every position and ``pair_logits`` (b,). It writes and
+returns ``t / k`` times more logits than needed for a few masked hits (19x for one masked hit per
+pair of width 19), which makes it slower than eager PyTorch; use it to score every position.
+
+Both graphs compute every position of the (b, t) grid (``TrackingBert.encode(..., pack=False)``)
+and mask padded keys: packing the real tokens, as eager PyTorch does, becomes NonZero, Gather and
+ScatterND nodes that made ONNX Runtime 1.8x slower. Attention is exported as plain MatMul,
+Add (key mask) and Softmax. Run ONNX Runtime with subnormals flushed to zero
+(``SessionOptions.add_session_config_entry("session.set_denormal_as_zero", "1")``): a trained
+model's attention weights reach the subnormal range, where ORT's Softmax ran 5x slower.
+
+Both use PyTorch's TorchScript-based ONNX exporter (opset 17), which needs no package beyond
+``onnx``.
 """
 
 from __future__ import annotations
@@ -12,6 +36,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -24,11 +49,13 @@ log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]
+MASKED_INPUT_NAMES = [*INPUT_NAMES, "positions"]
 OUTPUT_NAMES = ["mlm_logits", "pair_logits"]
+HEADS = ("masked", "full")
 
 
 class ExportedHeads(nn.Module):
-    """Encoder + masked-module head + pair head, returning plain tensors for export."""
+    """Encoder + masked-module head at every position + pair head (the ``full`` graph)."""
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
@@ -37,39 +64,74 @@ class ExportedHeads(nn.Module):
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
-        out = self.model(input_ids, token_type_ids, attention_mask)
-        return out.mlm_logits, out.pair_logits  # (b, t, v), (b,)
+        model = self.model
+        hidden = model.encode(input_ids, token_type_ids, attention_mask, pack=False)  # (b, t, d)
+        mlm_logits = model.mlm_head(hidden, model.embedding_table())  # (b, t, v)
+        return mlm_logits, model.pair_head(hidden)  # (b, t, v), (b,)
 
 
-def export_onnx(model: TrackingBert, out: str | os.PathLike[str]) -> Path:
+class ExportedMaskedHeads(nn.Module):
+    """Encoder + masked-module head at given (row, position) pairs + pair head (the ``masked`` graph)."""
+
+    def __init__(self, model: TrackingBert) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor, positions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        model = self.model
+        hidden = model.encode(input_ids, token_type_ids, attention_mask, pack=False)  # (b, t, d)
+        t, d = hidden.shape[1], hidden.shape[2]
+        flat = positions[:, 0] * t + positions[:, 1]  # (k,) rows of the flattened (b * t) grid
+        selected = hidden.reshape(-1, d).index_select(0, flat)  # (k, d)
+        mlm_logits = model.mlm_head(selected, model.embedding_table())  # (k, v)
+        return mlm_logits, model.pair_head(hidden)  # (k, v), (b,)
+
+
+def export_onnx(
+    model: TrackingBert, out: str | os.PathLike[str], head: Literal["masked", "full"] = "masked"
+) -> Path:
     """Write ``model`` (in eval mode) as an ONNX file, atomically.
 
     Parameters
     ----------
     model : the model to export; it is not modified.
     out : the ``.onnx`` file to write.
+    head : ``"masked"`` (default: a ``positions`` (k, 2) input, (k, v) masked-module logits) or
+        ``"full"`` ((b, t, v) logits at every position); see the module docstring.
 
     Returns
     -------
     The path written.
     """
+    if head not in HEADS:
+        raise InputError(f"export head {head!r} is unknown (known: {', '.join(HEADS)})")
     try:
         import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:
         raise InputError(
             "--format onnx: needs the 'onnx' package (pip install 'tracklm[export]')"
         ) from None
-    wrapper = ExportedHeads(model).eval()
     t = model.config.max_length
-    example = (
+    example: tuple[Tensor, ...] = (
         torch.full((2, t), model.config.pad_token_id + 1, dtype=torch.long),
         torch.zeros(2, t, dtype=torch.long),
         torch.ones(2, t, dtype=torch.bool),
     )
     example[2][1, t // 2 :] = False  # a padded row, so the mask path is recorded
     dynamic = {name: {0: "batch", 1: "tokens"} for name in INPUT_NAMES}
-    dynamic["mlm_logits"] = {0: "batch", 1: "tokens"}
     dynamic["pair_logits"] = {0: "batch"}
+    if head == "masked":
+        wrapper: nn.Module = ExportedMaskedHeads(model).eval()
+        example = (*example, torch.tensor([[0, 1], [1, 2], [0, t - 1]], dtype=torch.long))
+        input_names = MASKED_INPUT_NAMES
+        dynamic["positions"] = {0: "positions"}
+        dynamic["mlm_logits"] = {0: "positions"}
+    else:
+        wrapper = ExportedHeads(model).eval()
+        input_names = INPUT_NAMES
+        dynamic["mlm_logits"] = {0: "batch", 1: "tokens"}
     out = Path(out)
     with atomic_output_file(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about the (checked, constant) width comparison; the graph is still exact.
@@ -83,18 +145,21 @@ def export_onnx(model: TrackingBert, out: str | os.PathLike[str]) -> Path:
             wrapper,
             example,
             str(tmp),
-            input_names=INPUT_NAMES,
+            input_names=input_names,
             output_names=OUTPUT_NAMES,
             dynamic_axes=dynamic,
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
-    log.info("wrote %s", out)
+    log.info("wrote %s (%s head)", out, head)
     return out
 
 
 def run_export(model: str | os.PathLike[str], format: str, out: str | os.PathLike[str]) -> Path:
     """``tracklm export``: load the model directory ``model`` and write it in ``format`` to ``out``.
+
+    Writes the ``masked`` graph (a ``positions`` input; see the module docstring); the ``full``
+    graph is ``export_onnx(model, out, head="full")``.
 
     Parameters
     ----------
