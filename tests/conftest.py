@@ -15,7 +15,9 @@ TRACKML_DATA = SHARED_DATA / "trackml"
 def trackml_data() -> Path:
     """Directory of the real TrackML reference files (detectors.csv, events/, particles/)."""
     if not (TRACKML_DATA / "detectors.csv").is_file():
-        pytest.skip(f"real TrackML reference data not found at {TRACKML_DATA} (see shared/data/SOURCES.md)")
+        pytest.skip(
+            f"real TrackML reference data not found at {TRACKML_DATA} (see shared/data/SOURCES.md)"
+        )
     return TRACKML_DATA
 
 

@@ -115,9 +115,21 @@ def test_cli_bad_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_input_error_is_one_line_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "tracklm", "evaluate", "--model", str(tmp_path / "nope"),
-         "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "report")],
-        capture_output=True, text=True, check=False,
+        [
+            sys.executable,
+            "-m",
+            "tracklm",
+            "evaluate",
+            "--model",
+            str(tmp_path / "nope"),
+            "--data",
+            str(tmp_path / "nodata"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -127,7 +139,16 @@ def test_cli_input_error_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def test_cli_help_lists_every_verb() -> None:
     text = cli.build_parser().format_help()
-    for verb in ("simulate", "prepare", "pretrain", "evaluate", "embed", "finetune", "export", "demo"):
+    for verb in (
+        "simulate",
+        "prepare",
+        "pretrain",
+        "evaluate",
+        "embed",
+        "finetune",
+        "export",
+        "demo",
+    ):
         assert verb in text
 
 

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Detector", "InputError", "ModuleVocab", "TrackingBert", "TrackingBertConfig", "__version__"]
+__all__ = [
+    "Detector",
+    "InputError",
+    "ModuleVocab",
+    "TrackingBert",
+    "TrackingBertConfig",
+    "__version__",
+]
 
 if TYPE_CHECKING:
     from tracklm.detector.geometry import Detector

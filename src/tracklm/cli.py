@@ -77,65 +77,135 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", parents=[common], help="simulate TrackML-format events")
     p.add_argument("--out", type=Path, required=True, help="output event directory")
-    p.add_argument("--detector", default="trackml", help="'trackml' (built-in) or a detectors.csv path")
+    p.add_argument(
+        "--detector", default="trackml", help="'trackml' (built-in) or a detectors.csv path"
+    )
     p.add_argument("--events", type=_positive_int, default=10, help="number of events (default 10)")
-    p.add_argument("--pileup", type=_non_negative_float, default=200.0, help="mean pile-up collisions (default 200)")
+    p.add_argument(
+        "--pileup",
+        type=_non_negative_float,
+        default=200.0,
+        help="mean pile-up collisions (default 200)",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes (default 1)")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="parallel processes (default 1)"
+    )
 
     p = sub.add_parser("prepare", parents=[common], help="tokenize events into a track dataset")
     p.add_argument("--events", type=Path, required=True, help="TrackML event directory")
     p.add_argument("--out", type=Path, required=True, help="output dataset directory")
-    p.add_argument("--detector", default=None,
-                   help="'trackml' or a detectors.csv path (default: EVENTS/detectors.csv if present, else trackml)")
-    p.add_argument("--selection", default="pixel-4to8", choices=["pixel-4to8", "pixel-min4", "all-min4"],
-                   help=SELECTIONS_HELP)
-    p.add_argument("--order", default="distance", choices=["distance", "vertex", "r"],
-                   help="hit order: distance from the origin (default), from the production vertex, or radius")
-    p.add_argument("--val-fraction", type=_fraction, default=0.1, help="fraction of events for validation (default 0.1)")
-    p.add_argument("--test-fraction", type=_fraction, default=0.1, help="fraction of events for test (default 0.1)")
+    p.add_argument(
+        "--detector",
+        default=None,
+        help="'trackml' or a detectors.csv path (default: EVENTS/detectors.csv if present, else trackml)",
+    )
+    p.add_argument(
+        "--selection",
+        default="pixel-4to8",
+        choices=["pixel-4to8", "pixel-min4", "all-min4"],
+        help=SELECTIONS_HELP,
+    )
+    p.add_argument(
+        "--order",
+        default="distance",
+        choices=["distance", "vertex", "r"],
+        help="hit order: distance from the origin (default), from the production vertex, or radius",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=_fraction,
+        default=0.1,
+        help="fraction of events for validation (default 0.1)",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=_fraction,
+        default=0.1,
+        help="fraction of events for test (default 0.1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the event split (default 0)")
-    p.add_argument("--workers", type=_positive_int, default=1, help="parallel processes (default 1)")
-    p.add_argument("--tolerant", action="store_true", help="skip bad events with a warning instead of failing")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="parallel processes (default 1)"
+    )
+    p.add_argument(
+        "--tolerant", action="store_true", help="skip bad events with a warning instead of failing"
+    )
 
     p = sub.add_parser("pretrain", parents=[common], help="pre-train TrackingBERT")
-    p.add_argument("--data", type=Path, required=True, help="dataset directory from 'tracklm prepare'")
+    p.add_argument(
+        "--data", type=Path, required=True, help="dataset directory from 'tracklm prepare'"
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"], help="model and training preset")
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        choices=["tiny", "small", "paper"],
+        help="model and training preset",
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the preset")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps")
-    p.add_argument("--max-time", type=_non_negative_float, default=None, help="stop after this many minutes")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="pairs per batch (per device)")
-    p.add_argument("--devices", default="1", help="devices per node: a number or 'auto' (default 1)")
+    p.add_argument(
+        "--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps"
+    )
+    p.add_argument(
+        "--max-time", type=_non_negative_float, default=None, help="stop after this many minutes"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="pairs per batch (per device)"
+    )
+    p.add_argument(
+        "--devices", default="1", help="devices per node: a number or 'auto' (default 1)"
+    )
     p.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes (default 1)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp (default auto)")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default auto)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
     p = sub.add_parser("evaluate", parents=[common], help="masked-module evaluation with baselines")
     p.add_argument("--model", type=Path, required=True, help="model directory (RUN/model)")
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--out", type=Path, required=True, help="report directory")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split (default test)")
-    p.add_argument("--protocol", default="masked", choices=["masked", "unmasked"],
-                   help="'masked' hides the hit (the honest result); 'unmasked' leaves it visible (the public code's figure)")
-    p.add_argument("--max-tracks", type=_positive_int, default=None, help="evaluate at most N tracks")
+    p.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="split (default test)"
+    )
+    p.add_argument(
+        "--protocol",
+        default="masked",
+        choices=["masked", "unmasked"],
+        help="'masked' hides the hit (the honest result); 'unmasked' leaves it visible (the public code's figure)",
+    )
+    p.add_argument(
+        "--max-tracks", type=_positive_int, default=None, help="evaluate at most N tracks"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for pairing tracks (default 0)")
 
     p = sub.add_parser("embed", parents=[common], help="export the module embedding table")
     p.add_argument("--model", type=Path, required=True, help="model directory")
     p.add_argument("--out", type=Path, required=True, help="output parquet file")
     p.add_argument("--plot", type=Path, default=None, help="PNG of a 2D projection")
-    p.add_argument("--projection", default="pca", choices=["pca", "umap"], help="2D projection (default pca)")
+    p.add_argument(
+        "--projection", default="pca", choices=["pca", "umap"], help="2D projection (default pca)"
+    )
 
     p = sub.add_parser("finetune", parents=[common], help="train a downstream task")
-    p.add_argument("--task", required=True, choices=["holes", "outliers", "extrapolate", "pt"], help="the task")
+    p.add_argument(
+        "--task", required=True, choices=["holes", "outliers", "extrapolate", "pt"], help="the task"
+    )
     p.add_argument("--model", type=Path, required=True, help="pre-trained model directory")
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--out", type=Path, required=True, help="run directory")
-    p.add_argument("--mode", default="finetune", choices=["finetune", "frozen", "scratch"], help="transfer mode")
-    p.add_argument("--train-size", type=_positive_int, default=None, help="training tracks (default all)")
+    p.add_argument(
+        "--mode",
+        default="finetune",
+        choices=["finetune", "frozen", "scratch"],
+        help="transfer mode",
+    )
+    p.add_argument(
+        "--train-size", type=_positive_int, default=None, help="training tracks (default all)"
+    )
     p.add_argument("--max-steps", type=_positive_int, default=None, help="optimiser steps")
     p.add_argument("--max-time", type=_non_negative_float, default=None, help="minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -145,9 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx"], help="format (default onnx)")
     p.add_argument("--out", type=Path, required=True, help="output file")
 
-    p = sub.add_parser("demo", parents=[common], help="simulate, prepare, pretrain, evaluate end to end")
+    p = sub.add_parser(
+        "demo", parents=[common], help="simulate, prepare, pretrain, evaluate end to end"
+    )
     p.add_argument("--out", type=Path, required=True, help="demo directory")
-    p.add_argument("--minutes", type=_non_negative_float, default=10.0, help="pre-training minutes (default 10)")
+    p.add_argument(
+        "--minutes",
+        type=_non_negative_float,
+        default=10.0,
+        help="pre-training minutes (default 10)",
+    )
     return parser
 
 

@@ -61,7 +61,9 @@ def encode_pairs(
     lb = np.asarray(lengths_b, dtype=np.int64)[:, None] if pair else np.zeros_like(la)
     needed = 2 + la + (lb + 1 if pair else 0)
     if np.any(needed > width):
-        raise ValueError(f"a sequence needs {int(needed.max())} positions, more than the width {width}")
+        raise ValueError(
+            f"a sequence needs {int(needed.max())} positions, more than the width {width}"
+        )
 
     j = np.arange(width, dtype=np.int64)[None, :]
     in_a = (j >= 1) & (j <= la)

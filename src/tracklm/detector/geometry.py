@@ -19,7 +19,7 @@ import pandas as pd
 from tracklm.errors import InputError
 
 ID_COLUMNS = ("volume_id", "layer_id", "module_id")
-ROTATION_COLUMNS = tuple(f"rot_{g}{l}" for g in "xyz" for l in "uvw")
+ROTATION_COLUMNS = tuple(f"rot_{g}{a}" for g in "xyz" for a in "uvw")
 TRACKML_COLUMNS = (
     *ID_COLUMNS,
     "cx",
@@ -159,7 +159,10 @@ class Detector:
     def to_global(self, rows: np.ndarray, uvw: np.ndarray) -> np.ndarray:
         """Local points (N, 3) on modules ``rows`` (N,) to global coordinates."""
         rotation = self.rotations[rows]
-        return np.einsum("nij,nj->ni", rotation, np.asarray(uvw, dtype=np.float64)) + self.centres[rows]
+        return (
+            np.einsum("nij,nj->ni", rotation, np.asarray(uvw, dtype=np.float64))
+            + self.centres[rows]
+        )
 
     def half_width(self, rows: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Half-width in u (mm) of modules ``rows`` at local ``v`` (trapezoid bounds)."""
@@ -169,14 +172,14 @@ class Detector:
         hv = table["module_hv"].to_numpy()[rows]
         return minhu + (maxhu - minhu) * (np.asarray(v) + hv) / (2.0 * hv)
 
-    def contains(
-        self, rows: np.ndarray, xyz: np.ndarray, tolerance_mm: float = 1e-3
-    ) -> np.ndarray:
+    def contains(self, rows: np.ndarray, xyz: np.ndarray, tolerance_mm: float = 1e-3) -> np.ndarray:
         """Whether each point lies on its module: within the bounds and the sensor thickness."""
         uvw = self.to_local(rows, xyz)
         hv = self.modules["module_hv"].to_numpy()[rows]
         half_t = 0.5 * self.modules["module_t"].to_numpy()[rows]
         inside_v = np.abs(uvw[:, 1]) <= hv + tolerance_mm
-        inside_u = np.abs(uvw[:, 0]) <= self.half_width(rows, np.clip(uvw[:, 1], -hv, hv)) + tolerance_mm
+        inside_u = (
+            np.abs(uvw[:, 0]) <= self.half_width(rows, np.clip(uvw[:, 1], -hv, hv)) + tolerance_mm
+        )
         inside_w = np.abs(uvw[:, 2]) <= half_t + tolerance_mm
         return inside_u & inside_v & inside_w

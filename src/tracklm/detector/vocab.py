@@ -28,7 +28,10 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[HOLE]")
 def vocab_sha256(special_tokens: list[str] | tuple[str, ...], modules: np.ndarray) -> str:
     """Hash of the special tokens and module triples, independent of platform and JSON layout."""
     payload = json.dumps(
-        {"special_tokens": list(special_tokens), "modules": np.asarray(modules, dtype=np.int64).tolist()},
+        {
+            "special_tokens": list(special_tokens),
+            "modules": np.asarray(modules, dtype=np.int64).tolist(),
+        },
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -61,7 +64,9 @@ class ModuleVocab:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_detector(cls, detector: Detector, volumes: tuple[int, ...] | None = None) -> ModuleVocab:
+    def from_detector(
+        cls, detector: Detector, volumes: tuple[int, ...] | None = None
+    ) -> ModuleVocab:
         """Vocabulary of all modules of ``detector`` (or of the given volumes)."""
         ids = detector.ids
         if volumes is not None:
@@ -158,7 +163,9 @@ class ModuleVocab:
         if not np.all(found):
             if unknown == "raise":
                 first = int(np.flatnonzero(~found)[0])
-                triple = tuple(int(np.asarray(a).reshape(-1)[first]) for a in (volume_id, layer_id, module_id))
+                triple = tuple(
+                    int(np.asarray(a).reshape(-1)[first]) for a in (volume_id, layer_id, module_id)
+                )
                 raise KeyError(f"module {triple} is not in the vocabulary")
             tokens = np.where(found, tokens, self.unk_id).astype(np.int32)
         return tokens

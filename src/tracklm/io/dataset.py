@@ -17,7 +17,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,7 @@ class TrackArrays:
     event_id: np.ndarray
     particle_id: np.ndarray
 
-    DTYPES = {
+    DTYPES: ClassVar[dict[str, type]] = {
         "tokens": np.int32,
         "lengths": np.int32,
         "hits": np.float32,
@@ -83,13 +83,17 @@ class TrackArrays:
     @classmethod
     def empty(cls, max_length: int) -> TrackArrays:
         shapes = {"tokens": (0, max_length), "hits": (0, max_length, 3), "vertex": (0, 3)}
-        return cls(**{name: np.zeros(shapes.get(name, (0,)), dtype) for name, dtype in cls.DTYPES.items()})
+        return cls(
+            **{name: np.zeros(shapes.get(name, (0,)), dtype) for name, dtype in cls.DTYPES.items()}
+        )
 
     @classmethod
     def concatenate(cls, parts: list[TrackArrays], max_length: int) -> TrackArrays:
         if not parts:
             return cls.empty(max_length)
-        return cls(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.DTYPES})
+        return cls(
+            **{name: np.concatenate([getattr(p, name) for p in parts]) for name in cls.DTYPES}
+        )
 
 
 _HEADER_BYTES = 128  # reserved so the final shape can be written in place
@@ -100,7 +104,11 @@ def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     body = _HEADER_BYTES - 10
     if len(text) + 1 > body:
         raise ValueError("shape too large for the reserved .npy header")
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", body) + (text.ljust(body - 1) + "\n").encode("latin1")
+    return (
+        b"\x93NUMPY\x01\x00"
+        + struct.pack("<H", body)
+        + (text.ljust(body - 1) + "\n").encode("latin1")
+    )
 
 
 class _GrowingNpy:
@@ -111,13 +119,16 @@ class _GrowingNpy:
         self.dtype = np.dtype(dtype)
         self.row_shape = row_shape
         self.rows = 0
-        self.handle = open(path, "wb")
+        # Open across appends until close(), which also rewrites the header.
+        self.handle = open(path, "wb")  # noqa: SIM115
         self.handle.write(_npy_header(self.dtype, (0, *row_shape)))
 
     def append(self, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values, dtype=self.dtype)
         if values.shape[1:] != self.row_shape:
-            raise ValueError(f"{self.path.name}: rows of shape {values.shape[1:]}, expected {self.row_shape}")
+            raise ValueError(
+                f"{self.path.name}: rows of shape {values.shape[1:]}, expected {self.row_shape}"
+            )
         self.handle.write(values.tobytes())
         self.rows += values.shape[0]
 

@@ -118,7 +118,10 @@ def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
     missing = [column for column in required if column not in table.columns]
     if missing:
         raise InputError(f"{path}: missing column {missing[0]!r}")
-    columns = {**required, **{k: v for k, v in OPTIONAL_COLUMNS.get(part, {}).items() if k in table}}
+    columns = {
+        **required,
+        **{k: v for k, v in OPTIONAL_COLUMNS.get(part, {}).items() if k in table},
+    }
     for column, dtype in columns.items():
         values = table[column]
         if not pd.api.types.is_numeric_dtype(values) or values.isna().any():
@@ -158,11 +161,15 @@ def write_part(path: str | os.PathLike[str], part: str, table: pd.DataFrame) -> 
     missing = [column for column in PART_COLUMNS[part] if column not in table.columns]
     if missing:
         raise ValueError(f"{part} table lacks column {missing[0]!r}")
-    text = table[_column_order(part, table)].to_csv(index=False, float_format="%.7g", lineterminator="\n")
+    text = table[_column_order(part, table)].to_csv(
+        index=False, float_format="%.7g", lineterminator="\n"
+    )
     data = text.encode()
     if path.suffix == ".gz":
         buffer = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=6) as handle:
+        with gzip.GzipFile(
+            filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=6
+        ) as handle:
             handle.write(data)
         data = buffer.getvalue()
     path.write_bytes(data)
