@@ -59,9 +59,12 @@ def test_default_onnx_graph_scores_given_positions_like_pytorch(model_dir, tmp_p
     assert [o.name for o in session.get_outputs()] == ["mlm_logits", "pair_logits"]
     model = TrackingBert.from_pretrained(model_dir)
     rng = np.random.default_rng(0)
-    for batch, width, k in ((7, 19, 11), (3, 12, 3), (4, 19, 0)):
-        # other sizes than the export example, with padding; positions repeat rows, any order
+    for batch, width, k in ((7, 19, 11), (3, 12, 3), (4, 19, 0), (5, 19, 4)):
+        # other sizes than the export example, with padding (none in the last batch);
+        # positions repeat rows, in any order
         ids, types, attn = make_inputs(model.vocab, batch, width, seed=batch)
+        if batch == 5:
+            attn = torch.ones_like(attn)
         rows = rng.integers(0, batch, k)
         columns = rng.integers(0, attn.sum(1).numpy()[rows].clip(min=1)) if k else rows
         positions = np.stack([rows, columns], 1).astype(np.int64).reshape(k, 2)
@@ -87,7 +90,12 @@ def test_default_onnx_graph_scores_given_positions_like_pytorch(model_dir, tmp_p
 def test_full_onnx_graph_matches_pytorch(model_dir, tmp_path) -> None:
     pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (extra 'export')")
     model = TrackingBert.from_pretrained(model_dir)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
     out = export_onnx(model, tmp_path / "full.onnx", head="full")
+    # the export folds the attention scale into a copy of the weights, not into the model
+    assert not model.blocks[0].attention.query_prescaled
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
     session = _session(out)
     assert [i.name for i in session.get_inputs()] == [
         "input_ids", "token_type_ids", "attention_mask",

@@ -146,3 +146,45 @@ def test_dropout_mask_rate_scale_and_seed() -> None:
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - 0.2)))
     assert abs(y.mean().item() - 1.0) < 0.01  # inverted dropout keeps the mean
     assert dropout(x, 0.2, training=False) is x
+
+
+@pytest.mark.parametrize("packed_attention", [True, False])
+def test_packing_modes_give_the_same_outputs_and_gradients(monkeypatch, packed_attention) -> None:
+    """Packed (scatter or gather) and unpacked encoders agree, outputs and weight gradients."""
+    monkeypatch.setattr(bert_module, "PACKED_ATTENTION", packed_attention)
+    vocab = make_vocab()
+    torch.manual_seed(0)
+    config = TrackingBertConfig.preset(
+        "tiny", vocab_size=len(vocab), dropout=0.0, attention_dropout=0.0
+    )
+    model = TrackingBert(config).train()
+    ids, types, attn = make_batch(vocab, batch=8)
+    weights = torch.randn(8, ids.shape[1], config.hidden_size)
+    results = {}
+    for pack in (True, False, "gather"):
+        model.zero_grad()
+        hidden = model.encode(ids, types, attn, pack=pack)
+        (hidden * weights).sum().backward()
+        encoder = [*model.embeddings.parameters(), *model.blocks.parameters()]
+        results[pack] = hidden.detach(), [p.grad.clone() for p in encoder]
+    for pack in (False, "gather"):
+        torch.testing.assert_close(results[pack][0], results[True][0], atol=1e-5, rtol=1e-5)
+        for mine, ref in zip(results[pack][1], results[True][1]):
+            torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-4)
+    assert torch.all(results["gather"][0][~attn] == 0)  # padding stays zero
+
+
+@pytest.mark.parametrize("pack", [True, False, "gather"])
+def test_encode_at_chosen_positions(pack) -> None:
+    vocab = make_vocab()
+    torch.manual_seed(0)
+    model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=len(vocab))).eval()
+    ids, types, attn = make_batch(vocab, batch=8)
+    b, t = ids.shape
+    full = model.encode(ids, types, attn).reshape(b * t, -1)
+    padded = int((~attn).reshape(-1).nonzero()[0])
+    at = torch.tensor([5, 0, t + 3, 5, padded, b * t - t])  # any order, repeats, padding
+    with torch.no_grad():
+        rows = model.encode(ids, types, attn, pack=pack, at=at)
+    torch.testing.assert_close(rows, full[at], atol=1e-5, rtol=1e-5)
+    assert torch.all(rows[4] == 0)

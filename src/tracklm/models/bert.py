@@ -196,14 +196,76 @@ class TokenLayout:
     real : (n,) indices of the real tokens in the flattened (b * t) grid, row-major; None when
         every token is real (then n = b * t and packing is a reshape).
     key_mask : (b, 1, 1, t) True where a key may be attended to, or None without padding.
+    gather : move rows between the packed rows and the grid with gathers only (no scatter), and
+        run attention through row gathers (``SelfAttention.attend_by_gathers``): the layout of
+        exported graphs, where ONNX Runtime's ScatterND and Transpose are slow.
     """
 
     batch: int
     width: int
     real: Tensor | None
     key_mask: Tensor | None
+    gather: bool = False
     _key_bias: Tensor | None = None
     _head_key_bias: Tensor | None = None
+    _source: Tensor | None = None
+    _any_source: Tensor | None = None
+    _head_rows: dict[int, tuple[Tensor, Tensor]] | None = None
+
+    def source(self) -> Tensor:
+        """(b * t,) the packed row of each grid position; padding points at row n (built once)."""
+        if self._source is None:
+            flat = self.key_mask.reshape(-1) if self.key_mask is not None else None
+            if self.real is None or flat is None:
+                self._source = torch.arange(self.batch * self.width, device=self.device())
+            else:
+                rank = flat.long().cumsum(0) - 1
+                self._source = torch.where(flat, rank, torch.full_like(rank, self.real.shape[0]))
+        return self._source
+
+    def device(self) -> torch.device:
+        mask = self.key_mask if self.key_mask is not None else self.real
+        return mask.device if mask is not None else torch.device("cpu")
+
+    def spread(self, rows: Tensor) -> Tensor:
+        """(n, c) -> (b, t, c) with a copy of some real row at each padded position.
+
+        One gather, where ``unpack`` fills the whole grid with zeros first: for the inputs of
+        attention, whose padded keys are masked and padded queries dropped, any finite values
+        will do at the padding (their gradients are zero).
+        """
+        if self.real is None:
+            return rows.view(self.batch, self.width, -1)
+        return rows.index_select(0, self.any_source()).view(self.batch, self.width, -1)
+
+    def any_source(self) -> Tensor:
+        """(b * t,) the packed row of each grid position, row 0 at padding (built once)."""
+        if self._any_source is None:
+            source = self.source()
+            n = self.real.shape[0] if self.real is not None else source.shape[0]
+            self._any_source = torch.where(source < n, source, torch.zeros_like(source))
+        return self._any_source
+
+    def head_rows(self, num_heads: int) -> tuple[Tensor, Tensor]:
+        """Row indices for attention by gathers, with h heads of size e (built once).
+
+        Returns (b, h, t) the row of each (batch row, head, position) in the packed projections
+        viewed as (n * 3h, e) rows [query rows; add h for keys, 2h for values], padding pointing
+        at row 0's; and (n, h) the row of each packed token and head in a (b * h * t, e) grid.
+        """
+        if self._head_rows is None:
+            self._head_rows = {}
+        if num_heads not in self._head_rows:
+            b, t, h = self.batch, self.width, num_heads
+            device = self.device()
+            heads = torch.arange(h, device=device)
+            source = self.any_source()  # padding: any real row will do, its keys are masked
+            query = source.view(b, 1, t) * (3 * h) + heads.view(1, h, 1)  # (b, h, t)
+            real = self.real if self.real is not None else torch.arange(b * t, device=device)
+            row, position = real // t, real % t  # (n,)
+            out = (row[:, None] * h + heads[None, :]) * t + position[:, None]  # (n, h)
+            self._head_rows[num_heads] = (query, out)
+        return self._head_rows[num_heads]
 
     def key_bias(self, dtype: torch.dtype) -> Tensor:
         """(b, 1, 1, t) 0 where a key may be attended to, -inf at padding (built once per dtype)."""
@@ -220,9 +282,12 @@ class TokenLayout:
 
     def unpack(self, rows: Tensor) -> Tensor:
         """(n, c) -> (b, t, c), zeros at padded positions."""
+        if self.real is not None and self.gather:  # the rows and one zero row, gathered
+            padded = torch.cat([rows, rows.new_zeros(1, rows.shape[-1])])
+            return padded.index_select(0, self.source()).view(self.batch, self.width, -1)
         if self.real is not None:
             grid = rows.new_zeros(self.batch * self.width, rows.shape[-1])
-            rows = grid.index_copy(0, self.real, rows)
+            rows = grid.index_copy_(0, self.real, rows)
         return rows.view(self.batch, self.width, -1)
 
     def head_key_bias(self, num_heads: int, dtype: torch.dtype) -> Tensor:
@@ -352,7 +417,7 @@ class PackedAttention(torch.autograd.Function):
         b, t = layout.batch, layout.width
         d = qkv.shape[1] // 3
         e = d // h
-        grid = layout.unpack(qkv).view(b, t, 3, h, e).permute(2, 0, 3, 1, 4).contiguous()
+        grid = layout.spread(qkv).view(b, t, 3, h, e).permute(2, 0, 3, 1, 4).contiguous()
         q, k, v = grid.view(3, b * h, t, e).unbind(0)
         if layout.key_mask is None:
             scores = torch.bmm(q, k.transpose(1, 2)).mul_(e**-0.5)  # (b*h, t, t)
@@ -412,6 +477,15 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_dropout = config.attention_dropout
+        self.query_prescaled = False  # set by the ONNX export, which scales the query weights
+
+    def prescale_queries(self) -> None:
+        """Fold the 1/sqrt(e) of the scores into the query weights (for an exported copy)."""
+        d, h = self.out.in_features, self.num_heads
+        with torch.no_grad():
+            self.qkv.weight[:d] *= (d // h) ** -0.5
+            self.qkv.bias[:d] *= (d // h) ** -0.5
+        self.query_prescaled = True
 
     def forward(self, x: Tensor, layout: TokenLayout, rows: Tensor | None = None) -> Tensor:
         """(n, d) packed tokens -> (n, d), or (m, d) at the packed ``rows`` (m,) only."""
@@ -421,6 +495,8 @@ class SelfAttention(nn.Module):
     def attend(self, x: Tensor, layout: TokenLayout) -> Tensor:
         """(n, d) packed tokens -> (n, d) attention output, heads concatenated."""
         b, t, d, h = layout.batch, layout.width, x.shape[-1], self.num_heads
+        if layout.gather:
+            return self.attend_by_gathers(x, layout)
         if (
             self.training
             and PACKED_ATTENTION
@@ -433,7 +509,7 @@ class SelfAttention(nn.Module):
             if self.attention_dropout > 0.0:
                 dropped, scale = dropout_mask((b * h, t, t), self.attention_dropout)
             return PackedAttention.apply(self.qkv(x), layout, h, dropped, scale)
-        qkv = layout.unpack(self.qkv(x))  # (b, t, 3d), zeros at padding
+        qkv = layout.spread(self.qkv(x))  # (b, t, 3d), copies of a real row at padding
         q, k, v = qkv.view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, e) each
         if (self.training and self.attention_dropout > 0.0) or torch.jit.is_tracing():
             # With dropout, SDPA on the CPU falls back to a generic path (a "safe" softmax that
@@ -451,6 +527,22 @@ class SelfAttention(nn.Module):
                 q, k, v, attn_mask=layout.key_mask
             )  # (b, h, t, e); key_mask (b, 1, 1, t)
         return layout.pack(y.transpose(1, 2).reshape(b, t, d))  # (n, d)
+
+    def attend_by_gathers(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        """``attend`` for exported graphs: rows of head size e move by Gather, not by
+        Split, Transpose and ScatterND (2x cheaper per element in ONNX Runtime)."""
+        b, t, d, h = layout.batch, layout.width, x.shape[-1], self.num_heads
+        e = d // h
+        query, out = layout.head_rows(h)  # (b, h, t), (n, h)
+        rows = self.qkv(x).reshape(-1, e)  # (n * 3h, e): [q heads, k heads, v heads] per token
+        q, k, v = rows[query], rows[query + h], rows[query + 2 * h]  # (b, h, t, e) each
+        if not self.query_prescaled:
+            q = q * e**-0.5
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (b, h, t, t)
+        if layout.key_mask is not None:
+            scores = scores + layout.key_bias(scores.dtype)
+        y = torch.matmul(torch.softmax(scores, dim=-1), v)  # (b, h, t, e)
+        return y.reshape(b * h * t, e)[out].reshape(-1, d)  # (n, d)
 
 
 class FeedForward(nn.Module):
@@ -513,7 +605,12 @@ class PairHead(nn.Module):
         self.classifier = nn.Linear(config.hidden_size, 1)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # (b, d)
+        """(b, t, d) hidden states -> (b,) logits."""
+        return self.classify(hidden[:, 0])
+
+    def classify(self, cls: Tensor) -> Tensor:
+        """(b, d) hidden states at ``[CLS]`` -> (b,) logits."""
+        pooled = torch.tanh(self.pooler(cls))  # (b, d)
         return self.classifier(pooled).squeeze(-1)  # (b,)
 
 
@@ -570,8 +667,8 @@ class TrackingBert(nn.Module):
         token_type_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
-        pack: bool = True,
-        needed: Tensor | None = None,
+        pack: bool | Literal["gather"] = True,
+        at: Tensor | None = None,
     ) -> Tensor:
         """Encoder output.
 
@@ -582,16 +679,16 @@ class TrackingBert(nn.Module):
         attention_mask : (b, t) bool or 0/1, True on real tokens; all real if None. Each row needs
             at least one real token. Outputs at real positions do not depend on the padding.
         pack : run the per-token layers on the real tokens only (default); False computes every
-            position of the (b, t) grid and masks padded keys only, which avoids the gather and
-            scatter of packing (used for the ONNX export, where scatters are slow).
-        needed : (b, t) bool, the positions whose output will be used, or None for all. The last
-            block then computes only those (its keys and values still come from every token);
-            the other positions of the result are zeros. ``forward`` passes the labelled positions
-            and ``[CLS]``: about a third of the tokens when 15% of the hits are masked.
+            position of the (b, t) grid and masks padded keys only; ``"gather"`` packs too but
+            moves rows with gathers only (``TokenLayout.gather``; used for the ONNX export).
+        at : (m,) positions in the flattened (b * t) grid (``row * t + position``) whose output
+            is wanted, or None for all. The last block then computes only those (its keys and
+            values still come from every token): the heads read about a third of the tokens in
+            training and one per pair in masked-hit prediction.
 
         Returns
         -------
-        (b, t, d) hidden states; zeros at padded positions.
+        (b, t, d) hidden states, zeros at padded positions; with ``at``, (m, d) at those positions.
         """
         t = input_ids.shape[1]
         if t > self.config.max_length:
@@ -601,7 +698,7 @@ class TrackingBert(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         b = input_ids.shape[0]
-        layout = TokenLayout(batch=b, width=t, real=None, key_mask=None)
+        layout = TokenLayout(batch=b, width=t, real=None, key_mask=None, gather=pack == "gather")
         if attention_mask is not None:
             attention_mask = attention_mask.bool()
             # An all-real batch needs neither mask nor packing; a traced or compiled graph must
@@ -614,20 +711,19 @@ class TrackingBert(nn.Module):
         x = self.embeddings(input_ids, token_type_ids, layout)  # (n, d)
         for block in self.blocks[:-1]:
             x = block(x, layout)
-        if needed is None:
+        if at is None:
             hidden = layout.unpack(self.blocks[-1](x, layout))  # (b, t, d)
-        else:
-            if attention_mask is not None:
-                needed = needed & attention_mask.bool()
-            flat = needed.reshape(-1)  # (b*t,)
-            kept = flat if layout.real is None else flat.index_select(0, layout.real)  # (n,)
-            rows = kept.nonzero().squeeze(1)  # (m,) packed rows
-            where = rows if layout.real is None else layout.real.index_select(0, rows)
-            x = self.blocks[-1](x, layout, rows)  # (m, d)
-            grid = x.new_zeros(b * t, x.shape[-1]).index_copy(0, where, x)
-            return grid.view(b, t, -1)
-        if layout.key_mask is not None and layout.real is None:  # unpacked: zero the padding
-            hidden = hidden * attention_mask[:, :, None].to(hidden.dtype)
+            if layout.key_mask is not None and layout.real is None:  # unpacked: zero the padding
+                hidden = hidden * attention_mask[:, :, None].to(hidden.dtype)
+            return hidden
+        rows = at if layout.real is None else layout.source().index_select(0, at)  # (m,) packed
+        if layout.real is not None:  # a padded position: any row, zeroed below
+            rows = rows.clamp(max=layout.real.shape[0] - 1)
+        hidden = self.blocks[-1](x, layout, rows)  # (m, d)
+        if layout.key_mask is not None:  # zeros at padded positions, as without ``at``
+            hidden = hidden * attention_mask.reshape(-1).index_select(0, at)[:, None].to(
+                hidden.dtype
+            )
         return hidden
 
     # ------------------------------------------------------------------ heads
@@ -652,27 +748,28 @@ class TrackingBert(nn.Module):
         -------
         TrackingBertOutput.
         """
-        needed = None
-        if labels is not None:
-            # the heads read the labelled positions and [CLS] only: the last block skips the rest
-            needed = labels != IGNORE_INDEX
-            needed[:, 0] = True
-        hidden = self.encode(input_ids, token_type_ids, attention_mask, needed=needed)  # (b, t, d)
-        table = self.embedding_table()
-        mlm_loss = None
-        if labels is not None:
+        b, t = input_ids.shape
+        if labels is None:
+            hidden = self.encode(input_ids, token_type_ids, attention_mask)  # (b, t, d)
+            mlm_logits = self.mlm_head(hidden, self.embedding_table())  # (b, t, v)
+            pair_logits = self.pair_head(hidden)  # (b,)
+            mlm_loss = None
+        else:
+            # The heads read the labelled positions and [CLS] only: the last block skips the rest.
             flat_labels = labels.reshape(-1)  # (b*t,)
             where = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # (k,) row-major
-            selected = hidden.reshape(-1, hidden.shape[-1]).index_select(0, where)  # (k, d)
-            mlm_logits = self.mlm_head(selected, table)  # (k, v)
+            cls = torch.arange(b, device=input_ids.device) * t  # (b,)
+            at = torch.cat([where, cls])
+            rows = self.encode(input_ids, token_type_ids, attention_mask, at=at)  # (k + b, d)
+            hidden = rows.new_zeros(b * t, rows.shape[-1]).index_copy(0, at, rows).view(b, t, -1)
+            k = where.shape[0]
+            mlm_logits = self.mlm_head(rows[:k], self.embedding_table())  # (k, v)
+            pair_logits = self.pair_head.classify(rows[k:])  # (b,)
             targets = flat_labels.index_select(0, where)
-            if where.numel() > 0:
+            if k > 0:
                 mlm_loss = F.cross_entropy(mlm_logits.float(), targets)
             else:
                 mlm_loss = mlm_logits.sum() * 0.0  # keeps the graph, no labelled position
-        else:
-            mlm_logits = self.mlm_head(hidden, table)  # (b, t, v)
-        pair_logits = self.pair_head(hidden)  # (b,)
         pair_loss = None
         if pair_labels is not None:
             pair_targets = pair_labels.to(pair_logits.dtype)
@@ -709,9 +806,9 @@ class TrackingBert(nn.Module):
         -------
         (k, v) logits, one row per pair, in the order given.
         """
-        hidden = self.encode(input_ids, token_type_ids, attention_mask)  # (b, t, d)
-        positions = positions.to(device=hidden.device, dtype=torch.long)
-        selected = hidden[positions[:, 0], positions[:, 1]]  # (k, d)
+        positions = positions.to(device=input_ids.device, dtype=torch.long)
+        at = positions[:, 0] * input_ids.shape[1] + positions[:, 1]  # (k,) in the (b * t) grid
+        selected = self.encode(input_ids, token_type_ids, attention_mask, at=at)  # (k, d)
         return self.mlm_head(selected, self.embedding_table())  # (k, v)
 
     # ------------------------------------------------------------------ vocabulary

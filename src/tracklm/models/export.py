@@ -19,10 +19,14 @@ and ``pair_logits`` float32 (b,), the logit of pT(B) > pT(A).
 returns ``t / k`` times more logits than needed for a few masked hits (19x for one masked hit per
 pair of width 19), which makes it slower than eager PyTorch; use it to score every position.
 
-Both graphs compute every position of the (b, t) grid (``TrackingBert.encode(..., pack=False)``)
-and mask padded keys: packing the real tokens, as eager PyTorch does, becomes NonZero, Gather and
-ScatterND nodes that made ONNX Runtime 1.8x slower. Attention is exported as plain MatMul,
-Add (key mask) and Softmax. Run ONNX Runtime with subnormals flushed to zero
+Both graphs run the per-token layers on the real tokens only, as eager PyTorch does, but move
+rows between the packed tokens and the (b, t) attention grid with Gather nodes only
+(``TrackingBert.encode(..., pack="gather")``): scatters (ScatterND) and the Split/Transpose
+pattern of multi-head attention were the slowest nodes in ONNX Runtime, and a Gather of
+head-size rows costs half a Transpose. Attention is plain MatMul, Add (key mask) and Softmax,
+with the 1/sqrt(e) scale folded into the query weights of the exported copy. In the ``masked``
+graph the last block computes only the k asked positions and the b ``[CLS]`` tokens. Run ONNX
+Runtime with subnormals flushed to zero
 (``SessionOptions.add_session_config_entry("session.set_denormal_as_zero", "1")``): a trained
 model's attention weights reach the subnormal range, where ORT's Softmax ran 5x slower.
 
@@ -32,6 +36,7 @@ Both use PyTorch's TorchScript-based ONNX exporter (opset 17), which needs no pa
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -54,18 +59,26 @@ OUTPUT_NAMES = ["mlm_logits", "pair_logits"]
 HEADS = ("masked", "full")
 
 
+def exported_copy(model: TrackingBert) -> TrackingBert:
+    """A copy of ``model`` for tracing: eval mode, attention scale folded into the query weights."""
+    model = copy.deepcopy(model).eval()
+    for block in model.blocks:
+        block.attention.prescale_queries()
+    return model
+
+
 class ExportedHeads(nn.Module):
     """Encoder + masked-module head at every position + pair head (the ``full`` graph)."""
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
-        self.model = model
+        self.model = exported_copy(model)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
         model = self.model
-        hidden = model.encode(input_ids, token_type_ids, attention_mask, pack=False)  # (b, t, d)
+        hidden = model.encode(input_ids, token_type_ids, attention_mask, pack="gather")  # (b, t, d)
         mlm_logits = model.mlm_head(hidden, model.embedding_table())  # (b, t, v)
         return mlm_logits, model.pair_head(hidden)  # (b, t, v), (b,)
 
@@ -75,18 +88,22 @@ class ExportedMaskedHeads(nn.Module):
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
-        self.model = model
+        self.model = exported_copy(model)
 
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor, positions: Tensor
     ) -> tuple[Tensor, Tensor]:
         model = self.model
-        hidden = model.encode(input_ids, token_type_ids, attention_mask, pack=False)  # (b, t, d)
-        t, d = hidden.shape[1], hidden.shape[2]
-        flat = positions[:, 0] * t + positions[:, 1]  # (k,) rows of the flattened (b * t) grid
-        selected = hidden.reshape(-1, d).index_select(0, flat)  # (k, d)
-        mlm_logits = model.mlm_head(selected, model.embedding_table())  # (k, v)
-        return mlm_logits, model.pair_head(hidden)  # (k, v), (b,)
+        b, t = input_ids.shape
+        flat = positions[:, 0] * t + positions[:, 1]  # (k,) in the flattened (b * t) grid
+        cls = torch.arange(b, device=input_ids.device) * t  # (b,) the [CLS] positions
+        # the last block computes only the k positions and the b [CLS] tokens
+        rows = model.encode(
+            input_ids, token_type_ids, attention_mask, pack="gather", at=torch.cat([flat, cls])
+        )  # (k + b, d)
+        k = positions.shape[0]
+        mlm_logits = model.mlm_head(rows[:k], model.embedding_table())  # (k, v)
+        return mlm_logits, model.pair_head.classify(rows[k:])  # (k, v), (b,)
 
 
 def export_onnx(
