@@ -133,11 +133,16 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
 def train_step_flops(
     config: TrackingBertConfig, batch: dict[str, torch.Tensor], masked_only: bool
 ) -> float:
-    """Matrix-product FLOPs of one training step (forward x 3 for forward + backward)."""
+    """Useful matrix-product FLOPs of one training step (forward x 3 for forward + backward).
+
+    Counted as a dense encoder needs them for the real tokens (padding excluded; every layer
+    at every real token, though our last block skips most of them), plus the head at the
+    labelled positions (``masked_only``) or everywhere.
+    """
     b, t = batch["input_ids"].shape
     d, f, n = config.hidden_size, config.intermediate_size, config.num_layers
-    tokens = b * t
-    per_layer = tokens * (2 * d * 3 * d + 2 * d * d + 2 * 2 * d * f) + 2 * 2 * b * t * t * d
+    tokens = int(batch["attention_mask"].sum())
+    per_layer = tokens * (2 * d * 3 * d + 2 * d * d + 2 * 2 * d * f) + 2 * 2 * tokens * t * d
     head_rows = int((batch["labels"] != -100).sum()) if masked_only else tokens
     head = head_rows * (2 * d * d + 2 * d * config.vocab_size)
     return 3.0 * (n * per_layer + head + b * 2 * d * d)

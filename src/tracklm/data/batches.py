@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -41,7 +42,8 @@ def pairs_per_epoch(event_id: np.ndarray, pairing: str) -> int:
         return n
     if pairing == "any":
         return n if n >= 2 else 0
-    _, counts = np.unique(np.asarray(event_id), return_counts=True)
+    # hash counting (memory per event), not np.unique (a sorted copy of every track's id)
+    counts = pd.Series(np.asarray(event_id), copy=False).value_counts(sort=False).to_numpy()
     return int(counts[counts >= 2].sum())
 
 

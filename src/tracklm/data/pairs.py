@@ -34,8 +34,8 @@ class Pairs:
 
     Attributes
     ----------
-    index_a : (P,) int64 track index of track A.
-    index_b : (P,) int64 track index of track B, or None in single-track mode.
+    index_a : (P,) int32 track index of track A (int64 from 2^31 tracks).
+    index_b : (P,) the same for track B, or None in single-track mode.
     labels : (P,) float32 pair-task label (1.0 or 0.0), or None without a pair task.
     """
 
@@ -76,20 +76,33 @@ def _partners_within_groups(
 
     Returns
     -------
-    (index_a, index_b), each (P,) int64 with P the number of tracks in groups of two or more.
+    (index_a, index_b), each (P,) int32 (int64 from 2^31 tracks) with P the number of tracks in
+    groups of two or more.
     """
     n = group.shape[0]
-    # Sorting by (group, random key) = a random permutation inside each group, groups contiguous.
-    order = np.lexsort((rng.random(n), group))
+    index = _index_dtype(n)
+    # A random permutation sorted stably by group: shuffled inside each group, groups contiguous.
+    # (Arrays of 4-8 bytes per track, made one after another: training sets of tens of millions
+    # of tracks pair in memory while their tokens stay memory-mapped.)
+    order = rng.permutation(n).astype(index)
+    order = order[np.argsort(group[order], kind="stable")]
     sorted_group = group[order]
-    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-    sizes = np.diff(np.r_[starts, n])
-    group_start = np.repeat(starts, sizes)
-    group_size = np.repeat(sizes, sizes)
-    position = np.arange(n)
-    partner = group_start + (position - group_start + 1) % np.maximum(group_size, 1)
-    keep = group_size >= 2
-    return order[keep].astype(np.int64), order[partner[keep]].astype(np.int64)
+    boundary = np.flatnonzero(sorted_group[1:] != sorted_group[:-1]) + 1
+    del sorted_group
+    starts, ends = np.r_[0, boundary], np.r_[boundary, n]
+    partner = np.arange(1, n + 1, dtype=index)  # the next member of the group...
+    partner[ends - 1] = starts  # ...cyclically
+    alone = starts[ends - starts == 1]  # a group of one cannot pair
+    if alone.size:
+        keep = np.ones(n, dtype=bool)
+        keep[alone] = False
+        return order[keep], order[partner[keep]]
+    return order, order[partner]
+
+
+def _index_dtype(n: int) -> type[np.signedinteger]:
+    """int32 track indices where they fit (half the memory of int64), else int64."""
+    return np.int32 if n < 2**31 else np.int64
 
 
 def draw_pairs(
@@ -128,12 +141,13 @@ def draw_pairs(
     rng = epoch_rng(seed, epoch)
 
     if pairing == "single":
-        return Pairs(index_a=rng.permutation(n).astype(np.int64), index_b=None, labels=None)
+        return Pairs(index_a=rng.permutation(n).astype(_index_dtype(n)), index_b=None, labels=None)
 
     group = event_id if pairing == "event" else np.zeros(n, dtype=np.int64)
     index_a, index_b = _partners_within_groups(group, rng)
-    shuffle = rng.permutation(index_a.shape[0])
+    shuffle = rng.permutation(index_a.shape[0]).astype(index_a.dtype)
     index_a, index_b = index_a[shuffle], index_b[shuffle]
+    del shuffle
 
     labels = None
     if pair_task == "pt":
@@ -159,4 +173,4 @@ def _swap_partners(
             break
         other[clash] = rng.integers(0, n, size=int(clash.sum()))
     replaced &= event_id[other] != event_id[index_a]
-    return np.where(replaced, other, index_b).astype(np.int64), replaced.astype(np.float32)
+    return np.where(replaced, other, index_b).astype(index_a.dtype), replaced.astype(np.float32)
