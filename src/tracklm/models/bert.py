@@ -210,7 +210,7 @@ class TokenLayout:
     _head_key_bias: Tensor | None = None
     _source: Tensor | None = None
     _any_source: Tensor | None = None
-    _head_rows: dict[int, tuple[Tensor, Tensor]] | None = None
+    _head_rows: tuple[Tensor, Tensor] | None = None
 
     def source(self) -> Tensor:
         """(b * t,) the packed row of each grid position; padding points at row n (built once)."""
@@ -253,9 +253,7 @@ class TokenLayout:
         viewed as (n * 3h, e) rows [query rows; add h for keys, 2h for values], padding pointing
         at row 0's; and (n, h) the row of each packed token and head in a (b * h * t, e) grid.
         """
-        if self._head_rows is None:
-            self._head_rows = {}
-        if num_heads not in self._head_rows:
+        if self._head_rows is None:  # one model, one head count per layout
             b, t, h = self.batch, self.width, num_heads
             device = self.device()
             heads = torch.arange(h, device=device)
@@ -264,8 +262,8 @@ class TokenLayout:
             real = self.real if self.real is not None else torch.arange(b * t, device=device)
             row, position = real // t, real % t  # (n,)
             out = (row[:, None] * h + heads[None, :]) * t + position[:, None]  # (n, h)
-            self._head_rows[num_heads] = (query, out)
-        return self._head_rows[num_heads]
+            self._head_rows = (query, out)
+        return self._head_rows
 
     def key_bias(self, dtype: torch.dtype) -> Tensor:
         """(b, 1, 1, t) 0 where a key may be attended to, -inf at padding (built once per dtype)."""
