@@ -212,7 +212,7 @@ def benchmark_time_to_accuracy(
     run = Path(out)
     run.mkdir(parents=True, exist_ok=False)
     overrides: dict[str, Any] = {
-        **demo_pretrain_overrides(DemoConfig(), minutes),
+        **demo_pretrain_overrides(DemoConfig(preset=preset), minutes),
         "val_every": val_every,
         "val_batches": 4,
         "checkpoint_every": 10**9,

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import yaml
 
+from tracklm import config as config_lib
 from tracklm.errors import InputError
+from tracklm.train.config import preset_config
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +47,26 @@ class DemoConfig:
 
 
 def demo_pretrain_overrides(config: DemoConfig, minutes: float) -> dict[str, object]:
-    """The pre-training settings the demo writes to ``DIR/pretrain.yaml`` over its preset."""
+    """The pre-training settings the demo writes to ``DIR/pretrain.yaml`` over its preset.
+
+    The demo's recipe keeps the first two stages of the preset's mask-rate schedule, switching
+    halfway through the budget. Only the keys whose value differs from the preset are returned,
+    so the file restates no default.
+
+    Parameters
+    ----------
+    config : demo settings (preset, batch size, learning rate, warm-up, steps per minute).
+    minutes : wall-clock budget of pre-training in minutes.
+    """
+    preset = preset_config(config.preset)
     max_steps = max(200, int(config.steps_per_minute * minutes))
-    return {
+    recipe: dict[str, object] = {
         "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0},
         "batch_size": config.batch_size,
         "lr": config.lr,
         "warmup_steps": config.warmup_steps,
         "max_steps": max_steps,
-        "mask_rates": [0.15, 0.30],
+        "mask_rates": list(preset.mask_rates[:2]),
         "mask_rate_steps": [max_steps // 2],
         "val_every": max(50, max_steps // 20),
         "val_batches": 10,
@@ -61,6 +74,8 @@ def demo_pretrain_overrides(config: DemoConfig, minutes: float) -> dict[str, obj
         "early_stopping_patience": None,
         "num_workers": 0,
     }
+    current = config_lib.to_dict(preset)
+    return {key: value for key, value in recipe.items() if current[key] != value}
 
 
 def _complete(path: Path) -> bool:

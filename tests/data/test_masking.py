@@ -8,6 +8,7 @@ import pytest
 from tracklm.data.masking import IGNORE_INDEX, MaskSchedule, mask_modules
 from tracklm.data.sequences import encode_pairs
 from tracklm.detector.vocab import ModuleVocab
+from tracklm.train.config import PretrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_mask_schedule_steps_up_at_the_boundaries():
         0.5,
         0.5,
     ]
-    assert MaskSchedule().rates == (0.15, 0.30, 0.50)
+    assert PretrainConfig().mask_schedule.rates == (0.15, 0.30, 0.50)  # the one set of defaults
     assert MaskSchedule(rates=(0.2,), boundaries=()).rate_at(5) == 0.2
     with pytest.raises(ValueError, match="one rate more"):
         MaskSchedule(rates=(0.15, 0.3), boundaries=())

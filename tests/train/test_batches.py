@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -12,6 +13,9 @@ from synthetic import make_synthetic_dataset
 from tracklm.data.batches import PairBatches, StepSampler, input_width, step_loader
 from tracklm.data.masking import IGNORE_INDEX, MaskSchedule
 from tracklm.io.dataset import open_dataset
+from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.train.config import preset_config
+from tracklm.train.module import PretrainData, PretrainModule
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +102,16 @@ def test_pickled_batches_reopen_the_memory_map_instead_of_copying(dataset):
     clone = pickle.loads(pickle.dumps(data))
     assert clone._tokens is None  # a worker reopens the split itself
     torch.testing.assert_close(clone[7]["input_ids"], data[7]["input_ids"])
+
+
+def test_training_and_validation_receive_the_configs_schedules(dataset):
+    config = dataclasses.replace(preset_config("tiny"), batch_size=16)
+    data = PretrainData(dataset.path, dataset.vocab, config, seed=0)
+    data.setup("fit")
+    assert data.train_batches is not None and data.val_batches is not None
+    assert data.train_batches.mask_schedule is config.mask_schedule
+    assert data.val_batches.mask_schedule is config.val_mask_schedule
+    model = TrackingBert(
+        TrackingBertConfig.preset("tiny", vocab_size=len(dataset.vocab), max_length=64)
+    )
+    assert PretrainModule(model, config, seed=0).schedule is config.mask_schedule

@@ -1,29 +1,56 @@
-"""Pre-training config: presets equal their YAML mirrors, overrides, unknown keys refused."""
+"""Pre-training config: presets load by name, the defaults live once, overrides, bad keys refused."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
 
 import pytest
 
 from tracklm import config as config_lib
+from tracklm.cli import build_parser
 from tracklm.errors import InputError
-from tracklm.models import TrackingBertConfig
-from tracklm.train.config import PRESETS, PretrainConfig, load_pretrain_config, preset_config
+from tracklm.presets import load_preset, preset_names
+from tracklm.train.config import PretrainConfig, load_pretrain_config, preset_config
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
 
 
-@pytest.mark.parametrize("kind", ["model", "pretrain"])
-def test_every_yaml_preset_loads_and_equals_its_builtin(kind):
-    files = sorted((CONFIGS / kind).glob("*.yaml"))
-    assert {f.stem for f in files} == set(PRESETS)
-    for path in files:
-        if kind == "model":
-            loaded = TrackingBertConfig.from_dict(config_lib.read_yaml(path), where=str(path))
-            assert loaded == TrackingBertConfig.preset(path.stem), path
-        else:
-            assert config_lib.load_config(PretrainConfig, path) == preset_config(path.stem), path
+@pytest.mark.parametrize("name", ["tiny", "small", "paper"])
+def test_each_preset_loads_by_name_and_sets_only_its_own_keys(name):
+    keys = load_preset("pretrain", name)
+    assert keys["model"] == name and set(keys) <= FIELDS
+    config = preset_config(name)
+    assert config == load_pretrain_config(name)
+    for key, value in config_lib.to_dict(config).items():
+        # a key the file leaves out keeps the dataclass default
+        expected = keys.get(key, config_lib.to_dict(PretrainConfig())[key])
+        assert value == expected, key
+
+
+def test_the_command_line_offers_exactly_the_shipped_presets():
+    parser = build_parser()
+    pretrain = parser._subparsers._group_actions[0].choices["pretrain"]  # type: ignore[union-attr]
+    (preset,) = [a for a in pretrain._actions if a.dest == "preset"]
+    assert set(preset.choices) == set(preset_names("pretrain")) == {"tiny", "small", "paper"}
+
+
+def test_unknown_preset_is_a_one_line_input_error():
+    with pytest.raises(InputError) as error:
+        load_pretrain_config("huge")
+    message = str(error.value)
+    assert message == "--preset: unknown pretrain preset 'huge' (choose from paper, small, tiny)"
+    assert "\n" not in message
+
+
+def test_the_mask_schedule_is_built_once_from_the_config():
+    config = preset_config("tiny")
+    assert config.mask_schedule is config.mask_schedule
+    assert config.mask_schedule.rates == config.mask_rates == (0.15, 0.30, 0.50)
+    assert config.mask_schedule.boundaries == config.mask_rate_steps == (100, 200)
+    assert config.val_mask_schedule.rates == (config.val_mask_rate,)
+    assert config.val_mask_schedule.boundaries == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.mask_rates = (0.5,)  # type: ignore[misc]
 
 
 def test_presets_differ_where_they_should():
@@ -45,9 +72,15 @@ def test_config_file_then_options_override_the_preset(tmp_path):
     )
     config = load_pretrain_config("small", str(path), {"max_steps": 77, "batch_size": None})
     assert config.lr == 0.002 and config.max_steps == 77
-    assert config.batch_size == preset_config("small").batch_size
-    assert config.mask_schedule().rate_at(60) == 0.4
+    assert config.mask_schedule.rate_at(60) == 0.4
     assert config.model_overrides == {"num_layers": 3}
+    # every key the file and the options leave alone keeps the preset's value
+    small = config_lib.to_dict(preset_config("small"))
+    changed = {"lr", "mask_rates", "mask_rate_steps", "model_overrides", "max_steps"}
+    resolved = config_lib.to_dict(config)
+    assert {key: resolved[key] for key in small if key not in changed} == {
+        key: value for key, value in small.items() if key not in changed
+    }
 
 
 def test_unknown_key_is_refused_naming_file_and_key(tmp_path):

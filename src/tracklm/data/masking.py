@@ -112,14 +112,17 @@ def mask_modules(
 class MaskSchedule:
     """Mask rate as a step function of the optimiser step (the paper raises 15% -> 30% -> 50%).
 
+    No defaults here: a run's schedule is built once by ``tracklm.train.config.PretrainConfig``
+    (``mask_schedule``), which holds the default rates and steps.
+
     Attributes
     ----------
     rates : mask rate of each stage, each in (0, 1].
     boundaries : first step of stages 2, 3, ...; increasing; one fewer than ``rates``.
     """
 
-    rates: tuple[float, ...] = (0.15, 0.30, 0.50)
-    boundaries: tuple[int, ...] = (100_000, 200_000)
+    rates: tuple[float, ...]
+    boundaries: tuple[int, ...]
 
     def __post_init__(self) -> None:
         if len(self.rates) < 1 or len(self.boundaries) != len(self.rates) - 1:

@@ -1,24 +1,26 @@
-"""``PretrainConfig``: every option of a pre-training run, with the ``tiny|small|paper`` presets.
+"""``PretrainConfig``: every option of a pre-training run, and the ``tiny|small|paper`` presets.
 
-The presets live here in code and are mirrored by ``configs/pretrain/{tiny,small,paper}.yaml``
-(a test keeps the two equal). A user's ``--config FILE`` overrides a preset key by key; unknown
-keys and wrong types are refused with an ``InputError`` naming the file and key.
+The dataclass holds the one set of defaults. A preset is package data,
+``src/tracklm/presets/pretrain/NAME.yaml``, holding only the keys it sets; a user's
+``--config FILE`` overrides it key by key. Unknown keys and wrong types are refused with an
+``InputError`` naming the file and key. The config builds its mask-rate schedules once
+(``mask_schedule``, ``val_mask_schedule``); the training module and the data receive them.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from tracklm import config as config_lib
 from tracklm.data.masking import MaskSchedule
 from tracklm.errors import InputError
+from tracklm.presets import load_preset
 
-PRESETS = ("tiny", "small", "paper")
 
-
-@dataclass
+@dataclass(frozen=True)
 class PretrainConfig:
     """Options of ``tracklm pretrain``.
 
@@ -102,63 +104,69 @@ class PretrainConfig:
                 "pretrain config: early_stopping_patience must be at least 1 (or null for none)"
             )
         try:
-            self.mask_schedule()
+            _ = self.mask_schedule  # built once, now: a bad schedule fails when the config is read
         except ValueError as exc:
             raise InputError(f"pretrain config: mask_rates/mask_rate_steps: {exc}") from None
 
+    @cached_property
     def mask_schedule(self) -> MaskSchedule:
-        """The training mask-rate schedule."""
+        """The training mask-rate schedule (``mask_rates`` switching at ``mask_rate_steps``)."""
         return MaskSchedule(rates=tuple(self.mask_rates), boundaries=tuple(self.mask_rate_steps))
+
+    @cached_property
+    def val_mask_schedule(self) -> MaskSchedule:
+        """The validation schedule: ``val_mask_rate`` at every step."""
+        return MaskSchedule(rates=(self.val_mask_rate,), boundaries=())
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML/JSON-friendly data."""
         return config_lib.to_dict(self)
 
 
-_PRESETS: dict[str, dict[str, Any]] = {
-    # Seconds on a laptop CPU: for tests and for trying the pipeline.
-    "tiny": {
-        "model": "tiny", "batch_size": 64, "lr": 5e-3, "warmup_steps": 20, "max_steps": 300,
-        "mask_rate_steps": (100, 200), "val_every": 50, "val_batches": 4, "checkpoint_every": 100,
-        "early_stopping_patience": None, "num_workers": 0,
-    },
-    # Minutes to an hour: a quick but useful model.
-    "small": {
-        "model": "small", "batch_size": 512, "lr": 5e-4, "warmup_steps": 1000, "max_steps": 30_000,
-        "mask_rate_steps": (10_000, 20_000), "val_every": 500, "val_batches": 20,
-        "checkpoint_every": 1000, "early_stopping_patience": 10, "num_workers": 2,
-    },
-    # arXiv:2402.10239: batch 5,000 pairs, lr 1e-4, 10k warm-up steps then linear decay.
-    "paper": {
-        "model": "paper", "batch_size": 5000, "lr": 1e-4, "warmup_steps": 10_000,
-        "max_steps": 200_000, "mask_rate_steps": (50_000, 100_000), "val_every": 2000,
-        "val_batches": 20, "checkpoint_every": 2000, "early_stopping_patience": 10, "num_workers": 4,
-    },
-}  # fmt: skip
-
-
 def preset_config(name: str) -> PretrainConfig:
-    """The built-in preset ``name`` (``tiny``, ``small`` or ``paper``)."""
-    if name not in _PRESETS:
-        raise InputError(f"--preset: unknown preset {name!r} (choose from {', '.join(PRESETS)})")
-    return dataclasses.replace(PretrainConfig(), **_PRESETS[name])
+    """The built-in preset ``name`` (``src/tracklm/presets/pretrain/NAME.yaml``) over the defaults.
+
+    Raises
+    ------
+    InputError
+        When no such preset exists (one line naming ``--preset`` and the known presets).
+    """
+    keys = load_preset("pretrain", name, option="--preset")
+    return config_lib.from_dict(PretrainConfig, keys, where=f"pretrain preset {name}")
 
 
-def load_pretrain_config(
-    preset: str, path: str | None = None, overrides: dict[str, Any] | None = None
+def apply_overrides(
+    config: PretrainConfig,
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> PretrainConfig:
-    """A preset, then the YAML file ``path`` over it, then ``overrides`` (e.g. from options).
+    """``config`` with the YAML file ``path`` applied over it key by key, then ``overrides``.
 
     Parameters
     ----------
-    preset : built-in preset name.
+    config : the starting point (a preset, or a resumed run's config).
     path : YAML file of ``PretrainConfig`` keys, or None.
     overrides : final values, e.g. ``{"max_steps": 100}`` from ``--max-steps``; None values skipped.
     """
-    config = preset_config(preset)
     if path is not None:
         config = config_lib.merge(config, config_lib.read_yaml(path), where=str(path))
     extra = {key: value for key, value in (overrides or {}).items() if value is not None}
     if extra:
         config = config_lib.merge(config, extra, where="options")
     return config
+
+
+def load_pretrain_config(
+    preset: str,
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PretrainConfig:
+    """A preset, then the YAML file ``path`` over it, then ``overrides`` (e.g. from options).
+
+    Parameters
+    ----------
+    preset : built-in preset name (``tiny``, ``small`` or ``paper``).
+    path : YAML file of ``PretrainConfig`` keys, or None.
+    overrides : final values, e.g. ``{"max_steps": 100}`` from ``--max-steps``; None values skipped.
+    """
+    return apply_overrides(preset_config(preset), path, overrides)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tracklm.data.batches import PairBatches, StepSampler, step_loader
-from tracklm.data.masking import IGNORE_INDEX, MaskSchedule
+from tracklm.data.masking import IGNORE_INDEX
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models import TrackingBert
@@ -54,7 +54,7 @@ class PretrainModule(pl.LightningModule):
         self.model = model
         self.config = config
         self.seed = seed
-        self.schedule = config.mask_schedule()
+        self.schedule = config.mask_schedule
         self._val_sums: torch.Tensor | None = None
         self._last_time: float | None = None
         self._train_pairs = 0
@@ -194,7 +194,7 @@ class PretrainData(pl.LightningDataModule):
         common = {"pairing": c.pairing, "pair_task": c.pair_task, "rank": rank, "world_size": world}
         self.train_batches = PairBatches(
             self.data / "train", self.vocab, batch_size=c.batch_size, seed=self.seed,
-            mask_schedule=c.mask_schedule(), **common,
+            mask_schedule=c.mask_schedule, **common,
         )  # fmt: skip
         if self.train_batches.batches_per_epoch < 1:
             raise InputError(
@@ -203,7 +203,7 @@ class PretrainData(pl.LightningDataModule):
             )
         val = PairBatches(
             self.data / "val", self.vocab, batch_size=c.batch_size, seed=self.seed,
-            mask_schedule=MaskSchedule(rates=(c.val_mask_rate,), boundaries=()), **common,
+            mask_schedule=c.val_mask_schedule, **common,
         )  # fmt: skip
         if val.batches_per_epoch < 1 and val.n_pairs >= world:
             # A small validation split still validates, with smaller batches.

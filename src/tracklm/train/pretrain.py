@@ -37,7 +37,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models import TrackingBert, TrackingBertConfig
-from tracklm.train.config import PretrainConfig, load_pretrain_config
+from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
 from tracklm.train.module import PretrainData, PretrainModule
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_pretrain(
             log.warning("%s: no checkpoint yet; starting the run again from step 0", checkpoint)
             checkpoint = None
     else:
-        cfg = load_pretrain_config(preset, None if config is None else str(config), overrides)
+        cfg = load_pretrain_config(preset, config, overrides)
         checkpoint = None
         # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
         if first_process:
@@ -312,12 +312,7 @@ def _resumed_settings(
             f"the run's {str(record.get('vocab_sha256'))[:12]} ({record_path}); resume with the run's dataset"
         )
     cfg = config_lib.from_dict(PretrainConfig, record.get("config", {}), where=str(record_path))
-    if config_path is not None:
-        cfg = config_lib.merge(cfg, config_lib.read_yaml(config_path), where=str(config_path))
-    extra = {key: value for key, value in overrides.items() if value is not None}
-    if extra:
-        cfg = config_lib.merge(cfg, extra, where="options")
-    return cfg, int(record.get("seed", 0))
+    return apply_overrides(cfg, config_path, overrides), int(record.get("seed", 0))
 
 
 def _process_rank() -> int:
