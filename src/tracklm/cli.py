@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tracklm import __version__
 from tracklm.errors import InputError
+from tracklm.simulate.config import SimulationConfig
 
 SELECTIONS_HELP = (
     "track selection: 'pixel-4to8' (the paper's: pixel volumes 7, 8, 9, tracks with 4 to 8 hits, "
@@ -84,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pileup",
         type=_non_negative_float,
-        default=200.0,
-        help="mean pile-up collisions (default 200)",
+        default=SimulationConfig.mean_pileup_collisions,
+        help=f"mean pile-up collisions (default {SimulationConfig.mean_pileup_collisions:g})",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from tracklm.detector.geometry import PIXEL_VOLUMES, Detector
-from tracklm.simulate.event import SimulatedEvent, generate_event, simulate_event
+from tracklm.simulate.config import SimulationConfig
+from tracklm.simulate.event import SimulatedEvent, simulate_event
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,9 @@ def detector() -> Detector:
 
 @pytest.fixture(scope="module")
 def event(detector: Detector) -> SimulatedEvent:
-    return generate_event(detector, event_id=1, pileup=200.0, rng_or_seed=0)
+    return simulate_event(
+        detector, event_id=1, seed=0, config=SimulationConfig(mean_pileup_collisions=200.0)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -180,16 +183,19 @@ def test_tables_follow_the_trackml_layout(event: SimulatedEvent) -> None:
 
 
 def test_same_seed_same_event_different_seed_different(detector: Detector) -> None:
-    first = simulate_event(detector, 3, pileup=5.0, rng_or_seed=11)
-    again = simulate_event(detector, 3, pileup=5.0, rng_or_seed=11)
-    other = simulate_event(detector, 3, pileup=5.0, rng_or_seed=12)
-    for a, b in zip(first, again):
-        pd.testing.assert_frame_equal(a, b)
-    assert not first[0].equals(other[0])
+    config = SimulationConfig(mean_pileup_collisions=5.0)
+    first = simulate_event(detector, 3, seed=11, config=config)
+    again = simulate_event(detector, 3, seed=11, config=config)
+    other = simulate_event(detector, 3, seed=12, config=config)
+    for name in ("hits", "particles", "truth"):
+        pd.testing.assert_frame_equal(getattr(first, name), getattr(again, name))
+    np.testing.assert_array_equal(first.flight_order, again.flight_order)
+    assert not first.hits.equals(other.hits)
 
 
 def test_pileup_zero_is_one_collision(detector: Detector) -> None:
-    hits, particles, truth = simulate_event(detector, 1, pileup=0.0, rng_or_seed=0)
+    event = simulate_event(detector, 1, seed=0, config=SimulationConfig(mean_pileup_collisions=0.0))
+    hits, particles, truth = event.hits, event.particles, event.truth
     primaries = particles[np.hypot(particles["vx"], particles["vy"]) < 1.0]
     # Only the signal collision: one primary vertex, a few tens of particles.
     assert primaries["vz"].nunique() == 1

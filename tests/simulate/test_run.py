@@ -1,4 +1,4 @@
-"""``run_simulate`` / ``tracklm simulate``: files, reproducibility, detectors, errors."""
+"""``run_simulate`` / ``tracklm simulate`` and ``simulate_events``: files, reproducibility, config."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from tracklm.cli import main
+from tracklm.config import from_dict
 from tracklm.detector.geometry import Detector
 from tracklm.errors import InputError
-from tracklm.io.trackml import list_events, read_event
-from tracklm.simulate.event import run_simulate
+from tracklm.io.trackml import list_events, read_event, write_event
+from tracklm.simulate.config import SimulationConfig
+from tracklm.simulate.event import run_simulate, simulate_event, simulate_events
 
 EVENT_FILES = [
     f"event00000000{i}-{part}.csv.gz" for i in (1, 2) for part in ("hits", "particles", "truth")
@@ -43,6 +45,31 @@ def test_writes_a_trackml_directory(simulated: Path) -> None:
     manifest = json.loads((simulated / "manifest.json").read_text())
     assert manifest["stage"] == "simulate" and manifest["config"]["seed"] == 7
     assert set(EVENT_FILES) <= set(manifest["files"])
+
+
+def test_the_manifest_records_the_pileup_inside_the_simulation_config(simulated: Path) -> None:
+    config = json.loads((simulated / "manifest.json").read_text())["config"]
+    assert set(config) == {"events", "seed", "simulation"} and config["events"] == 2
+    simulation = config["simulation"]
+    assert simulation["mean_pileup_collisions"] == 10.0
+    # the manifest's config rebuilds the run's SimulationConfig
+    rebuilt = from_dict(SimulationConfig, simulation)
+    assert rebuilt == SimulationConfig(mean_pileup_collisions=10.0)
+
+
+def test_library_entry_points_give_the_verbs_events(simulated: Path, tmp_path: Path) -> None:
+    config = SimulationConfig(mean_pileup_collisions=10.0)
+    direct = simulate_events(tmp_path / "direct", config, detector="trackml", events=2, seed=7)
+    for name in ["detectors.csv", *EVENT_FILES]:
+        assert (direct / name).read_bytes() == (simulated / name).read_bytes(), name
+    # event 2 in memory is the directory's event 2
+    event = simulate_event(Detector.load("trackml"), 2, seed=7, config=config)
+    single = tmp_path / "single"
+    single.mkdir()
+    write_event(single, 2, hits=event.hits, particles=event.particles, truth=event.truth)
+    for part in ("hits", "particles", "truth"):
+        name = f"event000000002-{part}.csv.gz"
+        assert (single / name).read_bytes() == (simulated / name).read_bytes(), name
 
 
 def test_same_seed_gives_identical_bytes(simulated: Path, tmp_path: Path) -> None:
@@ -96,6 +123,9 @@ def test_bad_options_are_input_errors(tmp_path: Path) -> None:
         run_simulate(tmp_path / "x", pileup=-1.0)
     with pytest.raises(InputError, match="--events"):
         run_simulate(tmp_path / "x", events=0)
+    with pytest.raises(InputError, match="mean_pileup_collisions"):
+        SimulationConfig(mean_pileup_collisions=float("nan"))
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow

@@ -2,12 +2,16 @@
 
 Defaults are tuned so that a pile-up 200 event on the TrackML detector reproduces the figures of
 real TrackML events (particle spectra, hit counts, hits per particle; see the tests in
-``tests/simulate``). Units: mm, GeV, tesla, radiation lengths (X0).
+``tests/simulate``). Units: mm, GeV, tesla, radiation lengths (X0). ``tracklm simulate`` fills
+``mean_pileup_collisions`` from ``--pileup`` and records the whole config in its manifest.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from tracklm.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,8 @@ class SimulationConfig:
     ------------------------
     signal_collisions : collisions present in every event on top of the pile-up (the hard scatter,
         modelled like a pile-up collision); with pile-up 0 an event still has particles.
+    mean_pileup_collisions : mean number of pile-up collisions per event (``--pileup``); each
+        event draws its number from a Poisson distribution with this mean.
     charged_per_collision : mean number of charged primaries per collision within ``|eta| < eta_max``.
     multiplicity_shape : shape k of the negative-binomial multiplicity (smaller = wider).
     eta_max : primaries are flat in pseudorapidity over ``[-eta_max, eta_max]``.
@@ -66,6 +72,7 @@ class SimulationConfig:
     """
 
     signal_collisions: int = 1
+    mean_pileup_collisions: float = 200.0
     charged_per_collision: float = 35.0
     multiplicity_shape: float = 2.0
     eta_max: float = 4.0
@@ -108,3 +115,14 @@ class SimulationConfig:
     pixel_noise_fraction: float = 0.055
     strip_noise_fraction: float = 0.25
     lookup_margin_mm: float = 8.0
+
+    def __post_init__(self) -> None:
+        pileup = self.mean_pileup_collisions
+        if isinstance(pileup, bool) or not isinstance(pileup, (int, float)):
+            raise InputError(
+                f"simulation config: mean_pileup_collisions must be a number, got {pileup!r}"
+            )
+        if not math.isfinite(pileup) or pileup < 0:
+            raise InputError(
+                f"simulation config: mean_pileup_collisions must be a finite number >= 0, got {pileup!r}"
+            )

@@ -1,7 +1,10 @@
 """TrackML-like events: particles -> propagation -> hits -> TrackML tables and files.
 
-``simulate_event`` makes one event in memory; ``run_simulate`` (the ``tracklm simulate`` verb)
-writes a TrackML event directory. Each event draws from its own generator seeded by
+Two library entry points reach the generator: ``simulate_event`` makes one event in memory
+(tests, studies), ``simulate_events`` writes N events into a TrackML event directory with its
+manifest. ``run_simulate`` is the ``tracklm simulate`` verb: it checks the options, builds one
+``SimulationConfig`` from them (``--pileup`` is its ``mean_pileup_collisions``) and calls
+``simulate_events``. Each event draws from its own generator seeded by
 ``SeedSequence([seed, event_id])``, so an event does not depend on which others are simulated
 or on the number of worker processes.
 """
@@ -57,7 +60,7 @@ class SimulatedEvent:
     flight_order: np.ndarray
 
 
-class EventGenerator:
+class _EventGenerator:
     """Generates events on one detector with one config (the lookup grid is built once).
 
     Parameters
@@ -84,10 +87,10 @@ class EventGenerator:
         safe = np.maximum(rows, 0)
         return np.where(rows >= 0, self.locator.module_layer[safe], self.propagator.n_module_layers)
 
-    def generate(self, pileup: float, rng: np.random.Generator) -> SimulatedEvent:
-        """Simulate one event with mean pile-up ``pileup`` from the generator ``rng``."""
+    def generate(self, rng: np.random.Generator) -> SimulatedEvent:
+        """Simulate one event of this generator's config from the random generator ``rng``."""
         config = self.config
-        primaries = generate_primaries(rng, pileup, config)
+        primaries = generate_primaries(rng, config)
         crossings = self.propagator.propagate(
             primaries.vertex_mm,
             primaries.momentum_gev,
@@ -250,106 +253,172 @@ def _join(first: Crossings, second: Crossings, offset: int) -> Crossings:
 
 
 # One generator per (detector, config): building the module lookup grid costs more than an event.
-_GENERATORS: weakref.WeakKeyDictionary[Detector, dict[SimulationConfig, EventGenerator]] = (
+_GENERATORS: weakref.WeakKeyDictionary[Detector, dict[SimulationConfig, _EventGenerator]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def event_generator(detector: Detector, config: SimulationConfig | None = None) -> EventGenerator:
-    """The (cached) ``EventGenerator`` of ``detector`` and ``config`` (default config if None)."""
-    config = SimulationConfig() if config is None else config
+def _generator(detector: Detector, config: SimulationConfig) -> _EventGenerator:
+    """The cached generator of ``detector`` and ``config``."""
     per_detector = _GENERATORS.setdefault(detector, {})
     if config not in per_detector:
-        per_detector[config] = EventGenerator(detector, config)
+        per_detector[config] = _EventGenerator(detector, config)
     return per_detector[config]
 
 
-def event_rng(seed: int, event_id: int) -> np.random.Generator:
+def _event_rng(seed: int, event_id: int) -> np.random.Generator:
     """The random generator of event ``event_id`` under run seed ``seed``."""
     return np.random.default_rng(
         np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(event_id)])
     )
 
 
-def generate_event(
-    detector: Detector,
-    event_id: int,
-    pileup: float = 200.0,
-    rng_or_seed: np.random.Generator | int = 0,
-    config: SimulationConfig | None = None,
-) -> SimulatedEvent:
-    """Simulate one event and keep its flight order (see ``simulate_event``)."""
-    rng = (
-        rng_or_seed
-        if isinstance(rng_or_seed, np.random.Generator)
-        else event_rng(rng_or_seed, event_id)
-    )
-    return event_generator(detector, config).generate(float(pileup), rng)
-
-
 def simulate_event(
     detector: Detector,
     event_id: int,
-    pileup: float = 200.0,
-    rng_or_seed: np.random.Generator | int = 0,
+    *,
+    seed: int = 0,
     config: SimulationConfig | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Simulate one TrackML-like event.
+) -> SimulatedEvent:
+    """Simulate one TrackML-like event in memory.
 
     Parameters
     ----------
     detector : any TrackML-format detector.
-    event_id : the event number (seeds the event together with an integer seed).
-    pileup : mean number of pile-up collisions (Poisson), on top of ``config.signal_collisions``.
-    rng_or_seed : a ``np.random.Generator``, or an int run seed (the generator is then
-        ``default_rng(SeedSequence([seed, event_id]))``).
-    config : simulation parameters; ``SimulationConfig()`` if None.
+    event_id : the event number; with ``seed`` it fixes the event's random stream
+        (``default_rng(SeedSequence([seed, event_id]))``), so event ``k`` of
+        ``simulate_events(..., seed=s)`` equals ``simulate_event(detector, k, seed=s)``.
+    seed : run seed.
+    config : simulation parameters, pile-up included; ``SimulationConfig()`` (pile-up 200) if None.
 
     Returns
     -------
-    hits, particles, truth : DataFrames with TrackML's columns (``particle_type``, ``weight``
-        included). Hits are sorted by (volume, layer, module) and numbered 1..N in that order.
+    SimulatedEvent : ``hits``, ``particles``, ``truth`` (DataFrames with TrackML's columns,
+        ``particle_type`` and ``weight`` included; hits sorted by (volume, layer, module) and
+        numbered 1..N in that order) and ``flight_order`` (H,).
     """
-    event = generate_event(detector, event_id, pileup, rng_or_seed, config)
-    return event.hits, event.particles, event.truth
+    config = SimulationConfig() if config is None else config
+    return _generator(detector, config).generate(_event_rng(seed, event_id))
 
 
-# ---------------------------------------------------------------------- command line
-_WORKER: dict[str, object] = {}
+# ---------------------------------------------------------------------- event directories
+_WORKER: dict[str, _EventGenerator] = {}
 
 
 def _init_worker(detector: Detector, config: SimulationConfig) -> None:
-    _WORKER["generator"] = EventGenerator(detector, config)
+    _WORKER["generator"] = _generator(detector, config)
 
 
-def _write_one(directory: Path, event_id: int, pileup: float, seed: int) -> int:
-    generator = _WORKER["generator"]
-    assert isinstance(generator, EventGenerator)
-    event = generator.generate(pileup, event_rng(seed, event_id))
+def _write_one(directory: Path, event_id: int, seed: int) -> int:
+    event = _WORKER["generator"].generate(_event_rng(seed, event_id))
     write_event(directory, event_id, hits=event.hits, particles=event.particles, truth=event.truth)
     return len(event.hits)
 
 
-def run_simulate(
+def _write_events(
+    directory: Path,
+    geometry: Detector,
+    config: SimulationConfig,
+    event_ids: list[int],
+    seed: int,
+    workers: int,
+) -> int:
+    """Write the events ``event_ids`` into ``directory``; returns the number of hits written."""
+    progress = tqdm(total=len(event_ids), desc="simulate", unit="event", disable=None)
+    n_hits = 0
+    if workers == 1:
+        _init_worker(geometry, config)
+        for event_id in event_ids:
+            n_hits += _write_one(directory, event_id, seed)
+            progress.update()
+    else:
+        # Spawned (not forked) workers: safe whatever threads the parent runs.
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(workers, len(event_ids)),
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(geometry, config),
+        ) as pool:
+            futures = [pool.submit(_write_one, directory, event_id, seed) for event_id in event_ids]
+            for future in concurrent.futures.as_completed(futures):
+                n_hits += future.result()
+                progress.update()
+    progress.close()
+    return n_hits
+
+
+def simulate_events(
     out: str | os.PathLike[str],
+    config: SimulationConfig,
+    *,
     detector: str | os.PathLike[str] = "trackml",
     events: int = 10,
-    pileup: float = 200.0,
     seed: int = 0,
     workers: int = 1,
-    config: SimulationConfig | None = None,
 ) -> Path:
     """Simulate ``events`` events into the TrackML event directory ``out`` (atomically).
 
     Parameters
     ----------
     out : output directory (must not exist or be empty).
+    config : simulation parameters, pile-up included; recorded in the manifest.
+    detector : ``"trackml"`` (built-in) or a path to a TrackML ``detectors.csv``.
+    events : number of events, at least 1; their ids are 1..events.
+    seed : run seed; the same seed and config give byte-identical event files.
+    workers : processes, at least 1; the result does not depend on it.
+
+    Returns
+    -------
+    The output directory, holding ``detectors.csv``, the event files and ``manifest.json``
+    (whose ``config`` holds ``events``, ``seed`` and the whole ``simulation`` config).
+    """
+    geometry = Detector.load(detector)
+    if len(geometry) == 0:
+        raise InputError(f"{detector}: the detector has no modules")
+    out = Path(out)
+    log.info(
+        "simulate: %d events, pile-up %g, seed %d, detector %s -> %s",
+        events,
+        config.mean_pileup_collisions,
+        seed,
+        detector,
+        out,
+    )
+    with atomic_output_dir(out) as tmp:
+        geometry.to_csv(tmp / "detectors.csv")
+        n_hits = _write_events(tmp, geometry, config, list(range(1, events + 1)), seed, workers)
+        write_manifest(
+            tmp,
+            "simulate",
+            config={"events": events, "seed": seed, "simulation": to_dict(config)},
+            inputs={"detector": str(detector)},
+            n_events=events,
+            n_hits=n_hits,
+        )
+    log.info("simulate: wrote %d hits in %d events to %s", n_hits, events, out)
+    return out
+
+
+def run_simulate(
+    out: str | os.PathLike[str],
+    detector: str | os.PathLike[str] = "trackml",
+    events: int = 10,
+    pileup: float = SimulationConfig.mean_pileup_collisions,
+    seed: int = 0,
+    workers: int = 1,
+) -> Path:
+    """``tracklm simulate``: check the options and call ``simulate_events``.
+
+    Parameters
+    ----------
+    out : output directory (must not exist or be empty).
     detector : ``"trackml"`` (built-in) or a path to a TrackML ``detectors.csv``.
     events : number of events; their ids are 1..events.
-    pileup : mean number of pile-up collisions per event.
+    pileup : mean number of pile-up collisions per event (``SimulationConfig.mean_pileup_collisions``;
+        the other simulation parameters keep their defaults).
     seed : run seed; the same seed gives byte-identical event files.
     workers : processes; the result does not depend on it.
-    config : simulation parameters; ``SimulationConfig()`` if None.
 
     Returns
     -------
@@ -361,58 +430,7 @@ def run_simulate(
         raise InputError(f"--pileup: must be a finite number >= 0, got {pileup!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers: must be a positive integer, got {workers!r}")
-    config = SimulationConfig() if config is None else config
-    geometry = Detector.load(detector)
-    if len(geometry) == 0:
-        raise InputError(f"{detector}: the detector has no modules")
-    out = Path(out)
-    event_ids = list(range(1, events + 1))
-    log.info(
-        "simulate: %d events, pile-up %g, seed %d, detector %s -> %s",
-        events,
-        pileup,
-        seed,
-        detector,
-        out,
+    config = SimulationConfig(mean_pileup_collisions=float(pileup))
+    return simulate_events(
+        out, config, detector=detector, events=events, seed=seed, workers=workers
     )
-    with atomic_output_dir(out) as tmp:
-        geometry.to_csv(tmp / "detectors.csv")
-        progress = tqdm(total=events, desc="simulate", unit="event", disable=None)
-        n_hits = 0
-        if workers == 1:
-            _init_worker(geometry, config)
-            for event_id in event_ids:
-                n_hits += _write_one(tmp, event_id, float(pileup), seed)
-                progress.update()
-        else:
-            # Spawned (not forked) workers: safe whatever threads the parent runs.
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(workers, events),
-                mp_context=context,
-                initializer=_init_worker,
-                initargs=(geometry, config),
-            ) as pool:
-                futures = [
-                    pool.submit(_write_one, tmp, event_id, float(pileup), seed)
-                    for event_id in event_ids
-                ]
-                for future in concurrent.futures.as_completed(futures):
-                    n_hits += future.result()
-                    progress.update()
-        progress.close()
-        write_manifest(
-            tmp,
-            "simulate",
-            config={
-                "events": events,
-                "pileup": float(pileup),
-                "seed": seed,
-                "simulation": to_dict(config),
-            },
-            inputs={"detector": str(detector)},
-            n_events=events,
-            n_hits=n_hits,
-        )
-    log.info("simulate: wrote %d hits in %d events to %s", n_hits, events, out)
-    return out

@@ -1,6 +1,6 @@
 """Particle generation: pile-up collisions with their charged primaries, and secondaries.
 
-Primaries: ``signal_collisions + Poisson(pileup)`` collisions, each with a negative-binomial number
+Primaries: ``signal_collisions + Poisson(mean_pileup_collisions)`` collisions, each with a negative-binomial number
 of charged particles, flat in eta and phi, with a log-normal pT spectrum cut at ``pt_min_gev``,
 from a Gaussian luminous region. Secondaries (material interactions and decays) are spawned on
 already propagated primaries: at one of the parent's material crossings, or for decays on its
@@ -81,11 +81,9 @@ def _momenta(pt: np.ndarray, eta: np.ndarray, phi: np.ndarray) -> np.ndarray:
     return np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta)], axis=1)
 
 
-def generate_primaries(
-    rng: np.random.Generator, pileup: float, config: SimulationConfig
-) -> ParticleSet:
-    """Charged primaries of ``signal_collisions + Poisson(pileup)`` collisions."""
-    n_collisions = config.signal_collisions + int(rng.poisson(pileup))
+def generate_primaries(rng: np.random.Generator, config: SimulationConfig) -> ParticleSet:
+    """Charged primaries of ``signal_collisions + Poisson(mean_pileup_collisions)`` collisions."""
+    n_collisions = config.signal_collisions + int(rng.poisson(config.mean_pileup_collisions))
     shape = config.multiplicity_shape
     multiplicity = rng.negative_binomial(
         shape, shape / (shape + config.charged_per_collision), n_collisions
