@@ -83,8 +83,14 @@ class PretrainModule(pl.LightningModule):
                 metrics["train/pair_loss"] = out.pair_loss.detach()
             self.log_dict(metrics, batch_size=batch["input_ids"].shape[0])
             self.log("train/mask_rate", self.schedule.rate_at(step))
-            self.log("lr", self.lr_schedulers().get_last_lr()[0])
+            self.log("lr", self._learning_rate())
         return out.loss
+
+    def _learning_rate(self) -> float:
+        """The learning rate in force (from the one step-wise scheduler ``configure_optimizers`` sets)."""
+        scheduler = self.lr_schedulers()
+        assert isinstance(scheduler, torch.optim.lr_scheduler.LRScheduler)
+        return float(scheduler.get_last_lr()[0])
 
     def on_train_batch_end(
         self, outputs: Any, batch: dict[str, torch.Tensor], batch_idx: int

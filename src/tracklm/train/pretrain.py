@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ def run_pretrain(
     """
     dataset = open_dataset(data)
     run = Path(out)
-    overrides = {"max_steps": max_steps, "batch_size": batch_size}
+    overrides: dict[str, Any] = {"max_steps": max_steps, "batch_size": batch_size}
     first_process = _process_rank() == 0
+    checkpoint: Path | None
     if resume:
         cfg, seed = _resumed_settings(run, dataset, config, overrides)
         checkpoint = run / CHECKPOINT_DIR / LAST_CHECKPOINT
@@ -147,46 +149,96 @@ def train(
     from tracklm.runtime import configure_torch
 
     configure_torch()
-    options = {
+    options: dict[str, Any] = {
         "accelerator": "auto",
         "devices": 1,
         "strategy": "auto",
         "num_nodes": 1,
         **(trainer_options or {}),
     }
-    vocab = dataset.vocab
-    max_length = dataset.split("train").max_length
-    width = input_width(max_length, config.pairing)
-    model_config = _model_config(config, vocab_size=len(vocab), width=width)
+    model_config, module, data = _build_module_and_data(dataset, config, seed)
+    stops = _StopCallbacks.build(config, max_time)
+    trainer = _build_trainer(
+        run, config, options, [*stops.callbacks(run, config), *(callbacks or [])]
+    )
+    started = time.perf_counter()
+    # Our checkpoints hold tensors and plain data only: load them without unpickling code.
+    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
+    wall_seconds = time.perf_counter() - started
+    trainer.save_checkpoint(run / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
+    val_metrics = _final_validation(trainer, module, data)
+    if not trainer.is_global_zero:
+        return run
+    metrics = _run_metrics(trainer, module, config, stops, val_metrics, wall_seconds)
+    _write_outputs(run, dataset, config, model_config, module, metrics, seed)
+    log.info(
+        "pretrain: %d steps, val %s, model in %s", trainer.global_step, val_metrics, run / MODEL_DIR
+    )
+    return run
+
+
+def _build_module_and_data(
+    dataset: PreparedDataset, config: PretrainConfig, seed: int
+) -> tuple[TrackingBertConfig, PretrainModule, PretrainData]:
+    """The model (initialised under ``seed``), its training module and the data module."""
+    width = input_width(dataset.split("train").max_length, config.pairing)
+    model_config = _model_config(config, vocab_size=len(dataset.vocab), width=width)
     pl.seed_everything(seed, verbose=False)
     model = TrackingBert(model_config)
     module = PretrainModule(model, config, seed)
-    data = PretrainData(dataset.path, vocab, config, seed)
+    data = PretrainData(dataset.path, dataset.vocab, config, seed)
+    return model_config, module, data
 
-    checkpointing = ModelCheckpoint(
-        dirpath=run / CHECKPOINT_DIR,
-        every_n_train_steps=config.checkpoint_every,
-        save_top_k=0,
-        save_last=True,
-        enable_version_counter=False,
-    )
-    all_callbacks: list[Callback] = [checkpointing]
-    timer = None
-    if max_time is not None:
-        timer = _InvocationTimer(
-            duration=_dt.timedelta(minutes=max_time), interval="step", verbose=False
+
+@dataclass
+class _StopCallbacks:
+    """The callbacks that may end a run early: ``--max-time`` and early stopping (None when off)."""
+
+    timer: Timer | None
+    stopper: EarlyStopping | None
+
+    @classmethod
+    def build(cls, config: PretrainConfig, max_time: float | None) -> _StopCallbacks:
+        timer = None
+        if max_time is not None:
+            timer = _InvocationTimer(
+                duration=_dt.timedelta(minutes=max_time), interval="step", verbose=False
+            )
+        stopper = None
+        if config.early_stopping_patience is not None:
+            stopper = EarlyStopping(
+                monitor="val/loss", mode="min", patience=config.early_stopping_patience,
+                check_on_train_epoch_end=False, strict=False,
+            )  # fmt: skip
+        return cls(timer=timer, stopper=stopper)
+
+    def callbacks(self, run: Path, config: PretrainConfig) -> list[Callback]:
+        """Checkpointing, then the timer and the early stopper where present."""
+        checkpointing = ModelCheckpoint(
+            dirpath=run / CHECKPOINT_DIR,
+            every_n_train_steps=config.checkpoint_every,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=False,
         )
-        all_callbacks.append(timer)
-    stopper = None
-    if config.early_stopping_patience is not None:
-        stopper = EarlyStopping(
-            monitor="val/loss", mode="min", patience=config.early_stopping_patience,
-            check_on_train_epoch_end=False, strict=False,
-        )  # fmt: skip
-        all_callbacks.append(stopper)
-    all_callbacks += callbacks or []
+        return [checkpointing, *(c for c in (self.timer, self.stopper) if c is not None)]
 
-    trainer = pl.Trainer(
+    def stopped_by(self, trainer: pl.Trainer, config: PretrainConfig) -> str:
+        """Why training ended: ``max_steps``, ``early_stopping``, ``max_time`` or ``interrupted``."""
+        if trainer.global_step >= config.max_steps:
+            return "max_steps"
+        if self.stopper is not None and self.stopper.wait_count >= self.stopper.patience:
+            return "early_stopping"
+        if self.timer is not None and (self.timer.time_remaining() or 0.0) <= 0:
+            return "max_time"
+        return "interrupted"
+
+
+def _build_trainer(
+    run: Path, config: PretrainConfig, options: dict[str, Any], callbacks: list[Callback]
+) -> pl.Trainer:
+    """The Lightning ``Trainer`` of the run: step-based validation, clipping, CSV/TensorBoard logs."""
+    return pl.Trainer(
         **options,
         precision=_precision(config.precision, options["accelerator"]),
         max_steps=config.max_steps,
@@ -195,37 +247,37 @@ def train(
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         gradient_clip_val=config.gradient_clip,
-        callbacks=all_callbacks,
+        callbacks=callbacks,
         logger=_loggers(run),
         log_every_n_steps=max(1, min(50, config.val_every // 5)),
         use_distributed_sampler=False,
         default_root_dir=run,
     )
-    started = time.perf_counter()
-    # Our checkpoints hold tensors and plain data only: load them without unpickling code.
-    trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
-    wall_seconds = time.perf_counter() - started
-    trainer.save_checkpoint(run / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
 
-    val_metrics: dict[str, float] = {}
-    if data.n_val_batches > 0:
-        results = trainer.validate(module, datamodule=data, verbose=False)
-        val_metrics = {key.removeprefix("val/"): float(value) for key, value in results[0].items()}
-    if not trainer.is_global_zero:
-        return run
 
-    stopped_by = "max_steps"
-    if trainer.global_step < config.max_steps:
-        if stopper is not None and stopper.wait_count >= stopper.patience:
-            stopped_by = "early_stopping"
-        elif timer is not None and (timer.time_remaining() or 0.0) <= 0:
-            stopped_by = "max_time"
-        else:
-            stopped_by = "interrupted"
+def _final_validation(
+    trainer: pl.Trainer, module: PretrainModule, data: PretrainData
+) -> dict[str, float]:
+    """Validation metrics of the final weights (``loss``, ``masked_accuracy``, ...); {} without val."""
+    if data.n_val_batches == 0:
+        return {}
+    results = trainer.validate(module, datamodule=data, verbose=False)
+    return {key.removeprefix("val/"): float(value) for key, value in results[0].items()}
+
+
+def _run_metrics(
+    trainer: pl.Trainer,
+    module: PretrainModule,
+    config: PretrainConfig,
+    stops: _StopCallbacks,
+    val_metrics: dict[str, float],
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """The content of ``RUN/metrics.json``: steps, why training stopped, validation, throughput."""
     world = trainer.world_size
-    metrics = {
+    return {
         "step": trainer.global_step,
-        "stopped_by": stopped_by,
+        "stopped_by": stops.stopped_by(trainer, config),
         "val": val_metrics,
         "train": {
             "pairs_seen": trainer.global_step * config.batch_size * world,
@@ -235,19 +287,31 @@ def train(
             "precision": str(trainer.precision),
         },
     }
+
+
+def _write_outputs(
+    run: Path,
+    dataset: PreparedDataset,
+    config: PretrainConfig,
+    model_config: TrackingBertConfig,
+    module: PretrainModule,
+    metrics: dict[str, Any],
+    seed: int,
+) -> None:
+    """Write ``RUN/model/`` (atomically, with its card), ``metrics.json`` and the manifest, in that order."""
     card = {
         "data": str(dataset.path),
         "selection": dataset.manifest.get("selection"),
         "order": dataset.manifest.get("order"),
-        "steps": trainer.global_step,
+        "steps": metrics["step"],
         "pairs_seen": metrics["train"]["pairs_seen"],
         "pairing": config.pairing,
         "pair_task": config.pair_task,
-        "validation": val_metrics,
+        "validation": metrics["val"],
     }
     with atomic_output_dir(run / MODEL_DIR, overwrite=True) as tmp:
         module.model.to("cpu")
-        module.model.save_pretrained(tmp, vocab, card=card)
+        module.model.save_pretrained(tmp, dataset.vocab, card=card)
     write_json(run / "metrics.json", metrics)
     write_manifest(
         run,
@@ -256,16 +320,12 @@ def train(
             "data": str(dataset.path),
             "data_manifest_created": dataset.manifest.get("created"),
         },
-        vocab_sha256=vocab.sha256,
+        vocab_sha256=dataset.vocab.sha256,
         seed=seed,
         config=config.to_dict(),
         model=model_config.to_dict(),
         metrics=metrics,
     )
-    log.info(
-        "pretrain: %d steps, val %s, model in %s", trainer.global_step, val_metrics, run / MODEL_DIR
-    )
-    return run
 
 
 class _InvocationTimer(Timer):
