@@ -8,6 +8,7 @@ demo continues where it stopped; delete ``DIR`` to start over.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -93,10 +94,7 @@ def run_demo(
     minutes : wall-clock budget of pre-training in minutes.
     config : demo settings (events, pile-up, preset, ...).
     """
-    from tracklm.data.prepare import run_prepare
-    from tracklm.evaluate.report import headline_table, run_evaluate
-    from tracklm.simulate.event import run_simulate
-    from tracklm.train.pretrain import run_pretrain
+    from tracklm.evaluate.report import headline_table
 
     config = config or DemoConfig()
     if minutes <= 0:
@@ -108,83 +106,10 @@ def run_demo(
         out / name for name in ("events", "data", "run", "report")
     )
     started = time.monotonic()
-
-    if _complete(events_dir):
-        log.info("demo: reusing simulated events in %s", events_dir)
-    else:
-        log.info("demo: simulating %d events at pile-up %g", config.events, config.pileup)
-        run_simulate(
-            out=events_dir,
-            detector="trackml",
-            events=config.events,
-            pileup=config.pileup,
-            seed=config.seed,
-            workers=workers,
-        )
-
-    if _complete(data_dir):
-        log.info("demo: reusing prepared dataset in %s", data_dir)
-    else:
-        log.info("demo: preparing tracks (pixel-4to8, ordered by distance)")
-        run_prepare(
-            events=events_dir,
-            out=data_dir,
-            detector=None,
-            selection="pixel-4to8",
-            order="distance",
-            val_fraction=config.val_fraction,
-            test_fraction=config.test_fraction,
-            seed=config.seed,
-            workers=workers,
-            tolerant=False,
-        )
-
-    model_dir = run_dir / "model"
-    if (model_dir / "model.safetensors").is_file():
-        log.info("demo: reusing trained model in %s", model_dir)
-    else:
-        resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
-        if run_dir.exists() and not resume:
-            # Started but interrupted before its first checkpoint: nothing worth keeping.
-            shutil.rmtree(run_dir)
-        settings = out / "pretrain.yaml"
-        settings.write_text(
-            "# Written by `tracklm demo`: pre-training settings over the preset, sized for the budget.\n"
-            + yaml.safe_dump(demo_pretrain_overrides(config, minutes), sort_keys=False)
-        )
-        log.info("demo: pre-training the %s preset for %.1f minutes", config.preset, minutes)
-        run_pretrain(
-            data=data_dir,
-            out=run_dir,
-            preset=config.preset,
-            config=settings,
-            max_steps=None,
-            max_time=minutes,
-            batch_size=None,
-            devices="1",
-            num_nodes=1,
-            strategy="auto",
-            accelerator="auto",
-            resume=resume,
-            seed=config.seed,
-        )
-
-    if _complete(report_dir):
-        import json
-
-        metrics = json.loads((report_dir / "metrics.json").read_text())
-    else:
-        log.info("demo: evaluating on the held-out test events")
-        metrics = run_evaluate(
-            model=model_dir,
-            data=data_dir,
-            out=report_dir,
-            split="test",
-            protocol="masked",
-            max_tracks=config.eval_max_tracks,
-            seed=config.seed,
-        )
-
+    _simulate(events_dir, config, workers)
+    _prepare(events_dir, data_dir, config, workers)
+    _pretrain(data_dir, run_dir, out / "pretrain.yaml", config, minutes)
+    metrics = _evaluate(run_dir / "model", data_dir, report_dir, config)
     elapsed = (time.monotonic() - started) / 60
     # The headline table is the demo's product: it goes to stdout, not to the log.
     sys.stdout.write(
@@ -192,3 +117,100 @@ def run_demo(
         f"(demo took {elapsed:.1f} minutes)\n"
     )
     return metrics
+
+
+def _simulate(events_dir: Path, config: DemoConfig, workers: int) -> None:
+    """Simulate the demo's events into ``events_dir`` (reused when complete)."""
+    from tracklm.simulate.event import run_simulate
+
+    if _complete(events_dir):
+        log.info("demo: reusing simulated events in %s", events_dir)
+        return
+    log.info("demo: simulating %d events at pile-up %g", config.events, config.pileup)
+    run_simulate(
+        out=events_dir,
+        detector="trackml",
+        events=config.events,
+        pileup=config.pileup,
+        seed=config.seed,
+        workers=workers,
+    )
+
+
+def _prepare(events_dir: Path, data_dir: Path, config: DemoConfig, workers: int) -> None:
+    """Prepare the paper's track selection into ``data_dir`` (reused when complete)."""
+    from tracklm.data.prepare import run_prepare
+
+    if _complete(data_dir):
+        log.info("demo: reusing prepared dataset in %s", data_dir)
+        return
+    log.info("demo: preparing tracks (pixel-4to8, ordered by distance)")
+    run_prepare(
+        events=events_dir,
+        out=data_dir,
+        detector=None,
+        selection="pixel-4to8",
+        order="distance",
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        workers=workers,
+        tolerant=False,
+    )
+
+
+def _pretrain(
+    data_dir: Path, run_dir: Path, settings: Path, config: DemoConfig, minutes: float
+) -> None:
+    """Pre-train for ``minutes`` with the recipe written to ``settings`` (resumed when interrupted)."""
+    from tracklm.train.pretrain import run_pretrain
+
+    model_dir = run_dir / "model"
+    if (model_dir / "model.safetensors").is_file():
+        log.info("demo: reusing trained model in %s", model_dir)
+        return
+    resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
+    if run_dir.exists() and not resume:
+        # Started but interrupted before its first checkpoint: nothing worth keeping.
+        shutil.rmtree(run_dir)
+    settings.write_text(
+        "# Written by `tracklm demo`: pre-training settings over the preset, sized for the budget.\n"
+        + yaml.safe_dump(demo_pretrain_overrides(config, minutes), sort_keys=False)
+    )
+    log.info("demo: pre-training the %s preset for %.1f minutes", config.preset, minutes)
+    run_pretrain(
+        data=data_dir,
+        out=run_dir,
+        preset=config.preset,
+        config=settings,
+        max_steps=None,
+        max_time=minutes,
+        batch_size=None,
+        devices="1",
+        num_nodes=1,
+        strategy="auto",
+        accelerator="auto",
+        resume=resume,
+        seed=config.seed,
+    )
+
+
+def _evaluate(
+    model_dir: Path, data_dir: Path, report_dir: Path, config: DemoConfig
+) -> dict[str, object]:
+    """Evaluate on the held-out test events (the report is reused when complete)."""
+    from tracklm.evaluate.report import run_evaluate
+
+    if _complete(report_dir):
+        metrics: dict[str, object] = json.loads((report_dir / "metrics.json").read_text())
+        return metrics
+    log.info("demo: evaluating on the held-out test events")
+    return run_evaluate(
+        model=model_dir,
+        data=data_dir,
+        out=report_dir,
+        split="test",
+        protocol="masked",
+        max_tracks=config.eval_max_tracks,
+        seed=config.seed,
+    )

@@ -125,15 +125,39 @@ class _EventGenerator:
     def _assemble(
         self, particles: ParticleSet, crossings: Crossings, rng: np.random.Generator
     ) -> SimulatedEvent:
-        config = self.config
-        arrays = self.arrays
+        """Hits of the crossings (inefficiency, smearing) plus noise, as the TrackML tables."""
+        hits = self._true_hits(crossings, rng)
+        noise_rows, noise_mm = self._noise(hits.rows, rng)
+        particle_id = _particle_ids(particles)
+        all_rows = np.concatenate([hits.rows, noise_rows])
+        sort = np.argsort(all_rows, kind="stable")
+        n_noise = noise_rows.size
+        n_true = hits.rows.size
+        position = np.concatenate([hits.measured_mm, noise_mm])[sort]
+        truth_mm = np.concatenate([hits.true_mm, noise_mm])[sort]
+        hit_particle = np.concatenate([particle_id[hits.particle], np.zeros(n_noise, np.int64)])
+        truth_momentum = np.concatenate([hits.momentum_gev, np.zeros((n_noise, 3))])
+        weight = np.concatenate([np.full(n_true, 1.0 / max(n_true, 1)), np.zeros(n_noise)])
+        flight_order = np.concatenate([hits.flight_order, np.full(n_noise, -1, np.int64)])[sort]
+        ids = self.ids[all_rows[sort]]
+        hit_id = np.arange(1, all_rows.size + 1, dtype=np.int64)
+        return SimulatedEvent(
+            hits=_hits_table(hit_id, position, ids),
+            particles=_particles_table(particles, particle_id, hits.particle),
+            truth=_truth_table(
+                hit_id, hit_particle[sort], truth_mm, truth_momentum[sort], weight[sort]
+            ),
+            flight_order=flight_order,
+        )
+
+    def _true_hits(self, crossings: Crossings, rng: np.random.Generator) -> _TrueHits:
+        """The crossings of modules that leave a hit (``1 - hit_inefficiency``), smeared."""
         on_module = crossings.row >= 0
-        efficient = rng.uniform(size=int(on_module.sum())) >= config.hit_inefficiency
+        efficient = rng.uniform(size=int(on_module.sum())) >= self.config.hit_inefficiency
         keep = np.flatnonzero(on_module)[efficient]
         particle = crossings.particle[keep]
         rows = crossings.row[keep]
         true_mm = crossings.position_mm[keep]
-        momentum = crossings.momentum_gev[keep]
         # Flight order counts only the hits that were kept.
         order = np.lexsort((crossings.order[keep], particle))
         rank = np.empty(keep.size, dtype=np.int64)
@@ -146,96 +170,116 @@ class _EventGenerator:
             np.maximum.accumulate(np.where(first, np.arange(keep.size), 0)) if keep.size else first
         )
         rank[order] = np.arange(keep.size) - run_start
-        measured_mm = smear_on_module(arrays, rows, true_mm, rng)
+        return _TrueHits(
+            particle=particle,
+            rows=rows,
+            true_mm=true_mm,
+            measured_mm=smear_on_module(self.arrays, rows, true_mm, rng),
+            momentum_gev=crossings.momentum_gev[keep],
+            flight_order=rank,
+        )
 
-        # Noise: a fixed fraction of the pixel and of the strip hits, uniform over modules.
-        pixel_rows = np.flatnonzero(self.is_pixel)
-        strip_rows = np.flatnonzero(~self.is_pixel)
+    def _noise(self, rows: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Noise hits: a fixed fraction of the pixel and of the strip hits, uniform over modules.
+
+        Returns (N,) module rows and (N, 3) positions in mm, pixel noise first.
+        """
+        config = self.config
         n_pixel = int(self.is_pixel[rows].sum())
-        n_strip = rows.size - n_pixel
-        noise_parts = []
+        parts = []
         for fraction, n_true, module_rows in (
-            (config.pixel_noise_fraction, n_pixel, pixel_rows),
-            (config.strip_noise_fraction, n_strip, strip_rows),
+            (config.pixel_noise_fraction, n_pixel, np.flatnonzero(self.is_pixel)),
+            (config.strip_noise_fraction, rows.size - n_pixel, np.flatnonzero(~self.is_pixel)),
         ):
             n_noise = int(rng.poisson(n_true * fraction / (1.0 - fraction))) if fraction > 0 else 0
-            noise_parts.append(noise_hits(arrays, module_rows, n_noise, rng))
-        noise_rows = np.concatenate([part[0] for part in noise_parts])
-        noise_mm = np.concatenate([part[1] for part in noise_parts])
+            parts.append(noise_hits(self.arrays, module_rows, n_noise, rng))
+        return (
+            np.concatenate([part[0] for part in parts]),
+            np.concatenate([part[1] for part in parts]),
+        )
 
-        # Particle ids: collision in the high bits, serial (primaries then secondaries) below.
-        n_particles = len(particles)
-        by_collision = np.argsort(particles.collision, kind="stable")
-        serial = np.empty(n_particles, dtype=np.int64)
-        counts = (
-            np.bincount(particles.collision, minlength=1) if n_particles else np.zeros(1, np.int64)
-        )
-        serial[by_collision] = np.arange(n_particles) - np.repeat(
-            np.cumsum(counts) - counts, counts
-        )
-        particle_id = ((particles.collision.astype(np.int64) + 1) << _COLLISION_SHIFT) + serial + 1
 
-        all_rows = np.concatenate([rows, noise_rows])
-        sort = np.argsort(all_rows, kind="stable")
-        n_hits = all_rows.size
-        position = np.concatenate([measured_mm, noise_mm])[sort]
-        hit_particle = np.concatenate([particle_id[particle], np.zeros(noise_rows.size, np.int64)])[
-            sort
-        ]
-        truth_mm = np.concatenate([true_mm, noise_mm])[sort]
-        truth_momentum = np.concatenate([momentum, np.zeros((noise_rows.size, 3))])[sort]
-        weight = np.concatenate(
-            [np.full(rows.size, 1.0 / max(rows.size, 1)), np.zeros(noise_rows.size)]
-        )[sort]
-        flight_order = np.concatenate([rank, np.full(noise_rows.size, -1, np.int64)])[sort]
-        ids = self.ids[all_rows[sort]]
-        hit_id = np.arange(1, n_hits + 1, dtype=np.int64)
+@dataclass
+class _TrueHits:
+    """Hits left by particles, in crossing order: (H,) particle index and module row, (H, 3) true
+    and measured positions (mm) and momentum (GeV), (H,) index along the particle's flight."""
 
-        hits = pd.DataFrame(
-            {
-                "hit_id": hit_id,
-                "x": position[:, 0].astype(np.float32),
-                "y": position[:, 1].astype(np.float32),
-                "z": position[:, 2].astype(np.float32),
-                "volume_id": ids[:, 0].astype(np.int32),
-                "layer_id": ids[:, 1].astype(np.int32),
-                "module_id": ids[:, 2].astype(np.int32),
-            }
-        )
-        truth = pd.DataFrame(
-            {
-                "hit_id": hit_id,
-                "particle_id": hit_particle,
-                "tx": truth_mm[:, 0].astype(np.float32),
-                "ty": truth_mm[:, 1].astype(np.float32),
-                "tz": truth_mm[:, 2].astype(np.float32),
-                "tpx": truth_momentum[:, 0].astype(np.float32),
-                "tpy": truth_momentum[:, 1].astype(np.float32),
-                "tpz": truth_momentum[:, 2].astype(np.float32),
-                "weight": weight.astype(np.float32),
-            }
-        )
-        nhits = np.bincount(particle, minlength=n_particles)
-        particle_table = pd.DataFrame(
-            {
-                "particle_id": particle_id,
-                "particle_type": particles.pdg.astype(np.int32),
-                "vx": particles.vertex_mm[:, 0].astype(np.float32),
-                "vy": particles.vertex_mm[:, 1].astype(np.float32),
-                "vz": particles.vertex_mm[:, 2].astype(np.float32),
-                "px": particles.momentum_gev[:, 0].astype(np.float32),
-                "py": particles.momentum_gev[:, 1].astype(np.float32),
-                "pz": particles.momentum_gev[:, 2].astype(np.float32),
-                "q": particles.charge.astype(np.int32),
-                "nhits": nhits.astype(np.int32),
-            }
-        )
-        particle_table = particle_table.sort_values("particle_id", kind="stable").reset_index(
-            drop=True
-        )
-        return SimulatedEvent(
-            hits=hits, particles=particle_table, truth=truth, flight_order=flight_order
-        )
+    particle: np.ndarray
+    rows: np.ndarray
+    true_mm: np.ndarray
+    measured_mm: np.ndarray
+    momentum_gev: np.ndarray
+    flight_order: np.ndarray
+
+
+def _particle_ids(particles: ParticleSet) -> np.ndarray:
+    """(P,) ids: collision in the high bits, serial (primaries then secondaries) below."""
+    n_particles = len(particles)
+    by_collision = np.argsort(particles.collision, kind="stable")
+    serial = np.empty(n_particles, dtype=np.int64)
+    counts = np.bincount(particles.collision, minlength=1) if n_particles else np.zeros(1, np.int64)
+    serial[by_collision] = np.arange(n_particles) - np.repeat(np.cumsum(counts) - counts, counts)
+    return ((particles.collision.astype(np.int64) + 1) << _COLLISION_SHIFT) + serial + 1
+
+
+def _hits_table(hit_id: np.ndarray, position_mm: np.ndarray, ids: np.ndarray) -> pd.DataFrame:
+    """TrackML ``hits``: (N,) ids, (N, 3) measured positions in mm, (N, 3) module id triples."""
+    return pd.DataFrame(
+        {
+            "hit_id": hit_id,
+            "x": position_mm[:, 0].astype(np.float32),
+            "y": position_mm[:, 1].astype(np.float32),
+            "z": position_mm[:, 2].astype(np.float32),
+            "volume_id": ids[:, 0].astype(np.int32),
+            "layer_id": ids[:, 1].astype(np.int32),
+            "module_id": ids[:, 2].astype(np.int32),
+        }
+    )
+
+
+def _truth_table(
+    hit_id: np.ndarray,
+    particle_id: np.ndarray,
+    truth_mm: np.ndarray,
+    momentum_gev: np.ndarray,
+    weight: np.ndarray,
+) -> pd.DataFrame:
+    """TrackML ``truth``: per hit its particle (0 for noise), true position, momentum, weight."""
+    return pd.DataFrame(
+        {
+            "hit_id": hit_id,
+            "particle_id": particle_id,
+            "tx": truth_mm[:, 0].astype(np.float32),
+            "ty": truth_mm[:, 1].astype(np.float32),
+            "tz": truth_mm[:, 2].astype(np.float32),
+            "tpx": momentum_gev[:, 0].astype(np.float32),
+            "tpy": momentum_gev[:, 1].astype(np.float32),
+            "tpz": momentum_gev[:, 2].astype(np.float32),
+            "weight": weight.astype(np.float32),
+        }
+    )
+
+
+def _particles_table(
+    particles: ParticleSet, particle_id: np.ndarray, hit_particle: np.ndarray
+) -> pd.DataFrame:
+    """TrackML ``particles`` sorted by id; ``nhits`` counts ``hit_particle`` (H,) per particle."""
+    nhits = np.bincount(hit_particle, minlength=len(particles))
+    table = pd.DataFrame(
+        {
+            "particle_id": particle_id,
+            "particle_type": particles.pdg.astype(np.int32),
+            "vx": particles.vertex_mm[:, 0].astype(np.float32),
+            "vy": particles.vertex_mm[:, 1].astype(np.float32),
+            "vz": particles.vertex_mm[:, 2].astype(np.float32),
+            "px": particles.momentum_gev[:, 0].astype(np.float32),
+            "py": particles.momentum_gev[:, 1].astype(np.float32),
+            "pz": particles.momentum_gev[:, 2].astype(np.float32),
+            "q": particles.charge.astype(np.int32),
+            "nhits": nhits.astype(np.int32),
+        }
+    )
+    return table.sort_values("particle_id", kind="stable").reset_index(drop=True)
 
 
 def _transverse_momentum(particles: ParticleSet) -> np.ndarray:
