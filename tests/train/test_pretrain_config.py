@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -29,8 +30,9 @@ def test_each_preset_loads_by_name_and_sets_only_its_own_keys(name):
 
 def test_the_command_line_offers_exactly_the_shipped_presets():
     parser = build_parser()
-    pretrain = parser._subparsers._group_actions[0].choices["pretrain"]  # type: ignore[union-attr]
-    (preset,) = [a for a in pretrain._actions if a.dest == "preset"]
+    (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    (preset,) = [a for a in verbs.choices["pretrain"]._actions if a.dest == "preset"]
+    assert preset.choices is not None
     assert set(preset.choices) == set(preset_names("pretrain")) == {"tiny", "small", "paper"}
 
 
@@ -50,7 +52,7 @@ def test_the_mask_schedule_is_built_once_from_the_config():
     assert config.val_mask_schedule.rates == (config.val_mask_rate,)
     assert config.val_mask_schedule.boundaries == ()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.mask_rates = (0.5,)  # type: ignore[misc]
+        config.mask_rates = (0.5,)  # frozen: the schedule cannot go stale
 
 
 def test_presets_differ_where_they_should():
