@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tracklm.data.sequences import encode_pairs
+from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.evaluate.helix import LayerSurfaces
 from tracklm.io.dataset import PreparedDataset, TrackArrays
 from tracklm.models.bert import TrackingBert
 
@@ -89,14 +89,14 @@ class TaskContext:
 
     vocab: ModuleVocab
     centres_mm: np.ndarray
-    surfaces: LayerSurfaces
+    surfaces: TokenLayers
 
     @classmethod
     def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
         return cls(
             vocab=dataset.vocab,
             centres_mm=dataset.module_centres,
-            surfaces=LayerSurfaces.from_modules(dataset.modules, len(dataset.vocab)),
+            surfaces=TokenLayers.from_modules(dataset.modules, len(dataset.vocab)),
         )
 
     def layer_of(self, tokens: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm.evaluate.helix import fit_helix
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
@@ -31,6 +30,7 @@ from tracklm.tasks.common import (
     track_mask,
 )
 from tracklm.tasks.metrics import accuracy, relative_resolution
+from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 3
 B_FIELD_T = 2.0
@@ -105,8 +105,8 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
         [np.zeros((n, 1, 3)), np.nan_to_num(context.centres_of(tokens))], axis=1
     )
     mask = np.concatenate([np.ones((n, 1), dtype=bool), track_mask(lengths, width)], axis=1)
-    fit = fit_helix(points, mask)
-    return {"pt_gev": fit.pt_gev(B_FIELD_T), "charge": fit.charge(B_FIELD_T)}
+    fit = fit_helix(points, mask, b_field_t=B_FIELD_T)
+    return {"pt_gev": fit.pt_gev(), "charge": fit.charge()}
 
 
 SPEC = TaskSpec(
