@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -37,6 +38,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import SPLITS, SplitWriter, TrackArrays, modules_table
 from tracklm.io.trackml import event_path, list_events, read_part
 from tracklm.manifest import sha256_file, write_manifest
+from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,34 @@ def resolve_detector(events: Path, detector: str | os.PathLike[str] | None) -> D
         local = events / "detectors.csv"
         detector = local if local.is_file() else "trackml"
     return Detector.load(detector)
+
+
+def events_magnetic_field(events: Path) -> dict[str, Any]:
+    """The field the events of ``events`` were made with, and where that figure comes from.
+
+    ``tracklm simulate`` records its config in ``EVENTS/manifest.json``
+    (``config.simulation.magnetic_field_tesla``). Without that record (real TrackML events, or a
+    directory from elsewhere) the events are taken to be TrackML's, made at 2 T.
+
+    Returns
+    -------
+    ``{"tesla": B, "source": "..."}``, recorded as ``magnetic_field`` in the dataset's manifest.
+    """
+    path = events / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        tesla = manifest["config"]["simulation"]["magnetic_field_tesla"]
+    except FileNotFoundError:
+        reason = "no manifest.json in the events directory"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = f"{path} records no field ({type(exc).__name__}: {exc})"
+        logger.warning("%s; taking the TrackML field, %g T", reason, TRACKML_FIELD_TESLA)
+    else:
+        return {"tesla": float(tesla), "source": f"{path}: config.simulation.magnetic_field_tesla"}
+    return {
+        "tesla": TRACKML_FIELD_TESLA,
+        "source": f"TrackML default (real TrackML data): {reason}",
+    }
 
 
 @dataclass
@@ -272,6 +302,7 @@ def run_prepare(
             vocab_sha256=vocab.sha256,
             max_length=chosen.max_hits,
             skipped_events=skipped,
+            magnetic_field=events_magnetic_field(events),
             inputs={
                 "events": str(events.resolve()),
                 "detector": detector_input,

@@ -85,11 +85,13 @@ class TaskContext:
     vocab : the dataset's vocabulary.
     centres_mm : (V, 3) module centre of every token id in mm (NaN for special tokens).
     surfaces : the layers as surfaces, with per-layer KD-trees of module centres.
+    b_field_t : the magnetic field the dataset was made with, tesla along +z.
     """
 
     vocab: ModuleVocab
     centres_mm: np.ndarray
     surfaces: TokenLayers
+    b_field_t: float
 
     @classmethod
     def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
@@ -97,6 +99,7 @@ class TaskContext:
             vocab=dataset.vocab,
             centres_mm=dataset.module_centres,
             surfaces=TokenLayers.from_modules(dataset.modules, len(dataset.vocab)),
+            b_field_t=dataset.b_field_t,
         )
 
     def layer_of(self, tokens: np.ndarray) -> np.ndarray:
