@@ -10,6 +10,7 @@ import pytest
 from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
+from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 from tracklm.tracking.helix import fit_helix
 
 from .toy import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
@@ -171,3 +172,15 @@ def test_containment_picks_the_module_whose_bounds_hold_the_point():
     # the bounds agree with the detector's own containment test
     rows = detector.rows(np.array([9]), np.array([2]), np.array([9]))
     assert detector.contains(rows, point)[0]
+
+
+def test_pt_and_charge_follow_the_field_the_fit_is_given():
+    s = np.array([30.0, 75.0, 120.0, 175.0])
+    points = helix_points(1.2, 0.3, 0.5, -1, s)[None]
+    at_2t = fit_helix(points, np.ones((1, 4), dtype=bool))
+    assert at_2t.b_field_t == TRACKML_FIELD_TESLA == 2.0
+    at_4t = fit_helix(points, np.ones((1, 4), dtype=bool), b_field_t=4.0)
+    assert at_4t.pt_gev()[0] == pytest.approx(2.0 * at_2t.pt_gev()[0], rel=1e-12)
+    assert at_4t.charge()[0] == at_2t.charge()[0] == -1
+    reversed_field = fit_helix(points, np.ones((1, 4), dtype=bool), b_field_t=-2.0)
+    assert reversed_field.charge()[0] == 1

@@ -83,6 +83,7 @@ def _sector_phi(count: int) -> np.ndarray:
 def _barrel_layer(
     volume: dict[str, Any], layer_id: int, radius_mm: float, n_phi: int
 ) -> pd.DataFrame:
+    """One barrel layer at ``radius_mm``: ``n_phi`` modules around, ``volume["n_z"]`` along z."""
     n_z = int(volume["n_z"])
     z_step = float(volume["z_step"])
     iz, iphi = np.divmod(np.arange(n_z * n_phi), n_phi)
@@ -121,7 +122,13 @@ def _disk_layer(
     rings = endcap["rings"]
     numbering = endcap["numbering"]
     sectors = int(numbering["sectors"])
-    ring_index, sector_position, phi, radius, abs_z, min_hu, max_hu = [], [], [], [], [], [], []
+    ring_index: list[np.ndarray] = []
+    sector_position: list[np.ndarray] = []
+    phi: list[np.ndarray] = []
+    radius: list[np.ndarray] = []
+    abs_z: list[np.ndarray] = []
+    min_hu: list[np.ndarray] = []
+    max_hu: list[np.ndarray] = []
     for index, ring in enumerate(rings):
         count = int(ring["modules"])
         position = np.arange(count)
@@ -202,7 +209,7 @@ def builtin_module_table(name: str = "trackml") -> pd.DataFrame:
             f"detector {name!r}: no such built-in detector (known: {', '.join(BUILTIN_DETECTORS)})"
         )
     description = _load_description(name)
-    tables = []
+    tables: list[pd.DataFrame] = []
     for volume in description["barrels"]:
         for index, (radius_mm, n_phi) in enumerate(volume["layers"]):
             tables.append(_barrel_layer(volume, 2 * (index + 1), float(radius_mm), int(n_phi)))

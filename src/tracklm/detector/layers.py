@@ -79,7 +79,7 @@ def detector_layers(detector: Detector) -> list[DetectorLayer]:
     # Rows are sorted by (volume, layer, module), so each layer is one contiguous block.
     starts = np.flatnonzero(np.r_[True, layer_key[1:] != layer_key[:-1]])
     ends = np.r_[starts[1:], len(layer_key)]
-    layers = []
+    layers: list[DetectorLayer] = []
     for start, end in zip(starts, ends):
         rows = np.arange(start, end, dtype=np.int64)
         normal_z = np.abs(frames.normals[rows, 2]).mean()
@@ -152,7 +152,8 @@ class TokenLayers:
         fields: dict[str, list[float]] = {
             k: [] for k in ("volume_id", "layer_id", "is_barrel", "radius", "z", "lo", "hi")
         }
-        tokens, trees = [], []
+        tokens: list[np.ndarray] = []
+        trees: list[cKDTree] = []
         for index, ((volume, layer), group) in enumerate(
             table.groupby(["volume_id", "layer_id"], sort=True)
         ):
