@@ -93,7 +93,7 @@ class ModuleFrames:
         )  # fmt: skip
 
     def reindexed(self, rows: np.ndarray, index: np.ndarray, size: int) -> ModuleFrames:
-        """Frames of modules ``rows`` placed at positions ``index`` of ``size`` frames (NaN elsewhere)."""
+        """Frames of modules ``rows`` put at positions ``index`` of ``size`` frames (NaN elsewhere)."""
         out = ModuleFrames.empty(size, exact=self.exact)
         for name in ("centres", "rotations", "minhu", "maxhu", "hv", "thickness"):
             getattr(out, name)[index] = getattr(self, name)[rows]
@@ -180,7 +180,7 @@ class ModuleFrames:
         return self.minhu[rows] + (self.maxhu[rows] - self.minhu[rows]) * (v_mm + hv) / (2.0 * hv)
 
     def to_local(self, rows: np.ndarray, xyz_mm: np.ndarray) -> np.ndarray:
-        """(..., 3) global points ``xyz_mm`` (..., 3) in the local (u, v, w) frames of ``rows`` (...)."""
+        """(..., 3) global points ``xyz_mm`` (..., 3) in the local (u, v, w) frames of ``rows``."""
         offset = np.asarray(xyz_mm, dtype=np.float64) - self.centres[rows]
         # Each local coordinate is the sum over x, y, z of offset * axis, added in that order.
         return (offset[..., :, None] * self.rotations[rows]).sum(axis=-2)

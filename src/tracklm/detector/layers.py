@@ -224,7 +224,7 @@ class TokenLayers:
         return xyz, np.where(barrel, s_b, s_d), np.where(barrel, ok_b, ok_d)
 
     def covers(self, layer: np.ndarray, xyz_mm: np.ndarray) -> np.ndarray:
-        """(N,) bool: whether each point lies within its layer's coverage (z for barrels, r for disks)."""
+        """(N,) bool: whether each point lies within its layer's coverage (z on barrels, r on disks)."""
         layer = np.asarray(layer, dtype=np.int64)
         xyz_mm = np.asarray(xyz_mm, dtype=np.float64)
         along = np.where(self.is_barrel[layer], xyz_mm[:, 2], np.hypot(xyz_mm[:, 0], xyz_mm[:, 1]))

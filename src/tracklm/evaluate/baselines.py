@@ -18,9 +18,10 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     against radius (``fit_circle_origin``), the (s, z) line with each point's variance along its
     residual. Then choose the layer of the hidden hit and take the module whose BOUNDS contain
     the helix's crossing of it (``TokenLayers.rank_modules``, with the frames from the detector
-    geometry when known, else guessed from the centres), never a module the track already uses. The layer is the one
-    the helix crosses between the neighbouring visible hits, else the most frequent one in the
-    training split for the neighbouring visible layers that the helix crosses near the gap.
+    geometry when known, else guessed from the centres), never a module the track already uses.
+    The layer is the one the helix crosses between the neighbouring visible hits, else the most
+    frequent one in the training split for the neighbouring visible layers that the helix
+    crosses near the gap.
     ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): a
     reference using information the model never has, not a baseline to beat.
 ``HelixFrequencyBaseline`` (``helix+frequency``)

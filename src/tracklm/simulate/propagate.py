@@ -10,7 +10,8 @@ the detector (no further layer ahead), or when it is slowed below a minimum mome
 
 Helix in a field B along +z, transverse path length ``t`` (mm) from the current point:
 ``phi(t) = phi0 + k t`` with curvature ``k = -q * 0.299792458 * B / pT / 1000`` (1/mm, B in T,
-pT in GeV; the factor is ``tracking.constants.GEV_PER_TESLA_METRE``), ``x(t) = x0 + (2 sin(k t / 2) / k) cos(phi0 + k t / 2)``, likewise y with sin, and
+pT in GeV; the factor is ``tracking.constants.GEV_PER_TESLA_METRE``),
+``x(t) = x0 + (2 sin(k t / 2) / k) cos(phi0 + k t / 2)``, likewise y with sin, and
 ``z(t) = z0 + t cot(theta)``.
 """
 
@@ -115,7 +116,9 @@ class _Step:
         )
 
 
-def _helix_position(x0, phi0, k, cot, t):  # type: ignore[no-untyped-def]
+def _helix_position(
+    x0: np.ndarray, phi0: np.ndarray, k: np.ndarray, cot: np.ndarray, t: np.ndarray
+) -> np.ndarray:
     """Helix points (..., 3) at transverse path ``t`` (broadcast with the helix parameters)."""
     half = 0.5 * k * t
     # 2 sin(k t / 2) / k is the chord length; sin keeps full relative precision for tiny k t.
@@ -130,7 +133,9 @@ def _helix_position(x0, phi0, k, cot, t):  # type: ignore[no-untyped-def]
     )
 
 
-def _cylinder_paths(x0, phi0, k, radius_mm):  # type: ignore[no-untyped-def]
+def _cylinder_paths(
+    x0: np.ndarray, phi0: np.ndarray, k: np.ndarray, radius_mm: np.ndarray
+) -> np.ndarray:
     """Smallest positive transverse path to each cylinder (N, L) from helices (N,); inf if none.
 
     Intersects the helix circle (centre C, radius 1/|k|) with the circle of radius ``radius_mm``
@@ -413,7 +418,16 @@ class Propagator:
         flight.direction[active] = new_direction
         return active[~stopped]
 
-    def _intersect_modules(self, rows, x0, phi0, k, cot, t_start, t_max):  # type: ignore[no-untyped-def]
+    def _intersect_modules(
+        self,
+        rows: np.ndarray,
+        x0: np.ndarray,
+        phi0: np.ndarray,
+        k: np.ndarray,
+        cot: np.ndarray,
+        t_start: np.ndarray,
+        t_max: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Newton-solve helix x module-plane; returns (t, point (P, 3), inside-bounds mask)."""
         normal = self.frames.normals[rows]
         offset = np.einsum("ij,ij->i", normal, self.frames.centres[rows])
@@ -436,7 +450,15 @@ class Propagator:
         return t, point, inside
 
     @staticmethod
-    def _record(particle, rows, n_recorded, point, phi, cot, p):  # type: ignore[no-untyped-def]
+    def _record(
+        particle: np.ndarray,
+        rows: np.ndarray,
+        n_recorded: np.ndarray,
+        point: np.ndarray,
+        phi: np.ndarray,
+        cot: np.ndarray,
+        p: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
         """One step's crossings, with per-particle flight indices (input sorted by particle)."""
         # Rank within each particle's run of crossings in this step.
         start = np.r_[True, particle[1:] != particle[:-1]][: particle.size]
@@ -449,8 +471,17 @@ class Propagator:
         )
         return particle, rows, order, point, momentum
 
-    def _apply_material(self, active, direction, x_over_x0, p, mass, charge, rng):  # type: ignore[no-untyped-def]
-        """Highland scattering and mean energy loss in place; returns the mask of stopped particles."""
+    def _apply_material(
+        self,
+        active: np.ndarray,
+        direction: np.ndarray,
+        x_over_x0: np.ndarray,
+        p: np.ndarray,
+        mass: np.ndarray,
+        charge: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Highland scattering and mean energy loss, in place; returns the mask of stopped ones."""
         config = self.config
         hit = np.flatnonzero(x_over_x0 > 0)
         stopped = np.zeros(active.size, dtype=bool)

@@ -6,8 +6,9 @@ Examples (from truth): tracks with at least 3 hits and a non-zero charge; labels
 * Model head: pooler on ``[CLS]``, then two numbers: log pT (squared error) and the charge logit.
 * Zero-shot: none (the pre-training pair head ranks two tracks by pT but gives no scale).
 * Baseline: a circle through the beam line (0, 0) and the module centres in x-y (the seed fit of
-  a classical tracker); pT = 0.3 * B[T] * R[m] with the dataset's field, charge from the bending direction (a positive
-  particle turns clockwise seen from +z, the field being along +z).
+  a classical tracker); pT = 0.3 * B[T] * R[m] in the dataset's field (``b_field_t``), charge
+  from the bending direction (a positive particle turns clockwise seen from +z, the field being
+  along +z).
 """
 
 from __future__ import annotations

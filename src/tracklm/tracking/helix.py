@@ -363,6 +363,67 @@ def _arc_lengths(
     return phi_ref, rotation, np.where(mask, s, np.nan), phi
 
 
+# mm^2 added to every variance: keeps the weights of exact points finite.
+_VARIANCE_FLOOR_MM2 = 1e-6
+
+
+def _fit_circle(
+    x: np.ndarray,
+    y: np.ndarray,
+    mask: np.ndarray,
+    cov: np.ndarray | None,
+    iterations: int,
+    through_origin: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The x-y circle of ``fit_helix``: (centre_x, centre_y, radius, straight), each (N,)."""
+    floor = _VARIANCE_FLOOR_MM2
+    if through_origin:
+        sigma = None
+        if cov is not None:
+            phi_pt = np.arctan2(y, x)
+            tx, ty = -np.sin(phi_pt), np.cos(phi_pt)
+            var = tx * tx * cov[..., 0, 0] + 2 * tx * ty * cov[..., 0, 1] + ty * ty * cov[..., 1, 1]
+            sigma = np.sqrt(var + floor)
+        return fit_circle_origin(x, y, mask, sigma)
+    if cov is None:
+        return fit_circle_xy(x, y, mask)
+    # Start from the mean transverse variance, then the variance along the circle's normal.
+    weights = 1.0 / (0.5 * (cov[..., 0, 0] + cov[..., 1, 1]) + floor)
+    cx, cy, radius, straight = fit_circle_xy(x, y, mask, weights)
+    for _ in range(max(iterations, 1)):
+        nx, ny = x - cx[:, None], y - cy[:, None]
+        norm = np.hypot(nx, ny)
+        norm = np.where(norm > 0, norm, 1.0)
+        nx, ny = nx / norm, ny / norm
+        var = nx * nx * cov[..., 0, 0] + 2 * nx * ny * cov[..., 0, 1] + ny * ny * cov[..., 1, 1]
+        cx, cy, radius, straight = fit_circle_xy(x, y, mask, 1.0 / (var + floor))
+    return cx, cy, radius, straight
+
+
+def _fit_line(
+    s: np.ndarray,
+    z: np.ndarray,
+    mask: np.ndarray,
+    cov: np.ndarray | None,
+    iterations: int,
+    rotation: np.ndarray,
+    phi: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (s, z) line of ``fit_helix``: z = z_ref + dz_ds * s by (weighted) least squares."""
+    if cov is None:
+        return _weighted_line(s, z, mask, np.ones_like(z))
+    floor = _VARIANCE_FLOOR_MM2
+    # Direction of increasing s in x-y at each point; a point's error moves both its z and s.
+    tx, ty = -rotation[:, None] * np.sin(phi), rotation[:, None] * np.cos(phi)
+    z_ref, dz_ds = _weighted_line(s, z, mask, 1.0 / (cov[..., 2, 2] + floor))
+    for _ in range(max(iterations, 1)):
+        k = dz_ds[:, None]
+        a = np.stack([-k * tx, -k * ty, np.ones_like(tx)], axis=-1)  # (N, K, 3)
+        var = np.einsum("nki,nkij,nkj->nk", a, cov, a)
+        z_ref, dz_ds = _weighted_line(s, z, mask, 1.0 / (var + floor))
+    return z_ref, dz_ds
+
+
 def fit_helix(
     xyz_mm: np.ndarray,
     mask: np.ndarray,
@@ -404,44 +465,9 @@ def fit_helix(
         if cov.shape != (*mask.shape, 3, 3):
             raise ValueError(f"covariance_mm2 must be (N, K, 3, 3), got {cov.shape}")
         cov = np.where(mask[..., None, None], cov, 0.0)
-    floor = 1e-6  # mm^2, keeps weights finite for exact points
-
-    if through_origin:
-        sigma = None
-        if cov is not None:
-            phi_pt = np.arctan2(y, x)
-            tx, ty = -np.sin(phi_pt), np.cos(phi_pt)
-            var = tx * tx * cov[..., 0, 0] + 2 * tx * ty * cov[..., 0, 1] + ty * ty * cov[..., 1, 1]
-            sigma = np.sqrt(var + floor)
-        cx, cy, radius, straight = fit_circle_origin(x, y, mask, sigma)
-    elif cov is None:
-        cx, cy, radius, straight = fit_circle_xy(x, y, mask)
-    else:
-        # Start from the mean transverse variance, then the variance along the circle's normal.
-        weights = 1.0 / (0.5 * (cov[..., 0, 0] + cov[..., 1, 1]) + floor)
-        cx, cy, radius, straight = fit_circle_xy(x, y, mask, weights)
-        for _ in range(max(iterations, 1)):
-            nx, ny = x - cx[:, None], y - cy[:, None]
-            norm = np.hypot(nx, ny)
-            norm = np.where(norm > 0, norm, 1.0)
-            nx, ny = nx / norm, ny / norm
-            var = nx * nx * cov[..., 0, 0] + 2 * nx * ny * cov[..., 0, 1] + ny * ny * cov[..., 1, 1]
-            cx, cy, radius, straight = fit_circle_xy(x, y, mask, 1.0 / (var + floor))
-
+    cx, cy, radius, straight = _fit_circle(x, y, mask, cov, iterations, through_origin)
     phi_ref, rotation, s, phi = _arc_lengths(x, y, mask, cx, cy, radius)
-
-    # z = z_ref + dz_ds * s, (weighted) least squares over the fitted points.
-    if cov is None:
-        z_ref, dz_ds = _weighted_line(s, z, mask, np.ones_like(z))
-    else:
-        # Direction of increasing s in x-y at each point; a point's error moves both its z and s.
-        tx, ty = -rotation[:, None] * np.sin(phi), rotation[:, None] * np.cos(phi)
-        z_ref, dz_ds = _weighted_line(s, z, mask, 1.0 / (cov[..., 2, 2] + floor))
-        for _ in range(max(iterations, 1)):
-            k = dz_ds[:, None]
-            a = np.stack([-k * tx, -k * ty, np.ones_like(tx)], axis=-1)  # (N, K, 3)
-            var = np.einsum("nki,nkij,nkj->nk", a, cov, a)
-            z_ref, dz_ds = _weighted_line(s, z, mask, 1.0 / (var + floor))
+    z_ref, dz_ds = _fit_line(s, z, mask, cov, iterations, rotation, phi)
     return HelixFit(
         centre_x_mm=cx,
         centre_y_mm=cy,
