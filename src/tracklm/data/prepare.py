@@ -22,7 +22,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,9 @@ def _prepare_event(job: _EventJob, event_id: int) -> _EventResult:
     return _EventResult(event_id, tracks, files)
 
 
-def _results_in_order(job: _EventJob, event_ids: list[int], workers: int) -> Iterator[_EventResult]:
+def _results_in_order(
+    job: _EventJob, event_ids: list[int], workers: int
+) -> Generator[_EventResult, None, None]:
     """Results of ``event_ids`` in the given order, computed by ``workers`` processes."""
     if workers <= 1 or len(event_ids) <= 1:
         for event_id in event_ids:

@@ -177,13 +177,17 @@ class ModuleFrames:
     def half_width(self, rows: np.ndarray, v_mm: np.ndarray) -> np.ndarray:
         """Half-width in u (mm) of modules ``rows`` at local ``v_mm`` (trapezoids grow with v)."""
         hv = self.hv[rows]
-        return self.minhu[rows] + (self.maxhu[rows] - self.minhu[rows]) * (v_mm + hv) / (2.0 * hv)
+        result: np.ndarray = self.minhu[rows] + (self.maxhu[rows] - self.minhu[rows]) * (
+            v_mm + hv
+        ) / (2.0 * hv)
+        return result
 
     def to_local(self, rows: np.ndarray, xyz_mm: np.ndarray) -> np.ndarray:
         """(..., 3) global points ``xyz_mm`` (..., 3) in the local (u, v, w) frames of ``rows``."""
         offset = np.asarray(xyz_mm, dtype=np.float64) - self.centres[rows]
         # Each local coordinate is the sum over x, y, z of offset * axis, added in that order.
-        return (offset[..., :, None] * self.rotations[rows]).sum(axis=-2)
+        result: np.ndarray = (offset[..., :, None] * self.rotations[rows]).sum(axis=-2)
+        return result
 
     def to_local_on_plane(
         self, rows: np.ndarray, xyz_mm: np.ndarray, direction: np.ndarray
@@ -201,12 +205,14 @@ class ModuleFrames:
         dw = along[..., 2]
         ok = np.abs(dw) > 0.05
         step = np.where(ok, -uvw[..., 2] / np.where(ok, dw, 1.0), 0.0)
-        return uvw + step[..., None] * along
+        result: np.ndarray = uvw + step[..., None] * along
+        return result
 
     def to_global(self, rows: np.ndarray, uvw_mm: np.ndarray) -> np.ndarray:
         """(N, 3) local points ``uvw_mm`` (N, 3) on modules ``rows`` (N,) in global coordinates."""
         uvw = np.asarray(uvw_mm, dtype=np.float64)
-        return np.einsum("nij,nj->ni", self.rotations[rows], uvw) + self.centres[rows]
+        result: np.ndarray = np.einsum("nij,nj->ni", self.rotations[rows], uvw) + self.centres[rows]
+        return result
 
     # ------------------------------------------------------------------ bounds
     def within_bounds(
@@ -217,7 +223,8 @@ class ModuleFrames:
         v = uvw_mm[:, 1]
         inside_v = np.abs(v) <= hv + tolerance_mm
         half_u = self.half_width(rows, np.clip(v, -hv, hv))
-        return inside_v & (np.abs(uvw_mm[:, 0]) <= half_u + tolerance_mm)
+        result: np.ndarray = inside_v & (np.abs(uvw_mm[:, 0]) <= half_u + tolerance_mm)
+        return result
 
     def contains(
         self,
@@ -237,7 +244,10 @@ class ModuleFrames:
             if max_distance_mm is None
             else np.full(np.shape(rows), float(max_distance_mm))
         )
-        return self.within_bounds(rows, uvw, tolerance_mm) & (np.abs(uvw[:, 2]) <= limit)
+        result: np.ndarray = self.within_bounds(rows, uvw, tolerance_mm) & (
+            np.abs(uvw[:, 2]) <= limit
+        )
+        return result
 
     def outside_local(
         self, rows: np.ndarray, uvw_mm: np.ndarray, plane_tolerance_mm: float = 10.0
@@ -299,4 +309,7 @@ class ModuleFrames:
             2.0 * hv
         )
         uvw = np.stack([sign_u[None, :] * half, v_edges, np.zeros_like(v_edges)], axis=-1)
-        return np.einsum("mij,mkj->mki", self.rotations, uvw) + self.centres[:, None, :]
+        result: np.ndarray = (
+            np.einsum("mij,mkj->mki", self.rotations, uvw) + self.centres[:, None, :]
+        )
+        return result

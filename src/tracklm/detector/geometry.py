@@ -58,7 +58,7 @@ class Detector:
         keys = module_keys(table["volume_id"], table["layer_id"], table["module_id"])
         duplicated = np.flatnonzero(np.diff(keys) == 0)
         if duplicated.size:
-            volume, layer, module = (int(table[c].iat[int(duplicated[0])]) for c in ID_COLUMNS)
+            volume, layer, module = (int(table[c].to_numpy()[duplicated[0]]) for c in ID_COLUMNS)
             raise InputError(f"{self.name}: module ({volume}, {layer}, {module}) is listed twice")
         object.__setattr__(self, "_keys", keys)
 

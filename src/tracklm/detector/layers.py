@@ -19,7 +19,7 @@ Lengths in mm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -149,7 +149,7 @@ class TokenLayers:
         table = modules.sort_values(["volume_id", "layer_id", "token"])
         size = int(vocab_size if vocab_size is not None else table["token"].max() + 1)
         layer_of_token = np.full(size, -1, dtype=np.int64)
-        fields: dict[str, list[float]] = {
+        fields: dict[str, list[Any]] = {
             k: [] for k in ("volume_id", "layer_id", "is_barrel", "radius", "z", "lo", "hi")
         }
         tokens: list[np.ndarray] = []
@@ -228,7 +228,10 @@ class TokenLayers:
         layer = np.asarray(layer, dtype=np.int64)
         xyz_mm = np.asarray(xyz_mm, dtype=np.float64)
         along = np.where(self.is_barrel[layer], xyz_mm[:, 2], np.hypot(xyz_mm[:, 0], xyz_mm[:, 1]))
-        return (along >= self.coverage_lo_mm[layer]) & (along <= self.coverage_hi_mm[layer])
+        result: np.ndarray = (along >= self.coverage_lo_mm[layer]) & (
+            along <= self.coverage_hi_mm[layer]
+        )
+        return result
 
     def nearest_modules(
         self, layer: np.ndarray, xyz_mm: np.ndarray, k: int = 1, exclude: np.ndarray | None = None

@@ -119,7 +119,7 @@ class ModuleLocator:
         table[cell, slot] = module
         self._cells = table
 
-    def cells(self, layer_index: np.ndarray, points: np.ndarray) -> np.ndarray:
+    def cells(self, layer_index: np.ndarray | int, points: np.ndarray) -> np.ndarray:
         """Grid cell of each point (N, 3) in layers ``layer_index`` (scalar or (N,))."""
         points = np.asarray(points, dtype=np.float64)
         layer = np.broadcast_to(np.asarray(layer_index, dtype=np.int64), points.shape[:1])
@@ -128,7 +128,8 @@ class ModuleLocator:
         n_phi = self.n_phi[layer]
         ia = np.floor((phi + np.pi) / (2.0 * np.pi) * n_phi).astype(np.int64) % n_phi
         ib = np.clip(np.floor((b - self.b_min[layer]) / self.b_step[layer]), 0, self.n_b[layer] - 1)
-        return self.cell_offset[layer] + ia * self.n_b[layer] + ib.astype(np.int64)
+        result: np.ndarray = self.cell_offset[layer] + ia * self.n_b[layer] + ib.astype(np.int64)
+        return result
 
     def candidates(self, layer_index: np.ndarray | int, points: np.ndarray) -> np.ndarray:
         """Module rows that may contain each point.
@@ -142,7 +143,8 @@ class ModuleLocator:
         -------
         (N, K) int64 module rows, padded with -1.
         """
-        return self._cells[self.cells(layer_index, points)]
+        result: np.ndarray = self._cells[self.cells(layer_index, points)]
+        return result
 
     def locate(
         self,

@@ -7,6 +7,7 @@ all read the layout from here, so none of them imports another to learn it.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 ID_COLUMNS = ("volume_id", "layer_id", "module_id")
 ROTATION_COLUMNS = tuple(f"rot_{g}{a}" for g in "xyz" for a in "uvw")
@@ -28,7 +29,9 @@ PITCH_ALIASES = {"pitchX": "pitch_u", "pitchY": "pitch_v"}
 PIXEL_VOLUMES = (7, 8, 9)
 
 
-def module_keys(volume_id: np.ndarray, layer_id: np.ndarray, module_id: np.ndarray) -> np.ndarray:
+def module_keys(
+    volume_id: npt.ArrayLike, layer_id: npt.ArrayLike, module_id: npt.ArrayLike
+) -> np.ndarray:
     """Pack (volume, layer, module) into one sortable int64 key per module."""
     volume = np.asarray(volume_id, dtype=np.int64)
     layer = np.asarray(layer_id, dtype=np.int64)

@@ -77,7 +77,8 @@ class HelixFit:
 
     def charge(self) -> np.ndarray:
         """(N,) charge sign (+1 / -1) from the rotation sense (field along +z if ``b_field_t > 0``)."""
-        return (-self.rotation * np.sign(self.b_field_t)).astype(np.int8)
+        result: np.ndarray = (-self.rotation * np.sign(self.b_field_t)).astype(np.int8)
+        return result
 
     def point_at(self, s_mm: np.ndarray) -> np.ndarray:
         """(N, 3) points on the helices at transverse arc lengths ``s_mm`` (N,) from the first point."""
@@ -104,13 +105,15 @@ class HelixFit:
             ],
             axis=-1,
         )
-        return d / np.linalg.norm(d, axis=-1, keepdims=True)
+        result: np.ndarray = d / np.linalg.norm(d, axis=-1, keepdims=True)
+        return result
 
     def arc_length_mm(self, xy_mm: np.ndarray) -> np.ndarray:
         """(N,) arc length of the circle point nearest to ``xy_mm`` (N, 2), within half a turn of s = 0."""
         xy_mm = np.asarray(xy_mm, dtype=np.float64)
         phi = np.arctan2(xy_mm[:, 1] - self.centre_y_mm, xy_mm[:, 0] - self.centre_x_mm)
-        return self.rotation * self.radius_mm * _wrap_angle(phi - self.phi_ref)
+        result: np.ndarray = self.rotation * self.radius_mm * _wrap_angle(phi - self.phi_ref)
+        return result
 
     def perigee_s_mm(self) -> np.ndarray:
         """(N,) arc length of the circle point nearest the z axis (the perigee)."""
@@ -340,7 +343,7 @@ def _arc_lengths(
     cy: np.ndarray,
     radius: np.ndarray,
     order: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(phi_ref (N,), rotation (N,), s (N, K), phi (N, K)) of the points on fitted circles.
 
     The angle is unwrapped along the fitted points in flight order (``order`` (N, K) gives the
