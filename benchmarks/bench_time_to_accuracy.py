@@ -131,10 +131,10 @@ def baseline_accuracies(data: str | os.PathLike[str], seed: int = 0) -> dict[str
     frequency = FrequencyBaseline(train_tokens, train_lengths)
     baselines: dict[str, Any] = {"frequency": frequency}
     try:
-        from tracklm.evaluate.helix import LayerSurfaces
+        from tracklm.detector.layers import TokenLayers
         from tracklm.evaluate.report import module_bounds
 
-        surfaces = LayerSurfaces.from_modules(dataset.modules, len(dataset.vocab))
+        surfaces = TokenLayers.from_modules(dataset.modules, len(dataset.vocab))
         helix = HelixBaseline(surfaces, train_tokens, train_lengths, dataset.module_centres,
                               use_hits=False, bounds=module_bounds(dataset))  # fmt: skip
         baselines["helix"] = helix

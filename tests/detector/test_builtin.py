@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tracklm.detector import PIXEL_VOLUMES, Detector
-from tracklm.detector.builtin import build_detector
 from tracklm.errors import InputError
 
 SIZE_COLUMNS = ["module_t", "module_minhu", "module_maxhu", "module_hv", "pitch_u", "pitch_v"]
@@ -14,7 +13,7 @@ SIZE_COLUMNS = ["module_t", "module_minhu", "module_maxhu", "module_hv", "pitch_
 
 @pytest.fixture(scope="module")
 def builtin() -> Detector:
-    return build_detector("trackml")
+    return Detector.builtin("trackml")
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +44,11 @@ def test_negative_endcap_layers_grow_toward_interaction_point(builtin):
 
 
 def test_cached_and_unknown_name(builtin):
-    assert build_detector("trackml") is builtin
+    assert Detector.builtin("trackml") is builtin
     assert Detector.builtin() is builtin
     assert Detector.load("trackml") is builtin
     with pytest.raises(InputError, match="nosuch"):
-        build_detector("nosuch")
+        Detector.builtin("nosuch")
 
 
 def test_rotations_orthonormal_right_handed(builtin):

@@ -81,10 +81,11 @@ def test_local_global_round_trip_and_contains():
     rows = rng.integers(0, len(detector), size=500)
     hv = detector.modules.module_hv.to_numpy()[rows]
     v = rng.uniform(-1, 1, size=500) * hv
-    u = rng.uniform(-1, 1, size=500) * detector.half_width(rows, v)
+    frames = detector.frames
+    u = rng.uniform(-1, 1, size=500) * frames.half_width(rows, v)
     uvw = np.stack([u, v, np.zeros(500)], axis=1)
-    xyz = detector.to_global(rows, uvw)
-    np.testing.assert_allclose(detector.to_local(rows, xyz), uvw, atol=1e-9)
+    xyz = frames.to_global(rows, uvw)
+    np.testing.assert_allclose(frames.to_local(rows, xyz), uvw, atol=1e-9)
     assert detector.contains(rows, xyz).all()
     # A local point maps to centre + u * u_axis + v * v_axis: check one module by hand.
     row = int(rows[0])
@@ -99,7 +100,7 @@ def test_local_global_round_trip_and_contains():
     outside_v = uvw + np.stack([0 * v, 2 * hv, 0 * v], 1)
     outside_w = uvw + np.stack([0 * v, 0 * v, detector.modules.module_t.to_numpy()[rows]], 1)
     for points in (outside_u, outside_v, outside_w):
-        assert not detector.contains(rows, detector.to_global(rows, points)).any()
+        assert not detector.contains(rows, frames.to_global(rows, points)).any()
 
 
 def test_trapezoid_half_width(real):
@@ -107,7 +108,7 @@ def test_trapezoid_half_width(real):
     row = int(np.flatnonzero((table.volume_id == 12).to_numpy())[0])
     rows = np.array([row, row, row])
     hv = table.module_hv[row]
-    widths = real.half_width(rows, np.array([-hv, 0.0, hv]))
+    widths = real.frames.half_width(rows, np.array([-hv, 0.0, hv]))
     low, high = table.module_minhu[row], table.module_maxhu[row]
     np.testing.assert_allclose(widths, [low, 0.5 * (low + high), high])
 

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tracklm.detector import SPECIAL_TOKENS, ModuleVocab
-from tracklm.detector.builtin import build_detector
+from tracklm.detector import SPECIAL_TOKENS, Detector, ModuleVocab
 from tracklm.errors import InputError
 
 MODULES = np.array([[8, 4, 3], [7, 2, 10], [8, 2, 1], [7, 2, 2], [9, 14, 108], [8, 2, 224]])
@@ -45,7 +44,7 @@ def test_deterministic_under_shuffling():
 
 
 def test_from_detector_pixel_volumes():
-    detector = build_detector("trackml")
+    detector = Detector.builtin("trackml")
     pixel = ModuleVocab.from_detector(detector, volumes=(7, 8, 9))
     assert len(pixel) == 6 + 4_004
     assert pixel == ModuleVocab(detector.select_volumes([9, 8, 7]).ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.evaluate.baselines import (
     FrequencyBaseline,
@@ -11,7 +12,6 @@ from tracklm.evaluate.baselines import (
     HelixFrequencyBaseline,
     neighbours,
 )
-from tracklm.evaluate.helix import LayerSurfaces
 
 from .toy import toy_modules, toy_tracks
 
@@ -59,7 +59,7 @@ def test_helix_baseline_finds_hidden_hits_of_clean_tracks():
     train = toy_tracks(modules, vocab, 10, 20, seed=0, overlap_probability=0.0)
     test = toy_tracks(modules, vocab, 2, 20, seed=1, overlap_probability=0.0)
     baseline = HelixBaseline(
-        LayerSurfaces.from_modules(table, len(vocab)), train.tokens, train.lengths, centres
+        TokenLayers.from_modules(table, len(vocab)), train.tokens, train.lengths, centres
     )
     width = test.tokens.shape[1]
     for hidden in (np.zeros(len(test), int), test.lengths // 2, test.lengths - 1):
@@ -82,7 +82,7 @@ def test_helix_on_module_centres_is_a_real_baseline():
     centres[table["token"]] = table[["cx", "cy", "cz"]].to_numpy()
     train = toy_tracks(modules, vocab, 10, 20, seed=0, overlap_probability=0.0)
     test = toy_tracks(modules, vocab, 10, 20, seed=1, overlap_probability=0.0)
-    surfaces = LayerSurfaces.from_modules(table, len(vocab))
+    surfaces = TokenLayers.from_modules(table, len(vocab))
     frequency = FrequencyBaseline(train.tokens, train.lengths)
     helix = HelixBaseline(surfaces, train.tokens, train.lengths, centres, use_hits=False)
     weak = HelixBaseline(

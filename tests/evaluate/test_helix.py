@@ -1,4 +1,5 @@
-"""Helix fit and layer intersections against helices generated independently (tests/evaluate/toy.py)."""
+"""Helix fit (``tracklm.tracking.helix``), token layers and module frames (``tracklm.detector``)
+against helices generated independently (tests/evaluate/toy.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import pandas as pd
 import pytest
 
 from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
+from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.evaluate.helix import LayerSurfaces, ModuleBounds, fit_helix
+from tracklm.tracking.constants import TRACKML_FIELD_TESLA
+from tracklm.tracking.helix import fit_helix
 
 from .toy import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
 
@@ -56,7 +59,7 @@ def test_interpolation_and_extrapolation_land_on_the_right_layer_and_module():
     vocab = ModuleVocab(modules[["volume_id", "layer_id", "module_id"]].to_numpy())
     table = modules.sort_values(["volume_id", "layer_id", "module_id"]).reset_index(drop=True)
     table.insert(0, "token", np.arange(vocab.num_special, len(vocab)))
-    surfaces = LayerSurfaces.from_modules(table, len(vocab))
+    surfaces = TokenLayers.from_modules(table, len(vocab))
     assert surfaces.is_barrel.tolist() == [True] * 4 + [False] * 3
     np.testing.assert_allclose(surfaces.radius_mm[:4], BARREL_RADII_MM)
 
@@ -81,7 +84,7 @@ def test_interpolation_and_extrapolation_land_on_the_right_layer_and_module():
 def test_disk_intersection_and_coverage():
     modules = toy_modules()
     table = modules.assign(token=np.arange(len(modules)) + 6)
-    surfaces = LayerSurfaces.from_modules(table, len(modules) + 6)
+    surfaces = TokenLayers.from_modules(table, len(modules) + 6)
     s = np.array([100.0, 200.0, 300.0])
     fit = fit_helix(helix_points(1.5, 0.2, 3.0, 1, s)[None], np.ones((1, 3), dtype=bool))
     disk = int(np.flatnonzero(~surfaces.is_barrel)[0])
@@ -151,21 +154,33 @@ def _two_ring_disk() -> tuple[pd.DataFrame, Detector]:
 
 def test_containment_picks_the_module_whose_bounds_hold_the_point():
     table, detector = _two_ring_disk()
-    surfaces = LayerSurfaces.from_modules(table, 6 + len(table))
-    bounds = ModuleBounds.from_detector(table, detector, 6 + len(table))
+    surfaces = TokenLayers.from_modules(table, 6 + len(table))
+    bounds = detector.frames_by_token(table, 6 + len(table))
     assert bounds.exact
     # r = 85 along phi = 0: 25 mm from the inner centre, 35 from the outer one, but only the
     # outer (long) module reaches down to r = 75.
     point = np.array([[85.0, 0.0, 500.0]])
     nearest, _ = surfaces.nearest_modules(np.array([0]), point, k=1)
-    contained, score = bounds.rank(surfaces, np.array([0]), point, k=2)
+    contained, score = surfaces.rank_modules(bounds, np.array([0]), point, k=2)
     inner, outer = 6, 6 + 8
     assert nearest[0, 0] == inner
     assert contained[0, 0] == outer and score[0, 0] < 1.0
     assert bounds.outside(np.array([outer, inner]), np.repeat(point, 2, axis=0)).tolist()[1] > 1.0
     # the excluded containing module gives way to the next best
-    again, _ = bounds.rank(surfaces, np.array([0]), point, k=1, exclude=np.array([[outer]]))
+    again, _ = surfaces.rank_modules(bounds, np.array([0]), point, k=1, exclude=np.array([[outer]]))
     assert again[0, 0] not in (outer, -1)
     # the bounds agree with the detector's own containment test
     rows = detector.rows(np.array([9]), np.array([2]), np.array([9]))
     assert detector.contains(rows, point)[0]
+
+
+def test_pt_and_charge_follow_the_field_the_fit_is_given():
+    s = np.array([30.0, 75.0, 120.0, 175.0])
+    points = helix_points(1.2, 0.3, 0.5, -1, s)[None]
+    at_2t = fit_helix(points, np.ones((1, 4), dtype=bool))
+    assert at_2t.b_field_t == TRACKML_FIELD_TESLA == 2.0
+    at_4t = fit_helix(points, np.ones((1, 4), dtype=bool), b_field_t=4.0)
+    assert at_4t.pt_gev()[0] == pytest.approx(2.0 * at_2t.pt_gev()[0], rel=1e-12)
+    assert at_4t.charge()[0] == at_2t.charge()[0] == -1
+    reversed_field = fit_helix(points, np.ones((1, 4), dtype=bool), b_field_t=-2.0)
+    assert reversed_field.charge()[0] == 1

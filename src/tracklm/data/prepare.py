@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import SPLITS, SplitWriter, TrackArrays, modules_table
 from tracklm.io.trackml import event_path, list_events, read_part
 from tracklm.manifest import sha256_file, write_manifest
+from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,34 @@ def resolve_detector(events: Path, detector: str | os.PathLike[str] | None) -> D
         local = events / "detectors.csv"
         detector = local if local.is_file() else "trackml"
     return Detector.load(detector)
+
+
+def events_magnetic_field(events: Path) -> dict[str, Any]:
+    """The field the events of ``events`` were made with, and where that figure comes from.
+
+    ``tracklm simulate`` records its config in ``EVENTS/manifest.json``
+    (``config.simulation.magnetic_field_tesla``). Without that record (real TrackML events, or a
+    directory from elsewhere) the events are taken to be TrackML's, made at 2 T.
+
+    Returns
+    -------
+    ``{"tesla": B, "source": "..."}``, recorded as ``magnetic_field`` in the dataset's manifest.
+    """
+    path = events / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+        tesla = manifest["config"]["simulation"]["magnetic_field_tesla"]
+    except FileNotFoundError:
+        reason = "no manifest.json in the events directory"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = f"{path} records no field ({type(exc).__name__}: {exc})"
+        logger.warning("%s; taking the TrackML field, %g T", reason, TRACKML_FIELD_TESLA)
+    else:
+        return {"tesla": float(tesla), "source": f"{path}: config.simulation.magnetic_field_tesla"}
+    return {
+        "tesla": TRACKML_FIELD_TESLA,
+        "source": f"TrackML default (real TrackML data): {reason}",
+    }
 
 
 @dataclass
@@ -152,7 +182,9 @@ def _prepare_event(job: _EventJob, event_id: int) -> _EventResult:
     return _EventResult(event_id, tracks, files)
 
 
-def _results_in_order(job: _EventJob, event_ids: list[int], workers: int) -> Iterator[_EventResult]:
+def _results_in_order(
+    job: _EventJob, event_ids: list[int], workers: int
+) -> Generator[_EventResult, None, None]:
     """Results of ``event_ids`` in the given order, computed by ``workers`` processes."""
     if workers <= 1 or len(event_ids) <= 1:
         for event_id in event_ids:
@@ -272,6 +304,7 @@ def run_prepare(
             vocab_sha256=vocab.sha256,
             max_length=chosen.max_hits,
             skipped_events=skipped,
+            magnetic_field=events_magnetic_field(events),
             inputs={
                 "events": str(events.resolve()),
                 "detector": detector_input,

@@ -1,6 +1,6 @@
 """The built-in TrackML detector, generated from a short parametric description.
 
-``build_detector("trackml")`` reads ``detector/trackml.yaml`` (package data) and lays out all
+``builtin_module_table("trackml")`` reads ``detector/trackml.yaml`` (package data) and lays out all
 18,728 modules of the TrackML detector: pixel volumes 7/8/9, short strips 12/13/14 and long
 strips 16/17/18. Conventions follow TrackML's ``detectors.csv`` so that the same
 (volume_id, layer_id, module_id) names the same physical module:
@@ -14,12 +14,12 @@ strips 16/17/18. Conventions follow TrackML's ``detectors.csv`` so that the same
   phi (sector count and offset in the description), inner ring first within a sector, then up
   in phi.
 
-Lengths in mm, angles in rad.
+Lengths in mm, angles in rad. This module produces the module table only; ``Detector.load``
+and ``Detector.builtin`` (``detector/geometry.py``) wrap it in a cached ``Detector``.
 """
 
 from __future__ import annotations
 
-import functools
 from importlib import resources
 from typing import Any
 
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
+from tracklm.detector.table import TRACKML_COLUMNS
 from tracklm.errors import InputError
 
 BUILTIN_DETECTORS = ("trackml",)
@@ -83,6 +83,7 @@ def _sector_phi(count: int) -> np.ndarray:
 def _barrel_layer(
     volume: dict[str, Any], layer_id: int, radius_mm: float, n_phi: int
 ) -> pd.DataFrame:
+    """One barrel layer at ``radius_mm``: ``n_phi`` modules around, ``volume["n_z"]`` along z."""
     n_z = int(volume["n_z"])
     z_step = float(volume["z_step"])
     iz, iphi = np.divmod(np.arange(n_z * n_phi), n_phi)
@@ -121,7 +122,13 @@ def _disk_layer(
     rings = endcap["rings"]
     numbering = endcap["numbering"]
     sectors = int(numbering["sectors"])
-    ring_index, sector_position, phi, radius, abs_z, min_hu, max_hu = [], [], [], [], [], [], []
+    ring_index: list[np.ndarray] = []
+    sector_position: list[np.ndarray] = []
+    phi: list[np.ndarray] = []
+    radius: list[np.ndarray] = []
+    abs_z: list[np.ndarray] = []
+    min_hu: list[np.ndarray] = []
+    max_hu: list[np.ndarray] = []
     for index, ring in enumerate(rings):
         count = int(ring["modules"])
         position = np.arange(count)
@@ -178,12 +185,12 @@ def _disk_layer(
 
 def _load_description(name: str) -> dict[str, Any]:
     text = resources.files("tracklm.detector").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    description: dict[str, Any] = yaml.safe_load(text)
+    return description
 
 
-@functools.cache
-def build_detector(name: str = "trackml") -> Detector:
-    """The built-in detector ``name``, generated from its parametric description.
+def builtin_module_table(name: str = "trackml") -> pd.DataFrame:
+    """The module table of the built-in detector ``name``, generated from its description.
 
     Parameters
     ----------
@@ -191,8 +198,7 @@ def build_detector(name: str = "trackml") -> Detector:
 
     Returns
     -------
-    Detector : module table in TrackML ``detectors.csv`` layout (mm). The result is cached, so
-        repeated calls return the same (immutable) object.
+    DataFrame : one row per module, TrackML ``detectors.csv`` columns (mm); not yet sorted.
 
     Raises
     ------
@@ -203,7 +209,7 @@ def build_detector(name: str = "trackml") -> Detector:
             f"detector {name!r}: no such built-in detector (known: {', '.join(BUILTIN_DETECTORS)})"
         )
     description = _load_description(name)
-    tables = []
+    tables: list[pd.DataFrame] = []
     for volume in description["barrels"]:
         for index, (radius_mm, n_phi) in enumerate(volume["layers"]):
             tables.append(_barrel_layer(volume, 2 * (index + 1), float(radius_mm), int(n_phi)))
@@ -217,4 +223,4 @@ def build_detector(name: str = "trackml") -> Detector:
         ):
             for index, z_mm in enumerate(signed_z):
                 tables.append(_disk_layer(endcap, volume_id, 2 * (index + 1), z_mm))
-    return Detector(pd.concat(tables, ignore_index=True), name=name)
+    return pd.concat(tables, ignore_index=True)

@@ -1,49 +1,41 @@
 """Detector geometry: the module table of a TrackML-format detector.
 
-A module is a flat sensor with a local frame (u, v, w): u across, v along, w the normal. Local
-to global: ``xyz = R @ uvw + centre`` where the columns of ``R`` are the u, v, w axes in global
-coordinates, i.e. ``R[i, j] = rot_{xyz[i]}{uvw[j]}`` in ``detectors.csv``. Lengths in mm.
-Bounds: ``|v| <= module_hv``; ``|u| <= h(v)`` with the half-width growing linearly from
-``module_minhu`` at ``v = -module_hv`` to ``module_maxhu`` at ``v = +module_hv`` (trapezoids on disks).
+``Detector`` holds the table (``detectors.csv`` columns, see ``detector/table.py``) and answers
+id lookups; the local frames and bounds of its modules live in ``Detector.frames``
+(``detector/frames.py``). ``Detector.load("trackml")`` builds the built-in detector from its
+description (``detector/builtin.py``, which does not import this module). Lengths in mm.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from tracklm.detector.builtin import builtin_module_table
+from tracklm.detector.frames import ModuleFrames
+from tracklm.detector.table import (
+    ID_COLUMNS,
+    PITCH_ALIASES,
+    PIXEL_VOLUMES,
+    ROTATION_COLUMNS,
+    TRACKML_COLUMNS,
+    module_keys,
+)
 from tracklm.errors import InputError
 
-ID_COLUMNS = ("volume_id", "layer_id", "module_id")
-ROTATION_COLUMNS = tuple(f"rot_{g}{a}" for g in "xyz" for a in "uvw")
-TRACKML_COLUMNS = (
-    *ID_COLUMNS,
-    "cx",
-    "cy",
-    "cz",
-    *ROTATION_COLUMNS,
-    "module_t",
-    "module_minhu",
-    "module_maxhu",
-    "module_hv",
-    "pitch_u",
-    "pitch_v",
-)
-# The Codalab release names the pitch columns differently; both layouts are read.
-PITCH_ALIASES = {"pitchX": "pitch_u", "pitchY": "pitch_v"}
-PIXEL_VOLUMES = (7, 8, 9)
-
-
-def module_keys(volume_id: np.ndarray, layer_id: np.ndarray, module_id: np.ndarray) -> np.ndarray:
-    """Pack (volume, layer, module) into one sortable int64 key per module."""
-    volume = np.asarray(volume_id, dtype=np.int64)
-    layer = np.asarray(layer_id, dtype=np.int64)
-    module = np.asarray(module_id, dtype=np.int64)
-    return (volume << 40) | (layer << 24) | module
+__all__ = [
+    "ID_COLUMNS",
+    "PIXEL_VOLUMES",
+    "ROTATION_COLUMNS",
+    "TRACKML_COLUMNS",
+    "Detector",
+    "module_keys",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +50,7 @@ class Detector:
 
     modules: pd.DataFrame
     name: str = "custom"
+    _keys: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         table = self.modules.sort_values(list(ID_COLUMNS), kind="stable").reset_index(drop=True)
@@ -65,7 +58,7 @@ class Detector:
         keys = module_keys(table["volume_id"], table["layer_id"], table["module_id"])
         duplicated = np.flatnonzero(np.diff(keys) == 0)
         if duplicated.size:
-            volume, layer, module = (int(table[c].iat[int(duplicated[0])]) for c in ID_COLUMNS)
+            volume, layer, module = (int(table[c].to_numpy()[duplicated[0]]) for c in ID_COLUMNS)
             raise InputError(f"{self.name}: module ({volume}, {layer}, {module}) is listed twice")
         object.__setattr__(self, "_keys", keys)
 
@@ -99,10 +92,15 @@ class Detector:
 
     @classmethod
     def builtin(cls, name: str = "trackml") -> Detector:
-        """The built-in detector generated from its parametric description (package data)."""
-        from tracklm.detector.builtin import build_detector
+        """The built-in detector ``name`` (only ``"trackml"``), generated from its description.
 
-        return build_detector(name)
+        The result is cached: repeated calls return the same (immutable) object.
+
+        Raises
+        ------
+        InputError : for an unknown name.
+        """
+        return _builtin_detector(name)
 
     @classmethod
     def load(cls, spec: str | os.PathLike[str]) -> Detector:
@@ -144,42 +142,47 @@ class Detector:
     ) -> np.ndarray:
         """Row index of each (volume, layer, module) in ``modules``; -1 where the module does not exist."""
         keys = module_keys(volume_id, layer_id, module_id)
-        index = np.searchsorted(self._keys, keys)  # type: ignore[attr-defined]
-        index = np.clip(index, 0, len(self._keys) - 1)  # type: ignore[attr-defined]
-        found = self._keys[index] == keys  # type: ignore[attr-defined]
+        index = np.searchsorted(self._keys, keys)
+        index = np.clip(index, 0, len(self._keys) - 1)
+        found = self._keys[index] == keys
         return np.where(found, index, -1)
 
     # ------------------------------------------------------------------ local frames
-    def to_local(self, rows: np.ndarray, xyz: np.ndarray) -> np.ndarray:
-        """Global points (N, 3) to the local (u, v, w) frames of modules ``rows`` (N,)."""
-        rotation = self.rotations[rows]
-        offset = np.asarray(xyz, dtype=np.float64) - self.centres[rows]
-        return np.einsum("nji,nj->ni", rotation, offset)
+    @functools.cached_property
+    def frames(self) -> ModuleFrames:
+        """Local frames and bounds of the modules, indexed by row of ``modules``."""
+        return ModuleFrames.from_table(self.modules)
 
-    def to_global(self, rows: np.ndarray, uvw: np.ndarray) -> np.ndarray:
-        """Local points (N, 3) on modules ``rows`` (N,) to global coordinates."""
-        rotation = self.rotations[rows]
-        return (
-            np.einsum("nij,nj->ni", rotation, np.asarray(uvw, dtype=np.float64))
-            + self.centres[rows]
+    def frames_by_token(self, modules: pd.DataFrame, vocab_size: int | None = None) -> ModuleFrames:
+        """The frames of a dataset's modules, indexed by token id (NaN for special tokens).
+
+        Parameters
+        ----------
+        modules : the dataset's module table (columns token, volume_id, layer_id, module_id).
+        vocab_size : number of frames (default: the largest token + 1).
+
+        Raises
+        ------
+        ValueError : when a module of the table is missing from this detector.
+        """
+        size = int(vocab_size if vocab_size is not None else modules["token"].max() + 1)
+        rows = self.rows(
+            modules["volume_id"].to_numpy(),
+            modules["layer_id"].to_numpy(),
+            modules["module_id"].to_numpy(),
         )
-
-    def half_width(self, rows: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Half-width in u (mm) of modules ``rows`` at local ``v`` (trapezoid bounds)."""
-        table = self.modules
-        minhu = table["module_minhu"].to_numpy()[rows]
-        maxhu = table["module_maxhu"].to_numpy()[rows]
-        hv = table["module_hv"].to_numpy()[rows]
-        return minhu + (maxhu - minhu) * (np.asarray(v) + hv) / (2.0 * hv)
+        if np.any(rows < 0):
+            raise ValueError(
+                f"{int(np.sum(rows < 0))} modules of the dataset are not in the detector"
+            )
+        return self.frames.reindexed(rows, modules["token"].to_numpy(np.int64), size)
 
     def contains(self, rows: np.ndarray, xyz: np.ndarray, tolerance_mm: float = 1e-3) -> np.ndarray:
-        """Whether each point lies on its module: within the bounds and the sensor thickness."""
-        uvw = self.to_local(rows, xyz)
-        hv = self.modules["module_hv"].to_numpy()[rows]
-        half_t = 0.5 * self.modules["module_t"].to_numpy()[rows]
-        inside_v = np.abs(uvw[:, 1]) <= hv + tolerance_mm
-        inside_u = (
-            np.abs(uvw[:, 0]) <= self.half_width(rows, np.clip(uvw[:, 1], -hv, hv)) + tolerance_mm
-        )
-        inside_w = np.abs(uvw[:, 2]) <= half_t + tolerance_mm
-        return inside_u & inside_v & inside_w
+        """Whether each point (N, 3) lies on its module ``rows`` (N,): within the bounds and the
+        sensor thickness, plus ``tolerance_mm`` (``ModuleFrames.contains``)."""
+        return self.frames.contains(rows, xyz, tolerance_mm)
+
+
+@functools.cache
+def _builtin_detector(name: str) -> Detector:
+    return Detector(builtin_module_table(name), name=name)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tracklm._fs import write_json
-from tracklm.detector.geometry import module_keys
+from tracklm.detector.table import module_keys
 from tracklm.errors import InputError
 
 if TYPE_CHECKING:

@@ -13,23 +13,20 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     A tracking physicist's answer from the same information as the model: fit a helix to the
     visible modules' CENTRES, each weighted by where on its module the hit may lie (uniform over
     the module in its local frame: 16.8 mm / sqrt(12) across a pixel module, 72 mm / sqrt(12)
-    along it, i.e. along z on a barrel and along r on a disk; ``ModuleBounds.covariance``), with
+    along it, i.e. along z on a barrel and along r on a disk; ``ModuleFrames.covariance``), with
     the beam spot as a pseudo-point; the x-y circle is fitted through the beam line as azimuth
     against radius (``fit_circle_origin``), the (s, z) line with each point's variance along its
     residual. Then choose the layer of the hidden hit and take the module whose BOUNDS contain
-    the helix's crossing of it (``ModuleBounds.rank``: from the detector geometry when known,
-    else guessed from the centres), never a module the track already uses. The layer is the one
-    the helix crosses between the neighbouring visible hits, else the most frequent one in the
-    training split for the neighbouring visible layers that the helix crosses near the gap.
+    the helix's crossing of it (``TokenLayers.rank_modules``, with the frames from the detector
+    geometry when known, else guessed from the centres), never a module the track already uses.
+    The layer is the one the helix crosses between the neighbouring visible hits, else the most
+    frequent one in the training split for the neighbouring visible layers that the helix
+    crosses near the gap.
     ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): a
     reference using information the model never has, not a baseline to beat.
 ``HelixFrequencyBaseline`` (``helix+frequency``)
     The frequency baseline's candidates re-ranked by the centre-based helix: candidates the
     helix passes through come first, in frequency order.
-
-Measured on a simulated PU200 pixel test set (2,000 tracks, first/middle/last hits): frequency
-57.8%, helix on centres 58.6% (18.2% with the earlier free unweighted circle and nearest centre),
-helix+frequency 64.2%, helix_hits 86.9%.
 """
 
 from __future__ import annotations
@@ -39,7 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tracklm.evaluate.helix import HelixFit, LayerSurfaces, ModuleBounds, fit_helix
+from tracklm.detector.frames import ModuleFrames
+from tracklm.detector.layers import TokenLayers
+from tracklm.tracking.helix import HelixFit, fit_helix
 
 _PACK = np.int64(1 << 21)  # token ids and layer indices stay far below 2**21
 # Beam spot (transverse, longitudinal sigma, mm) used as a pseudo-point by the helix fits: the
@@ -277,9 +276,10 @@ class HelixBaseline:
     use_hits : fit the measured hit positions (True) or the visible modules' centres (False).
     window_margin_mm : slack on the arc-length window between the neighbouring hits.
     k : ranked modules returned.
-    bounds : the modules' frames and bounds (``ModuleBounds.from_detector``); by default
-        ``ModuleBounds.approximate`` from the centres. The predicted module is the one whose
-        bounds contain the helix's crossing of the chosen layer (``ModuleBounds.rank``).
+    bounds : the modules' frames and bounds by token id (``Detector.frames_by_token``); by
+        default ``ModuleFrames.approximate`` from the centres. The predicted module is the one
+        whose bounds contain the helix's crossing of the chosen layer
+        (``TokenLayers.rank_modules``).
     beam_sigma_mm : (transverse, z) spread of the beam spot, added as a pseudo-point in front of
         every track (``None``: only where fewer than 3 points are visible, with no weight info).
     hit_sigma_mm : isotropic uncertainty of a measured hit (``use_hits=True``), against which
@@ -293,14 +293,14 @@ class HelixBaseline:
 
     def __init__(
         self,
-        surfaces: LayerSurfaces,
+        surfaces: TokenLayers,
         train_tokens: np.ndarray,
         train_lengths: np.ndarray,
         centres_mm: np.ndarray,
         use_hits: bool = True,
         window_margin_mm: float = 10.0,
         k: int = 5,
-        bounds: ModuleBounds | None = None,
+        bounds: ModuleFrames | None = None,
         beam_sigma_mm: tuple[float, float] | None = BEAM_SIGMA_MM,
         hit_sigma_mm: float = HIT_SIGMA_MM,
         name: str | None = None,
@@ -311,7 +311,11 @@ class HelixBaseline:
         self.use_hits = use_hits
         self.window_margin_mm = window_margin_mm
         self.k = k
-        self.bounds = bounds if bounds is not None else _approximate_bounds(surfaces)
+        self.bounds = (
+            bounds
+            if bounds is not None
+            else ModuleFrames.approximate(surfaces.module_table(), len(surfaces.layer_of_token))
+        )
         self.beam_sigma_mm = beam_sigma_mm
         self.hit_sigma_mm = hit_sigma_mm
         self.through_origin = (not use_hits) if through_origin is None else through_origin
@@ -475,7 +479,9 @@ class HelixBaseline:
             settled |= accepted
         # The crossing of the layer's mean surface is not moved onto each candidate's plane along
         # the track (measured: that lets far neighbours of forward tracks look containing).
-        ranked, _ = self.bounds.rank(self.surfaces, chosen, point, k=self.k, exclude=state.exclude)
+        ranked, _ = self.surfaces.rank_modules(
+            self.bounds, chosen, point, k=self.k, exclude=state.exclude
+        )
         return ranked
 
 
@@ -484,7 +490,7 @@ class HelixFrequencyBaseline:
 
     Candidates are the frequency baseline's top ``k`` modules and the helix's best module; each is
     scored by how far the helix's crossing of the candidate's own layer lies outside the
-    candidate's bounds (``ModuleBounds.outside``; inf where the helix misses that layer near the
+    candidate's bounds (``ModuleFrames.outside``; inf where the helix misses that layer near the
     hidden hit). Candidates the helix passes through (score at most ``inside``) come first, in
     the frequency order, then the rest by score.
     """
@@ -522,15 +528,3 @@ class HelixFrequencyBaseline:
         key = np.where(cand >= 0, key, np.inf)
         order = np.argsort(key, axis=1, kind="stable")[:, : freq.shape[1]]
         return np.take_along_axis(cand, order, axis=1)
-
-
-def _approximate_bounds(surfaces: LayerSurfaces) -> ModuleBounds:
-    """``ModuleBounds.approximate`` from the centres held by ``surfaces``' KD-trees."""
-    frames = []
-    for index, (token, tree) in enumerate(zip(surfaces.tokens, surfaces.trees)):
-        frame = pd.DataFrame(np.asarray(tree.data), columns=["cx", "cy", "cz"])
-        frame.insert(0, "token", token)
-        frame["volume_id"] = surfaces.volume_id[index]
-        frame["layer_id"] = surfaces.layer_id[index]
-        frames.append(frame)
-    return ModuleBounds.approximate(pd.concat(frames), len(surfaces.layer_of_token))

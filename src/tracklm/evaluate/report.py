@@ -18,11 +18,12 @@ import pandas as pd
 
 from tracklm._fs import atomic_output_dir, write_json
 from tracklm.data.sequences import encode_pairs
+from tracklm.detector.frames import ModuleFrames
+from tracklm.detector.layers import TokenLayers
 from tracklm.errors import InputError
 from tracklm.evaluate import metrics as M
 from tracklm.evaluate import plots
 from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
-from tracklm.evaluate.helix import LayerSurfaces, ModuleBounds
 from tracklm.evaluate.masked import (
     PROTOCOLS,
     mask_inputs,
@@ -212,26 +213,24 @@ def run_evaluate(
     return metrics
 
 
-def module_bounds(dataset: Any) -> ModuleBounds:
+def module_bounds(dataset: Any) -> ModuleFrames:
     """The modules' frames and bounds from the detector the dataset was prepared with.
 
     ``manifest.json`` records it under ``inputs.detector.name`` (``"trackml"`` or a
     ``detectors.csv`` path). When it is absent, unreadable or does not hold every module of the
-    dataset, the bounds are guessed from the module centres (``ModuleBounds.approximate``).
+    dataset, the bounds are guessed from the module centres (``ModuleFrames.approximate``).
     """
     name = (dataset.manifest.get("inputs") or {}).get("detector", {}).get("name")
     if name:
         try:
             from tracklm.detector.geometry import Detector
 
-            return ModuleBounds.from_detector(
-                dataset.modules, Detector.load(name), len(dataset.vocab)
-            )
+            return Detector.load(name).frames_by_token(dataset.modules, len(dataset.vocab))
         except Exception as exc:  # any failure: fall back, and say so
             log.warning("detector %s not usable for module bounds (%s); guessing", name, exc)
     else:
         log.warning("dataset records no detector; module bounds guessed from centres")
-    return ModuleBounds.approximate(dataset.modules, len(dataset.vocab))
+    return ModuleFrames.approximate(dataset.modules, len(dataset.vocab))
 
 
 def _evaluate(
@@ -275,7 +274,7 @@ def _evaluate(
     _, pair_logits = run(encoded.input_ids, no_labels, "pair task")
 
     # Baselines, fitted on the train split.
-    surfaces = LayerSurfaces.from_modules(dataset.modules, len(vocab))
+    surfaces = TokenLayers.from_modules(dataset.modules, len(vocab))
     bounds = module_bounds(dataset)
     frequency = FrequencyBaseline(train.tokens, train.lengths)
     helix = HelixBaseline(

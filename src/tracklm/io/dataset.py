@@ -24,6 +24,7 @@ import pandas as pd
 
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
+from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
 SPLITS = ("train", "val", "test")
 
@@ -204,6 +205,16 @@ class PreparedDataset:
         if name not in SPLITS:
             raise InputError(f"--split: unknown split {name!r} (choose from {', '.join(SPLITS)})")
         return load_split(self.path / name, mmap=mmap)
+
+    @property
+    def b_field_t(self) -> float:
+        """The magnetic field (tesla, along +z) the dataset's events were made with.
+
+        ``prepare`` records it in ``manifest.json`` under ``magnetic_field.tesla``; datasets
+        prepared before it did read as the TrackML field (2 T), which they were all made with.
+        """
+        record = self.manifest.get("magnetic_field") or {}
+        return float(record.get("tesla", TRACKML_FIELD_TESLA))
 
     @property
     def module_centres(self) -> np.ndarray:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from tracklm.errors import InputError
+from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class SimulationConfig:
     secondary_proton_fraction: float = 0.35
     secondary_electron_fraction: float = 0.05
 
-    magnetic_field_tesla: float = 2.0
+    magnetic_field_tesla: float = TRACKML_FIELD_TESLA
     pixel_module_x0: float = 0.015
     strip_module_x0: float = 0.025
     beam_pipe_radius_mm: float = 19.0

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from tracklm._fs import atomic_output_dir
 from tracklm.config import to_dict
 from tracklm.detector.geometry import Detector
-from tracklm.detector.surfaces import ModuleLocator
+from tracklm.detector.locator import ModuleLocator
 from tracklm.errors import InputError
 from tracklm.io.trackml import write_event
 from tracklm.manifest import write_manifest
@@ -75,7 +75,7 @@ class _EventGenerator:
         self.detector = detector
         self.config = config
         self.locator = ModuleLocator(detector, margin_mm=config.lookup_margin_mm)
-        arrays = self.locator.arrays
+        arrays = self.locator.frames
         self.arrays = arrays
         self.is_pixel = np.maximum(arrays.pitch_u, arrays.pitch_v) < config.pixel_max_pitch_mm
         module_x0 = np.where(self.is_pixel, config.pixel_module_x0, config.strip_module_x0)

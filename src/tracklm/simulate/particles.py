@@ -15,6 +15,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 
 from tracklm.simulate.config import SimulationConfig
+from tracklm.tracking.constants import GEV_PER_TESLA_METRE
 
 # PDG codes (positive-charge code first) and masses in GeV.
 PION, KAON, PROTON, POSITRON = 211, 321, 2212, -11
@@ -258,7 +259,7 @@ def _point_at_radius(
     vertex = particles.vertex_mm[index]
     mom = particles.momentum_gev[index]
     pt = np.hypot(mom[:, 0], mom[:, 1])
-    k = -particles.charge[index] * 0.299792458 * field_tesla / pt / 1000.0
+    k = -particles.charge[index] * GEV_PER_TESLA_METRE * field_tesla / pt / 1000.0
     phi0 = np.arctan2(mom[:, 1], mom[:, 0])
     cot = mom[:, 2] / pt
     # Vertices sit within ~0.1 mm of the beam line, so the path to radius r is the chord

@@ -10,21 +10,22 @@ the detector (no further layer ahead), or when it is slowed below a minimum mome
 
 Helix in a field B along +z, transverse path length ``t`` (mm) from the current point:
 ``phi(t) = phi0 + k t`` with curvature ``k = -q * 0.299792458 * B / pT / 1000`` (1/mm, B in T,
-pT in GeV), ``x(t) = x0 + (2 sin(k t / 2) / k) cos(phi0 + k t / 2)``, likewise y with sin, and
+pT in GeV; the factor is ``tracking.constants.GEV_PER_TESLA_METRE``),
+``x(t) = x0 + (2 sin(k t / 2) / k) cos(phi0 + k t / 2)``, likewise y with sin, and
 ``z(t) = z0 + t cot(theta)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracklm.detector.surfaces import BARREL, ModuleLocator
+from tracklm.detector.layers import BARREL
+from tracklm.detector.locator import ModuleLocator
 from tracklm.simulate.config import SimulationConfig
+from tracklm.tracking.constants import GEV_PER_TESLA_METRE
 
-# GeV per (tesla metre) for a unit charge: R[m] = pT[GeV] / (0.2998 B[T] |q|).
-C_GEV_PER_T_M = 0.299792458
 _NEWTON_ITERATIONS = 3
 # Plane intersections closer than this to the current point are the crossing just made.
 _T_EPSILON_MM = 1e-6
@@ -53,7 +54,71 @@ class Crossings:
     momentum_gev: np.ndarray
 
 
-def _helix_position(x0, phi0, k, cot, t):  # type: ignore[no-untyped-def]
+@dataclass
+class _Flight:
+    """The state of N particles during propagation (arrays updated in place, step by step).
+
+    Attributes
+    ----------
+    position_mm, direction : (N, 3) current point and unit flight direction.
+    p, charge, mass : (N,) momentum (GeV), charge (e), mass (GeV).
+    turned : (N,) angle turned so far in the transverse plane (rad).
+    visited : (N, layers) bool, layers already crossed (each is crossed at most once).
+    n_recorded : (N,) crossings recorded so far per particle.
+    records : one tuple of ``Crossings`` columns per recorded batch, in recording order.
+    """
+
+    position_mm: np.ndarray
+    direction: np.ndarray
+    p: np.ndarray
+    charge: np.ndarray
+    mass: np.ndarray
+    turned: np.ndarray
+    visited: np.ndarray
+    n_recorded: np.ndarray
+    records: list[tuple[np.ndarray, ...]]
+
+
+@dataclass
+class _Step:
+    """One step of the m ``active`` particles: helix parameters at the start point and, once the
+    next layer is chosen, that layer, the path to it and the material met on the way.
+
+    Attributes
+    ----------
+    active : (m,) particle indices. x0 : (m, 3) start points (mm). phi0, k, cot : (m,) azimuth,
+    curvature (1/mm) and cot(theta). t_max : (m,) transverse path left before half a turn (mm).
+    layer, t_layer : (m,) next layer and path to it. t_end : (m,) path to the last crossing in
+    that layer. x_over_x0 : (m,) material crossed (X0). n_modules : (m,) modules crossed.
+    """
+
+    active: np.ndarray
+    x0: np.ndarray
+    phi0: np.ndarray
+    k: np.ndarray
+    cot: np.ndarray
+    t_max: np.ndarray
+    layer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    t_layer: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    t_end: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    x_over_x0: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_modules: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def take(self, keep: np.ndarray) -> _Step:
+        """The helices of particles ``keep`` (indices into this step), before a layer is chosen."""
+        return _Step(
+            active=self.active[keep],
+            x0=self.x0[keep],
+            phi0=self.phi0[keep],
+            k=self.k[keep],
+            cot=self.cot[keep],
+            t_max=self.t_max[keep],
+        )
+
+
+def _helix_position(
+    x0: np.ndarray, phi0: np.ndarray, k: np.ndarray, cot: np.ndarray, t: np.ndarray
+) -> np.ndarray:
     """Helix points (..., 3) at transverse path ``t`` (broadcast with the helix parameters)."""
     half = 0.5 * k * t
     # 2 sin(k t / 2) / k is the chord length; sin keeps full relative precision for tiny k t.
@@ -68,7 +133,9 @@ def _helix_position(x0, phi0, k, cot, t):  # type: ignore[no-untyped-def]
     )
 
 
-def _cylinder_paths(x0, phi0, k, radius_mm):  # type: ignore[no-untyped-def]
+def _cylinder_paths(
+    x0: np.ndarray, phi0: np.ndarray, k: np.ndarray, radius_mm: np.ndarray
+) -> np.ndarray:
     """Smallest positive transverse path to each cylinder (N, L) from helices (N,); inf if none.
 
     Intersects the helix circle (centre C, radius 1/|k|) with the circle of radius ``radius_mm``
@@ -112,10 +179,10 @@ class Propagator:
         self, locator: ModuleLocator, module_x0: np.ndarray, config: SimulationConfig
     ) -> None:
         self.locator = locator
-        self.arrays = locator.arrays
+        self.frames = locator.frames
         self.module_x0 = np.asarray(module_x0, dtype=np.float64)
         self.config = config
-        surfaces = locator.surfaces
+        surfaces = locator.layers
         margin = config.lookup_margin_mm
         n_module_layers = len(surfaces)
         barrel = [i for i, s in enumerate(surfaces) if s.kind == BARREL]
@@ -166,156 +233,204 @@ class Propagator:
         -------
         ``Crossings`` of every module and passive surface crossed.
         """
-        config = self.config
+        flight = self._start(position_mm, momentum_gev, charge, mass_gev, start_layer)
+        active = np.flatnonzero(
+            (flight.p > 0) & (True if tracked is None else np.asarray(tracked, dtype=bool))
+        )
+        for _ in range(self.config.max_layer_crossings):
+            if active.size == 0:
+                break
+            active = self._step(flight, active, rng)
+        return self._collect(flight.records)
+
+    def _start(
+        self,
+        position_mm: np.ndarray,
+        momentum_gev: np.ndarray,
+        charge: np.ndarray,
+        mass_gev: np.ndarray,
+        start_layer: np.ndarray | None,
+    ) -> _Flight:
+        """The flight state of N particles at production."""
         n = len(position_mm)
-        pos = np.array(position_mm, dtype=np.float64).reshape(n, 3)
         mom = np.array(momentum_gev, dtype=np.float64).reshape(n, 3)
         p = np.linalg.norm(mom, axis=1)
-        direction = mom / np.where(p > 0, p, 1.0)[:, None]
-        charge = np.asarray(charge, dtype=np.float64)
-        mass = np.asarray(mass_gev, dtype=np.float64)
-        turned = np.zeros(n)
         visited = np.zeros((n, self.n_layers), dtype=bool)
         if start_layer is not None:
             born = np.flatnonzero(np.asarray(start_layer) >= 0)
             visited[born, np.asarray(start_layer)[born]] = True
-        n_recorded = np.zeros(n, dtype=np.int64)
-        active = np.flatnonzero(
-            (p > 0) & (True if tracked is None else np.asarray(tracked, dtype=bool))
+        return _Flight(
+            position_mm=np.array(position_mm, dtype=np.float64).reshape(n, 3),
+            direction=mom / np.where(p > 0, p, 1.0)[:, None],
+            p=p,
+            charge=np.asarray(charge, dtype=np.float64),
+            mass=np.asarray(mass_gev, dtype=np.float64),
+            turned=np.zeros(n),
+            visited=visited,
+            n_recorded=np.zeros(n, dtype=np.int64),
+            records=[],
         )
-        records: list[tuple[np.ndarray, ...]] = []
-        field = config.magnetic_field_tesla
 
-        for _ in range(config.max_layer_crossings):
-            if active.size == 0:
-                break
-            x0 = pos[active]
-            d = direction[active]
-            sin_theta = np.hypot(d[:, 0], d[:, 1])
-            # A particle along the beam line has no finite helix; it leaves through the disks.
-            sin_theta = np.maximum(sin_theta, 1e-9)
-            pt = p[active] * sin_theta
-            k = -charge[active] * C_GEV_PER_T_M * field / pt / 1000.0
-            phi0 = np.arctan2(d[:, 1], d[:, 0])
-            cot = d[:, 2] / sin_theta
-            t_max = (np.pi - turned[active]) / np.abs(k)
+    def _step(self, flight: _Flight, active: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Move the ``active`` particles across their next layer; returns those still going."""
+        step = self._helices(flight, active)
+        layer, t_layer = self._next_layer(step, flight.visited[active])
+        going = np.isfinite(t_layer)
+        if not going.all():
+            keep = np.flatnonzero(going)
+            step, layer, t_layer = step.take(keep), layer[keep], t_layer[keep]
+        if step.active.size == 0:
+            return step.active
+        flight.visited[step.active, layer] = True
+        step.layer, step.t_layer, step.t_end = layer, t_layer, t_layer.copy()
+        step.x_over_x0 = np.zeros(step.active.size)
+        step.n_modules = np.zeros(step.active.size, dtype=np.int64)
+        passive = layer >= self.n_module_layers
+        if passive.any():
+            self._cross_passive(flight, step, np.flatnonzero(passive))
+        modular = np.flatnonzero(~passive)
+        if modular.size:
+            self._cross_modules(flight, step, modular)
+        return self._advance(flight, step, rng)
 
-            # Next layer: the smallest path to any not yet crossed layer within its extent.
-            t_barrel = _cylinder_paths(x0, phi0, k, self.barrel_radius)
-            z_at = x0[:, 2:3] + t_barrel * cot[:, None]
-            t_barrel[(z_at < self.barrel_z_lo) | (z_at > self.barrel_z_hi)] = np.inf
-            with np.errstate(divide="ignore", invalid="ignore"):
-                t_disk = (self.disk_z[None, :] - x0[:, 2:3]) / cot[:, None]
-            t_disk = np.where(np.isfinite(t_disk) & (t_disk > _T_EPSILON_MM), t_disk, np.inf)
-            t_disk[t_disk > t_max[:, None]] = np.inf
-            # Radius at the disk plane, only where the disk lies ahead within the half turn.
-            track, disk = np.nonzero(np.isfinite(t_disk))
-            point = _helix_position(
-                x0[track], phi0[track], k[track], cot[track], t_disk[track, disk]
+    def _helices(self, flight: _Flight, active: np.ndarray) -> _Step:
+        """The helices of the ``active`` particles from their current points."""
+        x0 = flight.position_mm[active]
+        d = flight.direction[active]
+        sin_theta = np.hypot(d[:, 0], d[:, 1])
+        # A particle along the beam line has no finite helix; it leaves through the disks.
+        sin_theta = np.maximum(sin_theta, 1e-9)
+        pt = flight.p[active] * sin_theta
+        field = self.config.magnetic_field_tesla
+        k = -flight.charge[active] * GEV_PER_TESLA_METRE * field / pt / 1000.0
+        return _Step(
+            active=active,
+            x0=x0,
+            phi0=np.arctan2(d[:, 1], d[:, 0]),
+            k=k,
+            cot=d[:, 2] / sin_theta,
+            t_max=(np.pi - flight.turned[active]) / np.abs(k),
+        )
+
+    def _next_layer(self, step: _Step, visited: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(layer (m,), path t (m,)) of the nearest layer ahead not yet crossed, within its
+        extent and half a turn; t is inf where there is none."""
+        x0, phi0, k, cot, t_max = step.x0, step.phi0, step.k, step.cot, step.t_max
+        t_barrel = _cylinder_paths(x0, phi0, k, self.barrel_radius)
+        z_at = x0[:, 2:3] + t_barrel * cot[:, None]
+        t_barrel[(z_at < self.barrel_z_lo) | (z_at > self.barrel_z_hi)] = np.inf
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t_disk = (self.disk_z[None, :] - x0[:, 2:3]) / cot[:, None]
+        t_disk = np.where(np.isfinite(t_disk) & (t_disk > _T_EPSILON_MM), t_disk, np.inf)
+        t_disk[t_disk > t_max[:, None]] = np.inf
+        # Radius at the disk plane, only where the disk lies ahead within the half turn.
+        track, disk = np.nonzero(np.isfinite(t_disk))
+        point = _helix_position(x0[track], phi0[track], k[track], cot[track], t_disk[track, disk])
+        r_at = np.hypot(point[:, 0], point[:, 1])
+        outside = (r_at < self.disk_r_lo[disk]) | (r_at > self.disk_r_hi[disk])
+        t_disk[track[outside], disk[outside]] = np.inf
+        t_all = np.empty((step.active.size, self.n_layers))
+        t_all[:, self.barrel_layer] = t_barrel
+        t_all[:, self.disk_layer] = t_disk
+        t_all[visited] = np.inf
+        t_all[t_all > t_max[:, None]] = np.inf
+        layer = np.argmin(t_all, axis=1)
+        return layer, t_all[np.arange(step.active.size), layer]
+
+    def _cross_passive(self, flight: _Flight, step: _Step, i: np.ndarray) -> None:
+        """Passive cylinders ``i`` (step indices): material only, crossing recorded for
+        secondary production."""
+        t = step.t_layer[i]
+        point = _helix_position(step.x0[i], step.phi0[i], step.k[i], step.cot[i], t)
+        phi_here = step.phi0[i] + step.k[i] * t
+        radial = np.cos(phi_here) * point[:, 0] + np.sin(phi_here) * point[:, 1]
+        cos_alpha = (
+            np.abs(radial) / np.hypot(point[:, 0], point[:, 1]) / np.sqrt(1.0 + step.cot[i] ** 2)
+        )
+        factor = np.minimum(1.0 / np.maximum(cos_alpha, 1e-12), _MAX_PATH_FACTOR)
+        step.x_over_x0[i] += self.passive_x0[step.layer[i] - self.n_module_layers] * factor
+        particle = step.active[i]
+        flight.records.append(
+            self._record(
+                particle,
+                np.full(i.size, -1),
+                flight.n_recorded,
+                point,
+                phi_here,
+                step.cot[i],
+                flight.p[particle],
             )
-            r_at = np.hypot(point[:, 0], point[:, 1])
-            outside = (r_at < self.disk_r_lo[disk]) | (r_at > self.disk_r_hi[disk])
-            t_disk[track[outside], disk[outside]] = np.inf
-            t_all = np.empty((active.size, self.n_layers))
-            t_all[:, self.barrel_layer] = t_barrel
-            t_all[:, self.disk_layer] = t_disk
-            t_all[visited[active]] = np.inf
-            t_all[t_all > t_max[:, None]] = np.inf
-            layer = np.argmin(t_all, axis=1)
-            t_layer = t_all[np.arange(active.size), layer]
-            going = np.isfinite(t_layer)
-            if not going.all():
-                keep = np.flatnonzero(going)
-                active, x0 = active[keep], x0[keep]
-                k, phi0, cot, t_max, layer, t_layer = (
-                    k[keep],
-                    phi0[keep],
-                    cot[keep],
-                    t_max[keep],
-                    layer[keep],
-                    t_layer[keep],
-                )
-            if active.size == 0:
-                break
-            visited[active, layer] = True
-            m = active.size
-            t_end = t_layer.copy()
-            x_over_x0 = np.zeros(m)
-            n_modules = np.zeros(m, dtype=np.int64)
+        )
 
-            # Passive cylinders: material only, crossing recorded for secondary production.
-            passive = layer >= self.n_module_layers
-            if passive.any():
-                i = np.flatnonzero(passive)
-                point = _helix_position(x0[i], phi0[i], k[i], cot[i], t_layer[i])
-                phi_here = phi0[i] + k[i] * t_layer[i]
-                radial = np.cos(phi_here) * point[:, 0] + np.sin(phi_here) * point[:, 1]
-                cos_alpha = (
-                    np.abs(radial) / np.hypot(point[:, 0], point[:, 1]) / np.sqrt(1.0 + cot[i] ** 2)
-                )
-                factor = np.minimum(1.0 / np.maximum(cos_alpha, 1e-12), _MAX_PATH_FACTOR)
-                x_over_x0[i] += self.passive_x0[layer[i] - self.n_module_layers] * factor
-                records.append(
-                    self._record(
-                        active[i],
-                        np.full(i.size, -1),
-                        n_recorded,
-                        point,
-                        phi_here,
-                        cot[i],
-                        p[active[i]],
-                    )
-                )
+    def _cross_modules(self, flight: _Flight, step: _Step, modular: np.ndarray) -> None:
+        """Module layers ``modular`` (step indices): exact helix-plane intersections with the
+        candidate modules, each crossing recorded with its material."""
+        x0, phi0, k, cot = step.x0, step.phi0, step.k, step.cot
+        t_layer = step.t_layer
+        reference = _helix_position(
+            x0[modular], phi0[modular], k[modular], cot[modular], t_layer[modular]
+        )
+        candidates = self.locator.candidates(step.layer[modular], reference)
+        pair_track, slot = np.nonzero(candidates >= 0)
+        rows = candidates[pair_track, slot]
+        j = modular[pair_track]
+        t_hit, point, inside = self._intersect_modules(
+            rows, x0[j], phi0[j], k[j], cot[j], t_layer[j], step.t_max[j]
+        )
+        j, rows, t_hit, point = j[inside], rows[inside], t_hit[inside], point[inside]
+        # Flight order within the layer.
+        order = np.lexsort((t_hit, j))
+        j, rows, t_hit, point = j[order], rows[order], t_hit[order], point[order]
+        phi_hit = phi0[j] + k[j] * t_hit
+        direction_hit = (
+            np.stack([np.cos(phi_hit), np.sin(phi_hit), cot[j]], axis=1)
+            / np.sqrt(1.0 + cot[j] ** 2)[:, None]
+        )
+        cos_alpha = np.abs(np.einsum("ij,ij->i", direction_hit, self.frames.normals[rows]))
+        factor = np.minimum(1.0 / np.maximum(cos_alpha, 1e-12), _MAX_PATH_FACTOR)
+        np.add.at(step.x_over_x0, j, self.module_x0[rows] * factor)
+        np.add.at(step.n_modules, j, 1)
+        np.maximum.at(step.t_end, j, t_hit)
+        particle = step.active[j]
+        flight.records.append(
+            self._record(
+                particle, rows, flight.n_recorded, point, phi_hit, cot[j], flight.p[particle]
+            )
+        )
 
-            # Module layers: exact helix-plane intersections with the candidate modules.
-            modular = np.flatnonzero(~passive)
-            if modular.size:
-                reference = _helix_position(
-                    x0[modular], phi0[modular], k[modular], cot[modular], t_layer[modular]
-                )
-                candidates = self.locator.candidates(layer[modular], reference)
-                pair_track, slot = np.nonzero(candidates >= 0)
-                rows = candidates[pair_track, slot]
-                j = modular[pair_track]
-                t_hit, point, inside = self._intersect_modules(
-                    rows, x0[j], phi0[j], k[j], cot[j], t_layer[j], t_max[j]
-                )
-                j, rows, t_hit, point = j[inside], rows[inside], t_hit[inside], point[inside]
-                # Flight order within the layer.
-                order = np.lexsort((t_hit, j))
-                j, rows, t_hit, point = j[order], rows[order], t_hit[order], point[order]
-                phi_hit = phi0[j] + k[j] * t_hit
-                direction_hit = (
-                    np.stack([np.cos(phi_hit), np.sin(phi_hit), cot[j]], axis=1)
-                    / np.sqrt(1.0 + cot[j] ** 2)[:, None]
-                )
-                cos_alpha = np.abs(np.einsum("ij,ij->i", direction_hit, self.arrays.normals[rows]))
-                factor = np.minimum(1.0 / np.maximum(cos_alpha, 1e-12), _MAX_PATH_FACTOR)
-                np.add.at(x_over_x0, j, self.module_x0[rows] * factor)
-                np.add.at(n_modules, j, 1)
-                np.maximum.at(t_end, j, t_hit)
-                records.append(
-                    self._record(active[j], rows, n_recorded, point, phi_hit, cot[j], p[active[j]])
-                )
+    def _advance(self, flight: _Flight, step: _Step, rng: np.random.Generator) -> np.ndarray:
+        """Move every particle to the end of its layer crossing, apply the material (scattering,
+        energy loss, interactions); returns the particles still going."""
+        active = step.active
+        flight.position_mm[active] = _helix_position(
+            step.x0, step.phi0, step.k, step.cot, step.t_end
+        )
+        phi_end = step.phi0 + step.k * step.t_end
+        new_direction = np.stack([np.cos(phi_end), np.sin(phi_end), step.cot], axis=1)
+        new_direction /= np.linalg.norm(new_direction, axis=1)[:, None]
+        flight.turned[active] += np.abs(step.k) * step.t_end
+        stopped = self._apply_material(
+            active, new_direction, step.x_over_x0, flight.p, flight.mass, flight.charge, rng
+        )
+        crossed = np.flatnonzero(step.n_modules > 0)
+        survive = (1.0 - self.config.interaction_probability_per_module) ** step.n_modules[crossed]
+        stopped[crossed] |= rng.uniform(size=crossed.size) >= survive
+        flight.direction[active] = new_direction
+        return active[~stopped]
 
-            # Move every particle to the end of its layer crossing, then apply the material.
-            pos[active] = _helix_position(x0, phi0, k, cot, t_end)
-            phi_end = phi0 + k * t_end
-            new_direction = np.stack([np.cos(phi_end), np.sin(phi_end), cot], axis=1)
-            new_direction /= np.linalg.norm(new_direction, axis=1)[:, None]
-            turned[active] += np.abs(k) * t_end
-            stopped = self._apply_material(active, new_direction, x_over_x0, p, mass, charge, rng)
-            crossed = np.flatnonzero(n_modules > 0)
-            survive = (1.0 - config.interaction_probability_per_module) ** n_modules[crossed]
-            stopped[crossed] |= rng.uniform(size=crossed.size) >= survive
-            direction[active] = new_direction
-            active = active[~stopped]
-        return self._collect(records)
-
-    def _intersect_modules(self, rows, x0, phi0, k, cot, t_start, t_max):  # type: ignore[no-untyped-def]
+    def _intersect_modules(
+        self,
+        rows: np.ndarray,
+        x0: np.ndarray,
+        phi0: np.ndarray,
+        k: np.ndarray,
+        cot: np.ndarray,
+        t_start: np.ndarray,
+        t_max: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Newton-solve helix x module-plane; returns (t, point (P, 3), inside-bounds mask)."""
-        normal = self.arrays.normals[rows]
-        offset = np.einsum("ij,ij->i", normal, self.arrays.centres[rows])
+        normal = self.frames.normals[rows]
+        offset = np.einsum("ij,ij->i", normal, self.frames.centres[rows])
         t = t_start.copy()
         for _ in range(_NEWTON_ITERATIONS):
             point = _helix_position(x0, phi0, k, cot, t)
@@ -326,19 +441,24 @@ class Propagator:
             t = t - f / slope
         point = _helix_position(x0, phi0, k, cot, t)
         f = np.einsum("ij,ij->i", normal, point) - offset
-        uvw = self.arrays.to_local(rows, point)
-        hv = self.arrays.hv[rows]
         inside = (
             (np.abs(f) < _PLANE_TOLERANCE_MM)
             & (t > _T_EPSILON_MM)
             & (t <= t_max)
-            & (np.abs(uvw[:, 1]) <= hv)
-            & (np.abs(uvw[:, 0]) <= self.arrays.half_width(rows, uvw[:, 1]))
+            & self.frames.within_bounds(rows, self.frames.to_local(rows, point))
         )
         return t, point, inside
 
     @staticmethod
-    def _record(particle, rows, n_recorded, point, phi, cot, p):  # type: ignore[no-untyped-def]
+    def _record(
+        particle: np.ndarray,
+        rows: np.ndarray,
+        n_recorded: np.ndarray,
+        point: np.ndarray,
+        phi: np.ndarray,
+        cot: np.ndarray,
+        p: np.ndarray,
+    ) -> tuple[np.ndarray, ...]:
         """One step's crossings, with per-particle flight indices (input sorted by particle)."""
         # Rank within each particle's run of crossings in this step.
         start = np.r_[True, particle[1:] != particle[:-1]][: particle.size]
@@ -351,8 +471,17 @@ class Propagator:
         )
         return particle, rows, order, point, momentum
 
-    def _apply_material(self, active, direction, x_over_x0, p, mass, charge, rng):  # type: ignore[no-untyped-def]
-        """Highland scattering and mean energy loss in place; returns the mask of stopped particles."""
+    def _apply_material(
+        self,
+        active: np.ndarray,
+        direction: np.ndarray,
+        x_over_x0: np.ndarray,
+        p: np.ndarray,
+        mass: np.ndarray,
+        charge: np.ndarray,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Highland scattering and mean energy loss, in place; returns the mask of stopped ones."""
         config = self.config
         hit = np.flatnonzero(x_over_x0 > 0)
         stopped = np.zeros(active.size, dtype=bool)

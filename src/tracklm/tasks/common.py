@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tracklm.data.sequences import encode_pairs
+from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.evaluate.helix import LayerSurfaces
 from tracklm.io.dataset import PreparedDataset, TrackArrays
 from tracklm.models.bert import TrackingBert
 
@@ -85,18 +85,21 @@ class TaskContext:
     vocab : the dataset's vocabulary.
     centres_mm : (V, 3) module centre of every token id in mm (NaN for special tokens).
     surfaces : the layers as surfaces, with per-layer KD-trees of module centres.
+    b_field_t : the magnetic field the dataset was made with, tesla along +z.
     """
 
     vocab: ModuleVocab
     centres_mm: np.ndarray
-    surfaces: LayerSurfaces
+    surfaces: TokenLayers
+    b_field_t: float
 
     @classmethod
     def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
         return cls(
             vocab=dataset.vocab,
             centres_mm=dataset.module_centres,
-            surfaces=LayerSurfaces.from_modules(dataset.modules, len(dataset.vocab)),
+            surfaces=TokenLayers.from_modules(dataset.modules, len(dataset.vocab)),
+            b_field_t=dataset.b_field_t,
         )
 
     def layer_of(self, tokens: np.ndarray) -> np.ndarray:

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm.evaluate.helix import fit_helix
 from tracklm.evaluate.metrics import fraction_within, module_distance_mm
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
@@ -51,6 +50,7 @@ from tracklm.tasks.common import (
     track_mask,
 )
 from tracklm.tasks.metrics import accuracy, detection_metrics, top_k_accuracy
+from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 4
 TOP_K = 5

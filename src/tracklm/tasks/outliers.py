@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm.evaluate.helix import fit_helix
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
@@ -41,6 +40,7 @@ from tracklm.tasks.common import (
     track_mask,
 )
 from tracklm.tasks.metrics import accuracy, detection_metrics
+from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 4
 NEARBY = 4

@@ -6,8 +6,9 @@ Examples (from truth): tracks with at least 3 hits and a non-zero charge; labels
 * Model head: pooler on ``[CLS]``, then two numbers: log pT (squared error) and the charge logit.
 * Zero-shot: none (the pre-training pair head ranks two tracks by pT but gives no scale).
 * Baseline: a circle through the beam line (0, 0) and the module centres in x-y (the seed fit of
-  a classical tracker); pT = 0.3 * 2 T * R[m], charge from the bending direction (a positive
-  particle turns clockwise seen from +z, the field being along +z).
+  a classical tracker); pT = 0.3 * B[T] * R[m] in the dataset's field (``b_field_t``), charge
+  from the bending direction (a positive particle turns clockwise seen from +z, the field being
+  along +z).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm.evaluate.helix import fit_helix
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
@@ -31,9 +31,9 @@ from tracklm.tasks.common import (
     track_mask,
 )
 from tracklm.tasks.metrics import accuracy, relative_resolution
+from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 3
-B_FIELD_T = 2.0
 
 
 def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
@@ -105,8 +105,8 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
         [np.zeros((n, 1, 3)), np.nan_to_num(context.centres_of(tokens))], axis=1
     )
     mask = np.concatenate([np.ones((n, 1), dtype=bool), track_mask(lengths, width)], axis=1)
-    fit = fit_helix(points, mask)
-    return {"pt_gev": fit.pt_gev(B_FIELD_T), "charge": fit.charge(B_FIELD_T)}
+    fit = fit_helix(points, mask, b_field_t=context.b_field_t)
+    return {"pt_gev": fit.pt_gev(), "charge": fit.charge()}
 
 
 SPEC = TaskSpec(

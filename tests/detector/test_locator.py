@@ -1,4 +1,4 @@
-"""Layer surfaces and point -> module lookup on the built-in and the real TrackML detector."""
+"""Detector layers and point -> module lookup on the built-in and the real TrackML detector."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tracklm.detector.geometry import Detector
-from tracklm.detector.surfaces import BARREL, DISK, ModuleLocator, layer_surfaces
+from tracklm.detector.layers import BARREL, DISK, detector_layers
+from tracklm.detector.locator import ModuleLocator
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def builtin_locator() -> ModuleLocator:
 
 
 def test_layers_are_classified_as_barrels_and_disks(builtin_locator: ModuleLocator) -> None:
-    surfaces = builtin_locator.surfaces
+    surfaces = builtin_locator.layers
     assert len(surfaces) == 48
     barrels = {(s.volume_id, s.layer_id) for s in surfaces if s.kind == BARREL}
     assert {v for v, _ in barrels} == {8, 13, 17}
@@ -36,7 +37,7 @@ def test_module_centres_locate_to_their_own_module(builtin_locator: ModuleLocato
 
 
 def test_points_near_module_corners_are_found(builtin_locator: ModuleLocator) -> None:
-    arrays = builtin_locator.arrays
+    arrays = builtin_locator.frames
     rows = np.arange(0, len(builtin_locator.detector), 7)
     # 95% of the way to a corner: inside this module, and maybe in an overlapping neighbour.
     v = 0.95 * arrays.hv[rows]
@@ -58,7 +59,7 @@ def test_points_off_every_module_give_minus_one(builtin_locator: ModuleLocator) 
 
 def test_real_detector_layers_and_lookup(real_detectors_csv) -> None:  # type: ignore[no-untyped-def]
     detector = Detector.from_csv(real_detectors_csv)
-    surfaces = layer_surfaces(detector)
+    surfaces = detector_layers(detector)
     assert sum(s.kind == BARREL for s in surfaces) == 10
     locator = ModuleLocator(detector)
     rows = locator.locate(detector.centres, locator.module_layer)
