@@ -8,22 +8,16 @@ import pytest
 
 from tracklm import config as config_lib
 from tracklm.errors import InputError
-from tracklm.models import TrackingBertConfig
 from tracklm.train.config import PRESETS, PretrainConfig, load_pretrain_config, preset_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-@pytest.mark.parametrize("kind", ["model", "pretrain"])
-def test_every_yaml_preset_loads_and_equals_its_builtin(kind):
-    files = sorted((CONFIGS / kind).glob("*.yaml"))
+def test_every_yaml_preset_loads_and_equals_its_builtin():
+    files = sorted((CONFIGS / "pretrain").glob("*.yaml"))
     assert {f.stem for f in files} == set(PRESETS)
     for path in files:
-        if kind == "model":
-            loaded = TrackingBertConfig.from_dict(config_lib.read_yaml(path), where=str(path))
-            assert loaded == TrackingBertConfig.preset(path.stem), path
-        else:
-            assert config_lib.load_config(PretrainConfig, path) == preset_config(path.stem), path
+        assert config_lib.load_config(PretrainConfig, path) == preset_config(path.stem), path
 
 
 def test_presets_differ_where_they_should():
