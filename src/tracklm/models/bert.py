@@ -175,6 +175,8 @@ def sinusoidal_positions(config: TrackingBertConfig) -> Tensor:
 class Embeddings(nn.Module):
     """Token + segment + position embeddings, then LayerNorm and dropout."""
 
+    sinusoid: Tensor  # (max_length, d), a buffer with ``position_embedding="sinusoidal"``
+
     def __init__(self, config: TrackingBertConfig, dropout_rng: DropoutRng) -> None:
         super().__init__()
         d = config.hidden_size
@@ -505,7 +507,8 @@ class TrackingBert(nn.Module):
         -------
         TrackingBertOutput.
         """
-        mlm_loss = pair_loss = None
+        mlm_loss: Tensor | None = None
+        pair_loss: Tensor | None = None
         if labels is None:
             heads = self.heads_at(input_ids, token_type_ids, attention_mask)  # (b, t, v)
         else:

@@ -135,7 +135,8 @@ class PackedAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        (grad_out,) = grad_outputs  # (n, d)
         grid, probs, weights, keep = ctx.saved_tensors
         layout, h = ctx.layout, ctx.h
         b, t = layout.batch, layout.width
@@ -167,5 +168,5 @@ def packed_attention(
 
     ``keep`` is the (b * h, t, t) dropout multiplier of the attention probabilities, or None.
     """
-    out: Tensor = PackedAttention.apply(qkv, layout, num_heads, keep)
+    out: Tensor = PackedAttention.apply(qkv, layout, num_heads, keep)  # type: ignore[no-untyped-call]
     return out

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from tracklm._fs import atomic_output_file
 from tracklm.errors import InputError
-from tracklm.models.bert import SelfAttention, TrackingBert
+from tracklm.models.bert import Block, SelfAttention, TrackingBert
 from tracklm.models.layout import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def exported_copy(model: TrackingBert) -> TrackingBert:
     """A copy of ``model`` for tracing: eval mode, attention by gathers (``GatherAttention``)."""
     model = copy.deepcopy(model).eval()
     for block in model.blocks:
+        assert isinstance(block, Block)
         block.attention = GatherAttention(block.attention)
     return model
 
