@@ -1,10 +1,9 @@
 """TrackingBERT: a BERT encoder over detector-module tokens, with its two pre-training heads.
 
-One file, one typed config, read top to bottom (nanoGPT style): config, output, embeddings,
-attention, block, heads, model. The encoder is a post-LayerNorm BERT, numerically the same as
-``transformers.BertModel`` with exact GELU (``tests/models/test_hf_parity.py``), so published
-BERT knowledge carries over. It works on the real (unpadded) tokens only (``TokenLayout`` in
-``layout.py``); with labels, its last block computes only the positions the heads read.
+Read top to bottom (nanoGPT style): config, outputs, embeddings, attention, block, heads, model.
+The encoder is a post-LayerNorm BERT, numerically the same as ``transformers.BertModel`` with
+exact GELU (``tests/models/test_hf_parity.py``). It works on the real (unpadded) tokens only
+(``TokenLayout``, ``layout.py``); with labels, its last block computes only what the heads read.
 
 Heads: masked-module (dense + GELU + LayerNorm, then a decoder tied to the token embeddings,
 run only where it is read: the vocabulary, about 4,010 tokens, dwarfs the hidden size, 64) and
@@ -359,14 +358,10 @@ class TrackingBert(nn.Module):
         prune_last_block: bool = True,
     ) -> None:
         super().__init__()
-        if attention not in ATTENTION_BACKENDS:
-            raise InputError(
-                f"attention {attention!r} is unknown (known: {', '.join(ATTENTION_BACKENDS)})"
-            )
-        if dropout_rng not in DROPOUT_RNGS:
-            raise InputError(
-                f"dropout_rng {dropout_rng!r} is unknown (known: {', '.join(DROPOUT_RNGS)})"
-            )
+        for option, name, known in (("attention", attention, ATTENTION_BACKENDS),
+                                    ("dropout_rng", dropout_rng, DROPOUT_RNGS)):  # fmt: skip
+            if name not in known:
+                raise InputError(f"{option} {name!r} is unknown (known: {', '.join(known)})")
         backend, rng = ATTENTION_BACKENDS[attention], DROPOUT_RNGS[dropout_rng]
         self.config = config
         self.attention_backend = backend
@@ -585,15 +580,3 @@ class TrackingBert(nn.Module):
         """Rebuild a model (eval mode, ``vocab`` set) from a directory written by
         ``save_pretrained``; runs no code from it. See ``tracklm.models.hub.from_pretrained``."""
         return hub.from_pretrained(cls, directory, map_location, attention=attention)
-
-
-__all__ = [
-    "ATTENTION_BACKENDS",
-    "HeadOutputs",
-    "MaskedModuleHead",
-    "PairHead",
-    "TrackingBert",
-    "TrackingBertConfig",
-    "TrackingBertOutput",
-    "sinusoidal_positions",
-]
