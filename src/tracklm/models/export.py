@@ -26,8 +26,8 @@ only: scatters (ScatterND) and the Split/Transpose pattern of multi-head attenti
 slowest nodes in ONNX Runtime, and a Gather of head-size rows costs half a Transpose. Attention
 is plain MatMul, Add (key mask) and Softmax, with the 1/sqrt(e) scale folded into the query
 weights of the exported copy. The last block computes only the positions asked for (every
-position in the ``full`` graph) and the b ``[CLS]`` tokens. Run ONNX
-Runtime with subnormals flushed to zero
+position in the ``full`` graph, gathered rather than unpacked by a scatter) and the b ``[CLS]``
+tokens. Run ONNX Runtime with subnormals flushed to zero
 (``SessionOptions.add_session_config_entry("session.set_denormal_as_zero", "1")``): a trained
 model's attention weights reach the subnormal range, where ORT's Softmax ran 5x slower.
 
