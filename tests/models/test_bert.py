@@ -297,3 +297,27 @@ def test_overfits_one_batch(vocab: ModuleVocab) -> None:
     assert losses[-1] < 0.3 * losses[0]
     # gradients reach the tied table through both the input and the decoder
     assert model.embedding_table().grad is not None
+
+
+def test_a_directory_written_by_earlier_versions_loads(
+    model: TrackingBert, vocab: ModuleVocab, tmp_path
+) -> None:
+    """config.json holds the architecture only (no backend key); any backend can load it."""
+    model.save_pretrained(tmp_path / "model", vocab)
+    written = json.loads((tmp_path / "model" / "config.json").read_text())
+    earlier = {
+        "vocab_size": len(vocab), "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+        "intermediate_size": 64, "max_length": 19, "dropout": 0.1, "attention_dropout": 0.1,
+        "position_embedding": "learned", "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "initializer_range": 0.02, "pad_token_id": 0,
+    }  # fmt: skip
+    assert written == earlier  # the file format is unchanged
+    ids, types, attn = make_batch(vocab)
+    expected = model(ids, types, attn).mlm_logits
+    chain = encoder_chain(model.config, ids.shape[1], heads=True)
+    for backend in ("auto", "packed", "eager", "sdpa"):
+        loaded = TrackingBert.from_pretrained(tmp_path / "model", attention=backend)
+        # eval: SDPA or the written-out products, summing in their own orders
+        torch.testing.assert_close(
+            loaded(ids, types, attn).mlm_logits, expected, **float32_tolerance(expected, chain)
+        )
