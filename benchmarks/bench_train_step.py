@@ -7,6 +7,12 @@ models in the same process, same threads, same data. Also reports the achieved G
 step (matrix products only, counted analytically) against a measured float32 matmul rate.
 
 Usage: ``python benchmarks/bench_train_step.py --preset paper --batch-size 256 --steps 20 --threads 2``
+
+The fast paths of TrackingBert can be switched for measurement: ``--attention``,
+``--dropout-rng`` and ``--no-prune-last-block`` set how "ours" computes, and ``--against
+KEY=VALUE`` (repeatable; keys ``attention``, ``dropout_rng``, ``prune_last_block``) adds a second
+TrackingBert that differs in those switches, timed interleaved with the others, and reports
+``speedup_vs_alt`` (its step time over ours, step by step, median).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 import torch
 
 from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.models.bert import ATTENTION_BACKENDS
 from tracklm.runtime import configure_torch
 from tracklm.train.optim import fused_supported
 
@@ -148,7 +155,30 @@ def train_step_flops(
     return 3.0 * (n * per_layer + head + b * 2 * d * d)
 
 
-def benchmark_train_step(preset: str, batch_size: int, steps: int, threads: int) -> dict[str, Any]:
+def parse_switches(pairs: list[str]) -> dict[str, Any]:
+    """``["attention=eager", "prune_last_block=false"]`` -> TrackingBert keyword arguments."""
+    switches: dict[str, Any] = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key == "prune_last_block":
+            if value not in ("true", "false"):
+                raise SystemExit(f"--against {pair}: prune_last_block takes true or false")
+            switches[key] = value == "true"
+        elif key in ("attention", "dropout_rng"):
+            switches[key] = value
+        else:
+            raise SystemExit(f"--against {pair}: unknown switch {key!r}")
+    return switches
+
+
+def benchmark_train_step(
+    preset: str,
+    batch_size: int,
+    steps: int,
+    threads: int,
+    switches: dict[str, Any] | None = None,
+    against: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Time training steps of TrackingBert and of BertForPreTraining with the same config.
 
     Parameters
@@ -157,18 +187,24 @@ def benchmark_train_step(preset: str, batch_size: int, steps: int, threads: int)
     batch_size : pairs per step.
     steps : timed steps per model (after 3 warm-up steps), alternating; medians are reported.
     threads : ``torch.set_num_threads``.
+    switches : keyword arguments of our ``TrackingBert`` (``attention``, ``dropout_rng``,
+        ``prune_last_block``); the library's defaults when None.
+    against : switches of a second TrackingBert (``ours_alt``) timed alongside, e.g.
+        ``{"attention": "eager"}``; None for none.
 
     Returns
     -------
     Pairs per second of each model (float32, and ours with bfloat16 autocast where the CPU has
-    native bfloat16), their ratio, our achieved GFLOP/s and the float32 matmul rate.
+    native bfloat16), their ratio, our achieved GFLOP/s and the float32 matmul rate; with
+    ``against``, ``speedup_vs_alt``.
     """
+    switches = dict(switches or {})
     configure_torch()  # flush subnormals: process-wide, so ours and the HF peer alike
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     config = TrackingBertConfig.preset(preset, vocab_size=VOCAB_SIZE, max_length=WIDTH)
     batch = make_batch(batch_size)
-    ours = TrackingBert(config)
+    ours = TrackingBert(config, **switches)
     peer = hf_peer(config)
     median: dict[str, float] = {}
     # interleave the two models so that load from other processes hits both alike
@@ -179,8 +215,13 @@ def benchmark_train_step(preset: str, batch_size: int, steps: int, threads: int)
     bf16_native = (
         torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     )
+    if against is not None:
+        alt = TrackingBert(config, **{**switches, **against})
+        alt.load_state_dict(ours.state_dict())
+        runs["ours_alt"] = step_function(alt, batch, hf=False, bf16=False)
     if bf16_native:
-        runs["ours_bf16"] = step_function(TrackingBert(config), batch, hf=False, bf16=True)
+        ours_bf16 = TrackingBert(config, **switches)
+        runs["ours_bf16"] = step_function(ours_bf16, batch, hf=False, bf16=True)
         runs["hf_bf16"] = step_function(hf_peer(config), batch, hf=True, bf16=True)
     # Steps alternate between the models, so that load from other processes hits all alike;
     # ratios are taken step by step and their median reported.
@@ -202,6 +243,7 @@ def benchmark_train_step(preset: str, batch_size: int, steps: int, threads: int)
     flops = train_step_flops(config, batch, masked_only=True)
     result: dict[str, Any] = {
         "preset": preset,
+        "switches": switches,
         "batch_size": batch_size,
         "threads": threads,
         "steps": steps,
@@ -216,6 +258,9 @@ def benchmark_train_step(preset: str, batch_size: int, steps: int, threads: int)
         "matmul_gflops_fp32": matmul_gflops(threads),
         "load_average_1min": os.getloadavg()[0],  # other processes on the machine skew wall times
     }
+    if against is not None:
+        result["alt_switches"] = {**switches, **against}
+        result["speedup_vs_alt"] = paired_ratio("ours_alt", "ours")
     if bf16_native:
         result["speedup_bf16_vs_hf_bf16"] = paired_ratio("hf_bf16", "ours_bf16")
         result["speedup_ours_bf16_vs_hf_fp32"] = paired_ratio("hf", "ours_bf16")
@@ -231,8 +276,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attention", default="auto", choices=sorted(ATTENTION_BACKENDS))
+    parser.add_argument("--dropout-rng", default="sfc64", choices=["sfc64", "torch"])
+    parser.add_argument("--no-prune-last-block", action="store_true")
+    parser.add_argument("--against", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    result = benchmark_train_step(args.preset, args.batch_size, args.steps, args.threads)
+    switches = {
+        "attention": args.attention,
+        "dropout_rng": args.dropout_rng,
+        "prune_last_block": not args.no_prune_last_block,
+    }
+    against = parse_switches(args.against) if args.against else None
+    result = benchmark_train_step(
+        args.preset, args.batch_size, args.steps, args.threads, switches, against
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -12,6 +12,9 @@ from tracklm.data.sequences import encode_pairs
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models import TrackingBert, TrackingBertConfig, TrackingBertOutput
+from tracklm.presets import load_preset, preset_names
+
+from .rounding import encoder_chain, float32_tolerance
 
 N_MODULES = 40
 
@@ -84,6 +87,24 @@ def test_presets_and_config_round_trip() -> None:
         TrackingBertConfig.from_dict({"position_embedding": "rotary"})
 
 
+@pytest.mark.parametrize("name", preset_names("model"))
+def test_every_preset_loads_and_builds_a_model(name: str, vocab: ModuleVocab) -> None:
+    keys = load_preset("model", name)
+    config = TrackingBertConfig.preset(name, vocab_size=len(vocab))
+    assert {k: getattr(config, k) for k in keys if k != "vocab_size"} == {
+        k: v for k, v in keys.items() if k != "vocab_size"
+    }  # the file sets these; every other field keeps its default
+    torch.manual_seed(0)
+    model = TrackingBert(config).eval()
+    ids, types, attn = make_batch(vocab)
+    out = model(ids, types, attn)
+    assert out.mlm_logits.shape == (*ids.shape, len(vocab)) and torch.isfinite(out.mlm_logits).all()
+
+
+def test_presets_are_the_three_architectures() -> None:
+    assert preset_names("model") == ("paper", "small", "tiny")
+
+
 def test_shapes_with_and_without_labels(model: TrackingBert, vocab: ModuleVocab) -> None:
     ids, types, attn = make_batch(vocab)
     b, t = ids.shape
@@ -99,15 +120,17 @@ def test_shapes_with_and_without_labels(model: TrackingBert, vocab: ModuleVocab)
     out = model(masked, types, attn, labels=labels, pair_labels=pair)
     k = int((labels != -100).sum())
     assert out.mlm_logits.shape == (k, len(vocab))
+    assert out.hidden_states is None  # with labels the last block skips what no head reads
     assert out.loss is not None and out.mlm_loss is not None and out.pair_loss is not None
-    torch.testing.assert_close(out.loss, out.mlm_loss + out.pair_loss)
+    # the same float32 operations on the same inputs: equal to the last bit
+    torch.testing.assert_close(out.loss, out.mlm_loss + out.pair_loss, atol=0, rtol=0)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out.pair_logits, pair.float())
-    torch.testing.assert_close(out.pair_loss, expected)
+    torch.testing.assert_close(out.pair_loss, expected, atol=0, rtol=0)
     # only one of the two tasks
     assert model(masked, types, attn, pair_labels=pair).mlm_loss is None
     only_mlm = model(masked, types, attn, labels=labels)
     assert only_mlm.pair_loss is None
-    torch.testing.assert_close(only_mlm.loss, out.mlm_loss)
+    torch.testing.assert_close(only_mlm.loss, out.mlm_loss, atol=0, rtol=0)
 
 
 def test_labelled_logits_are_rows_of_full_logits(model: TrackingBert, vocab: ModuleVocab) -> None:
@@ -116,11 +139,16 @@ def test_labelled_logits_are_rows_of_full_logits(model: TrackingBert, vocab: Mod
     full = model(masked, types, attn).mlm_logits  # (b, t, v)
     rows, cols = (labels != -100).nonzero(as_tuple=True)  # row-major
     out = model(masked, types, attn, labels=labels)
-    torch.testing.assert_close(out.mlm_logits, full[rows, cols])
-    expected_loss = torch.nn.functional.cross_entropy(full[rows, cols], labels[rows, cols])
-    torch.testing.assert_close(out.mlm_loss, expected_loss)
+    # the last block on k rows instead of all: other matrix shapes, other summation orders
+    chain = encoder_chain(model.config, ids.shape[1], heads=True)
+    expected = full[rows, cols]
+    torch.testing.assert_close(out.mlm_logits, expected, **float32_tolerance(expected, chain))
+    expected_loss = torch.nn.functional.cross_entropy(expected, labels[rows, cols])
+    # plus the log-sum-exp over the vocabulary
+    loss_tolerance = float32_tolerance(expected_loss, chain + len(vocab))
+    torch.testing.assert_close(out.mlm_loss, expected_loss, **loss_tolerance)
     picked = model.predict_masked(masked, types, attn, torch.stack([rows, cols], 1).flip(0))
-    torch.testing.assert_close(picked, full[rows, cols].flip(0))
+    torch.testing.assert_close(picked, expected.flip(0), **float32_tolerance(expected, chain))
 
 
 def test_padding_does_not_change_real_positions(vocab: ModuleVocab) -> None:
@@ -135,18 +163,21 @@ def test_padding_does_not_change_real_positions(vocab: ModuleVocab) -> None:
         torch.cat([ids, pad], 1), torch.cat([types, pad], 1), torch.cat([attn, pad.bool()], 1)
     )
     real = attn
-    torch.testing.assert_close(
-        wide.hidden_states[:, :19][real], short.hidden_states[real], atol=1e-5, rtol=1e-5
-    )
-    torch.testing.assert_close(wide.pair_logits, short.pair_logits, atol=1e-5, rtol=1e-5)
+    # a wider grid: softmax and attention sums over 24 keys instead of 19 (5 of them zero)
+    chain = encoder_chain(model.config, 24)
+    expected = short.hidden_states[real]
+    tolerance = float32_tolerance(expected, chain)
+    torch.testing.assert_close(wide.hidden_states[:, :19][real], expected, **tolerance)
+    pair_tolerance = float32_tolerance(short.pair_logits, chain + 2 * model.config.hidden_size)
+    torch.testing.assert_close(wide.pair_logits, short.pair_logits, **pair_tolerance)
     assert torch.all(short.hidden_states[~real] == 0)  # padded positions are left out, as zeros
-    # the tokens under the padding do not matter either
+    # the tokens under the padding do not matter either (they are never computed: exact)
     noisy = ids.clone()
     noisy[~attn] = vocab.mask_id
     torch.testing.assert_close(
-        model(noisy, types, attn).hidden_states[real], short.hidden_states[real]
+        model(noisy, types, attn).hidden_states[real], expected, atol=0, rtol=0
     )
-    # ...whereas without the mask the padding would matter
+    # ...whereas without the mask the padding would matter (by far more than any rounding)
     assert not torch.allclose(
         model(ids, types, None).hidden_states[real], short.hidden_states[real]
     )
@@ -176,6 +207,7 @@ def test_save_load_round_trip(model: TrackingBert, vocab: ModuleVocab, tmp_path)
     loaded = TrackingBert.from_pretrained(tmp_path / "model")
     assert loaded.vocab == vocab and not loaded.training
     a, b = model(ids, types, attn), loaded(ids, types, attn)
+    # the same weights through the same operations: equal to the last bit
     torch.testing.assert_close(b.mlm_logits, a.mlm_logits, rtol=0, atol=0)
     torch.testing.assert_close(b.pair_logits, a.pair_logits, rtol=0, atol=0)
     assert loaded.embedding_table() is loaded.embeddings.token.weight  # still tied after loading
@@ -230,10 +262,14 @@ def test_sinusoidal_positions(vocab: ModuleVocab, tmp_path) -> None:
     # position matters: the same token at two positions gets two representations
     same = torch.full((1, 6), vocab.num_special)
     hidden = model(same).hidden_states[0]
-    assert not torch.allclose(hidden[0], hidden[3])
+    assert not torch.allclose(hidden[0], hidden[3])  # apart by O(1), not by rounding
     model.save_pretrained(tmp_path / "m", vocab)
+    # the same weights and table through the same operations: equal to the last bit
     torch.testing.assert_close(
-        TrackingBert.from_pretrained(tmp_path / "m")(ids, types, attn).mlm_logits, out.mlm_logits
+        TrackingBert.from_pretrained(tmp_path / "m")(ids, types, attn).mlm_logits,
+        out.mlm_logits,
+        atol=0,
+        rtol=0,
     )
 
 
@@ -261,3 +297,27 @@ def test_overfits_one_batch(vocab: ModuleVocab) -> None:
     assert losses[-1] < 0.3 * losses[0]
     # gradients reach the tied table through both the input and the decoder
     assert model.embedding_table().grad is not None
+
+
+def test_a_directory_written_by_earlier_versions_loads(
+    model: TrackingBert, vocab: ModuleVocab, tmp_path
+) -> None:
+    """config.json holds the architecture only (no backend key); any backend can load it."""
+    model.save_pretrained(tmp_path / "model", vocab)
+    written = json.loads((tmp_path / "model" / "config.json").read_text())
+    earlier = {
+        "vocab_size": len(vocab), "hidden_size": 32, "num_layers": 2, "num_heads": 4,
+        "intermediate_size": 64, "max_length": 19, "dropout": 0.1, "attention_dropout": 0.1,
+        "position_embedding": "learned", "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "initializer_range": 0.02, "pad_token_id": 0,
+    }  # fmt: skip
+    assert written == earlier  # the file format is unchanged
+    ids, types, attn = make_batch(vocab)
+    expected = model(ids, types, attn).mlm_logits
+    chain = encoder_chain(model.config, ids.shape[1], heads=True)
+    for backend in ("auto", "packed", "eager", "sdpa"):
+        loaded = TrackingBert.from_pretrained(tmp_path / "model", attention=backend)
+        # eval: SDPA or the written-out products, summing in their own orders
+        torch.testing.assert_close(
+            loaded(ids, types, attn).mlm_logits, expected, **float32_tolerance(expected, chain)
+        )

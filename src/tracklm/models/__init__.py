@@ -1,4 +1,5 @@
-"""The TrackingBERT encoder, its heads, save/load and export."""
+"""The TrackingBERT encoder and its heads (``bert``), CPU fast paths (``cpu_kernels``), packing
+(``layout``), model directories (``hub``) and ONNX export (``export``)."""
 
 from __future__ import annotations
 

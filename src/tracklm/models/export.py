@@ -19,14 +19,15 @@ and ``pair_logits`` float32 (b,), the logit of pT(B) > pT(A).
 returns ``t / k`` times more logits than needed for a few masked hits (19x for one masked hit per
 pair of width 19), which makes it slower than eager PyTorch; use it to score every position.
 
-Both graphs run the per-token layers on the real tokens only, as eager PyTorch does, but move
-rows between the packed tokens and the (b, t) attention grid with Gather nodes only
-(``TrackingBert.encode(..., pack="gather")``): scatters (ScatterND) and the Split/Transpose
-pattern of multi-head attention were the slowest nodes in ONNX Runtime, and a Gather of
-head-size rows costs half a Transpose. Attention is plain MatMul, Add (key mask) and Softmax,
-with the 1/sqrt(e) scale folded into the query weights of the exported copy. In the ``masked``
-graph the last block computes only the k asked positions and the b ``[CLS]`` tokens. Run ONNX
-Runtime with subnormals flushed to zero
+Both graphs are ``TrackingBert.heads_at`` traced on a copy of the model whose attention is
+``GatherAttention``. They run the per-token layers on the real tokens only, as eager PyTorch
+does, but move rows between the packed tokens and the (b, t) attention grid with Gather nodes
+only: scatters (ScatterND) and the Split/Transpose pattern of multi-head attention were the
+slowest nodes in ONNX Runtime, and a Gather of head-size rows costs half a Transpose. Attention
+is plain MatMul, Add (key mask) and Softmax, with the 1/sqrt(e) scale folded into the query
+weights of the exported copy. The last block computes only the positions asked for (every
+position in the ``full`` graph, gathered rather than unpacked by a scatter) and the b ``[CLS]``
+tokens. Run ONNX Runtime with subnormals flushed to zero
 (``SessionOptions.add_session_config_entry("session.set_denormal_as_zero", "1")``): a trained
 model's attention weights reach the subnormal range, where ORT's Softmax ran 5x slower.
 
@@ -48,7 +49,8 @@ from torch import Tensor, nn
 
 from tracklm._fs import atomic_output_file
 from tracklm.errors import InputError
-from tracklm.models.bert import TrackingBert
+from tracklm.models.bert import Block, SelfAttention, TrackingBert
+from tracklm.models.layout import TokenLayout
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +61,69 @@ OUTPUT_NAMES = ["mlm_logits", "pair_logits"]
 HEADS = ("masked", "full")
 
 
+class GatherAttention(SelfAttention):
+    """``SelfAttention`` for exported graphs: heads move by Gather, not by Split, Transpose and
+    ScatterND, and the 1/sqrt(e) of the scores is folded into the query weights.
+
+    Built from a trained attention module, whose projections it takes over (the caller passes a
+    copy: the query weights are scaled in place). Inference only.
+    """
+
+    def __init__(self, attention: SelfAttention) -> None:
+        nn.Module.__init__(self)
+        self.num_heads = attention.num_heads
+        self.backend = attention.backend
+        self.qkv, self.out, self.dropout = attention.qkv, attention.out, attention.dropout
+        d, e = self.out.in_features, self.out.in_features // self.num_heads
+        with torch.no_grad():
+            self.qkv.weight[:d] *= e**-0.5
+            self.qkv.bias[:d] *= e**-0.5
+
+    def attend(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        """(n, d) packed tokens -> (n, d) attention output, heads concatenated."""
+        b, t, d, h = layout.batch, layout.width, x.shape[-1], self.num_heads
+        e = d // h
+        query, out = head_rows(layout, h)  # (b, h, t), (n, h)
+        rows = self.qkv(x).reshape(-1, e)  # (n * 3h, e): [q heads, k heads, v heads] per token
+        q, k, v = rows[query], rows[query + h], rows[query + 2 * h]  # (b, h, t, e) each
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (b, h, t, t), queries prescaled
+        if layout.key_mask is not None:
+            scores = scores + layout.key_bias(scores.dtype)
+        y = torch.matmul(torch.softmax(scores, dim=-1), v)  # (b, h, t, e)
+        return y.reshape(b * h * t, e)[out].reshape(-1, d)  # (n, d)
+
+
+def head_rows(layout: TokenLayout, num_heads: int) -> tuple[Tensor, Tensor]:
+    """Row indices for attention by gathers, with h heads of size e (built once per batch).
+
+    Returns (b, h, t) the row of each (batch row, head, position) in the packed projections
+    viewed as (n * 3h, e) rows [query rows; add h for keys, 2h for values], padding pointing at
+    row 0's (its keys are masked); and (n, h) the row of each packed token and head in a
+    (b * h * t, e) grid.
+    """
+
+    def build_query() -> Tensor:
+        b, t, h = layout.batch, layout.width, num_heads
+        heads = torch.arange(h, device=layout.device)
+        return layout.any_source().view(b, 1, t) * (3 * h) + heads.view(1, h, 1)
+
+    def build_out() -> Tensor:
+        b, t, h = layout.batch, layout.width, num_heads
+        heads = torch.arange(h, device=layout.device)
+        real = layout.real if layout.real is not None else torch.arange(b * t, device=layout.device)
+        row, position = real // t, real % t  # (n,)
+        return (row[:, None] * h + heads[None, :]) * t + position[:, None]
+
+    query = layout.cached(("head_rows_query", num_heads), build_query)
+    return query, layout.cached(("head_rows_out", num_heads), build_out)
+
+
 def exported_copy(model: TrackingBert) -> TrackingBert:
-    """A copy of ``model`` for tracing: eval mode, attention scale folded into the query weights."""
+    """A copy of ``model`` for tracing: eval mode, attention by gathers (``GatherAttention``)."""
     model = copy.deepcopy(model).eval()
     for block in model.blocks:
-        block.attention.prescale_queries()
+        assert isinstance(block, Block)
+        block.attention = GatherAttention(block.attention)
     return model
 
 
@@ -77,10 +137,11 @@ class ExportedHeads(nn.Module):
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor
     ) -> tuple[Tensor, Tensor]:
-        model = self.model
-        hidden = model.encode(input_ids, token_type_ids, attention_mask, pack="gather")  # (b, t, d)
-        mlm_logits = model.mlm_head(hidden, model.embedding_table())  # (b, t, v)
-        return mlm_logits, model.pair_head(hidden)  # (b, t, v), (b,)
+        b, t = input_ids.shape
+        every = torch.arange(b * t, device=input_ids.device)  # gathers, where unpacking scatters
+        heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, every)
+        assert heads.pair_logits is not None
+        return heads.mlm_logits.view(b, t, -1), heads.pair_logits  # (b, t, v), (b,)
 
 
 class ExportedMaskedHeads(nn.Module):
@@ -93,17 +154,10 @@ class ExportedMaskedHeads(nn.Module):
     def forward(
         self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor, positions: Tensor
     ) -> tuple[Tensor, Tensor]:
-        model = self.model
-        b, t = input_ids.shape
-        flat = positions[:, 0] * t + positions[:, 1]  # (k,) in the flattened (b * t) grid
-        cls = torch.arange(b, device=input_ids.device) * t  # (b,) the [CLS] positions
-        # the last block computes only the k positions and the b [CLS] tokens
-        rows = model.encode(
-            input_ids, token_type_ids, attention_mask, pack="gather", at=torch.cat([flat, cls])
-        )  # (k + b, d)
-        k = positions.shape[0]
-        mlm_logits = model.mlm_head(rows[:k], model.embedding_table())  # (k, v)
-        return mlm_logits, model.pair_head.classify(rows[k:])  # (k, v), (b,)
+        at = positions[:, 0] * input_ids.shape[1] + positions[:, 1]  # (k,) in the (b * t) grid
+        heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, at)
+        assert heads.pair_logits is not None
+        return heads.mlm_logits, heads.pair_logits  # (k, v), (b,)
 
 
 def export_onnx(
