@@ -29,6 +29,7 @@ from tracklm.evaluate.masked import (
     pair_partners,
     pick_device,
     predict_masked_modules,
+    predict_pair_logits,
 )
 from tracklm.io.dataset import TrackArrays, open_dataset
 from tracklm.manifest import write_manifest
@@ -258,7 +259,7 @@ def _evaluate(
     pair_labels = tracks.pt[partner] > tracks.pt
     track_of = {"A": rows, "B": partner}  # which track sits on each side of pair i
 
-    def run(input_ids: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def run(input_ids: np.ndarray, labels: np.ndarray, what: str) -> np.ndarray:
         return predict_masked_modules(
             net,
             input_ids,
@@ -271,8 +272,9 @@ def _evaluate(
             description=what,
         )
 
-    no_labels = np.full_like(encoded.input_ids, -100)
-    _, pair_logits = run(encoded.input_ids, no_labels, "pair task")
+    pair_logits = predict_pair_logits(
+        net, encoded.input_ids, encoded.token_type_ids, encoded.attention_mask, batch_size
+    )
 
     # Baselines, fitted on the train split.
     surfaces = LayerSurfaces.from_modules(dataset.modules, len(vocab))
@@ -306,7 +308,7 @@ def _evaluate(
             input_ids, labels = mask_inputs(
                 encoded, side, hit[:, None], true[:, None], vocab.mask_id, protocol
             )
-            ranked, _ = run(input_ids, labels, f"{side} {position}")
+            ranked = run(input_ids, labels, f"{side} {position}")
             frame = {
                 "track": track,
                 "event_id": tracks.event_id[track],
@@ -398,7 +400,7 @@ def _evaluate(
             hits = _random_positions(length[track], count, rng, tracks.max_length)  # (n, count)
             true = tokens[track[:, None], hits]
             input_ids, labels = mask_inputs(encoded, side, hits, true, vocab.mask_id, protocol)
-            ranked, _ = run(input_ids, labels, f"{count} masked, {side}")
+            ranked = run(input_ids, labels, f"{count} masked, {side}")
             correct["model"].append(ranked[:, 0] == true.reshape(-1))
             hidden = np.zeros_like(real)
             hidden[rows[:, None], hits] = True

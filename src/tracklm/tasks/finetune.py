@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -39,6 +38,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from tracklm import config as config_lib
 from tracklm._fs import atomic_output_dir, atomic_output_file, write_json
 from tracklm.errors import InputError
+from tracklm.evaluate.metrics import json_ready
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models.bert import TrackingBert
@@ -254,19 +254,6 @@ def predict_examples(
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def json_safe(value: Any) -> Any:
-    """Replace NaN and infinities (not valid JSON) by None, recursively; numpy scalars to Python."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 # ----------------------------------------------------------------------------- saving
 def save_finetuned(
     directory: Path,
@@ -448,7 +435,7 @@ def run_finetune(
             pretrained = TrackingBert.from_pretrained(model, map_location=device)
             predictions = spec.zero_shot(pretrained, test, context, settings.eval_batch_size)
             result["zero_shot"] = spec.metrics(predictions, test, context)
-    result = json_safe(result)
+    result = json_ready(result)
     logger.info(
         "%s (%s, %s training tracks): %s = %s; baseline %s; zero-shot %s",
         task,
