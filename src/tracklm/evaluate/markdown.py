@@ -60,8 +60,6 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
     figures : PNG file name -> caption, in the order shown.
     """
     mm = metrics["masked_module"]
-    names = ["model", *metrics["baselines"]]
-    blocks = {"model": mm, **metrics["baselines"]}
     lines = [
         "# Masked-module evaluation",
         "",
@@ -77,6 +75,26 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
         headline_table(metrics),
         "",
     ]
+    lines += _findings(metrics)
+    lines += _breakdowns(metrics)
+    lines += ["", "## Baselines", ""]
+    for name, text in metrics["baseline_descriptions"].items():
+        lines.append(f"- `{name}`: {text}.")
+    lines += ["", "## Plots", ""]
+    for filename, caption in figures.items():
+        lines += [f"### {caption}", "", f"![{caption}]({filename})", ""]
+    lines += [
+        "Files: `metrics.json`, `predictions.parquet` (every single-hit prediction and its distance), "
+        "`manifest.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _findings(metrics: dict[str, Any]) -> list[str]:
+    """The model against the best fair baseline, and the notes the protocol and baselines need."""
+    mm = metrics["masked_module"]
+    lines: list[str] = []
     fair = {k: v for k, v in metrics["baselines"].items() if k not in REFERENCE_ONLY}
     best = max(fair.items(), key=lambda kv: kv[1].get("accuracy") or 0.0, default=None)
     if best is not None and metrics["protocol"] == "masked":
@@ -102,7 +120,16 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
             "it scores; compare the model with the `masked` protocol. Baselines always hide the hit.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _breakdowns(metrics: dict[str, Any]) -> list[str]:
+    """Tables by track length, by track of the pair, by number of hidden hits, the pair task and
+    by volume and layer."""
+    mm = metrics["masked_module"]
+    names = ["model", *metrics["baselines"]]
+    blocks = {"model": mm, **metrics["baselines"]}
+    lines = [
         "## By track length",
         "",
         "| predictor | " + " | ".join(str(k) for k in range(4, 9)) + " |",
@@ -152,15 +179,4 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
         lines.append(
             f"| {key} | {entry['n']} | " + " | ".join(_pct(entry.get(n)) for n in names) + " |"
         )
-    lines += ["", "## Baselines", ""]
-    for name, text in metrics["baseline_descriptions"].items():
-        lines.append(f"- `{name}`: {text}.")
-    lines += ["", "## Plots", ""]
-    for filename, caption in figures.items():
-        lines += [f"### {caption}", "", f"![{caption}]({filename})", ""]
-    lines += [
-        "Files: `metrics.json`, `predictions.parquet` (every single-hit prediction and its distance), "
-        "`manifest.json`.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines

@@ -167,15 +167,7 @@ def run_evaluate(
             "all" if max_tracks is None else f"random {len(tracks)} (seed {seed})"
         )
         metrics = M.json_ready(metrics)
-        write_json(tmp / "metrics.json", metrics)
-        result.predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        figures = {}
-        for filename, (figure, caption) in plots.report_figures(
-            result, dataset.modules, tracks
-        ).items():
-            plots.save_figure(figure, tmp / filename)
-            figures[filename] = caption
-        (tmp / "report.md").write_text(report_markdown(metrics, figures))
+        write_report_files(tmp, result, metrics, dataset, tracks)
         write_manifest(
             tmp,
             "evaluate",
@@ -185,6 +177,33 @@ def run_evaluate(
         )
     log.info("evaluation written to %s", out)
     return metrics
+
+
+def write_report_files(
+    directory: Path,
+    result: EvaluationResult,
+    metrics: dict[str, Any],
+    dataset: PreparedDataset,
+    tracks: TrackArrays,
+) -> None:
+    """Write ``metrics.json``, ``predictions.parquet``, the PNG figures and ``report.md``.
+
+    Parameters
+    ----------
+    directory : the report directory being written.
+    result : what ``evaluate_masked_modules`` found.
+    metrics : the final content of ``metrics.json`` (``json_ready``).
+    dataset, tracks : the dataset (module table) and the evaluated tracks, for the figures.
+    """
+    write_json(directory / "metrics.json", metrics)
+    result.predictions.to_parquet(directory / "predictions.parquet", index=False)
+    figures = {}
+    for filename, (figure, caption) in plots.report_figures(
+        result, dataset.modules, tracks
+    ).items():
+        plots.save_figure(figure, directory / filename)
+        figures[filename] = caption
+    (directory / "report.md").write_text(report_markdown(metrics, figures))
 
 
 def module_bounds(dataset: PreparedDataset) -> ModuleBounds:

@@ -337,27 +337,23 @@ def finetune(
     settings = settings or FinetuneConfig()
     spec = _check_options(task, mode, Path(out))
     steps = int(max_steps or settings.max_steps)
-    encoder = load_encoder(model, mode, seed)
-    dataset = open_dataset(data)
-    encoder.check_vocab(dataset.vocab)
-    context = TaskContext.from_dataset(dataset)
-    rng = np.random.default_rng(seed)
+    encoder, dataset, context = open_inputs(model, data, mode, seed)
     examples, n_train_tracks = make_split_examples(
-        spec, dataset, context, rng, train_size, settings, encoder.config.max_length, data
-    )
+        spec, dataset, context, np.random.default_rng(seed), train_size, settings,
+        encoder.config.max_length, data,
+    )  # fmt: skip
     torch.manual_seed(seed)
     head = spec.make_head(encoder)
     training, device = train_head(
         spec, encoder, head, mode, examples, settings, steps, max_time, seed
     )
     test = examples["test"]
+    predictions = predict_examples(spec, encoder, head, test, settings.eval_batch_size)
     result: dict[str, Any] = {
         "task": task,
         "mode": mode,
         "train_size": train_size,
-        "metrics": spec.metrics(
-            predict_examples(spec, encoder, head, test, settings.eval_batch_size), test, context
-        ),
+        "metrics": spec.metrics(predictions, test, context),
         "baseline": None,
         "zero_shot": None,
         "n_train_tracks": n_train_tracks,
@@ -374,25 +370,50 @@ def finetune(
         )
     result = json_ready(result)
     _log_result(spec, mode, result)
-    with atomic_output_dir(Path(out)) as tmp:
-        card = {"task": task, "mode": mode, "pretrained_from": str(model), "train_tracks": n_train_tracks,
-                "steps": result["training"]["steps"], spec.headline: result["metrics"].get(spec.headline)}  # fmt: skip
-        save_finetuned(tmp / "model", spec, encoder.cpu(), head.cpu(), mode, card)
+    options = {"task": task, "mode": mode, "train_size": train_size, "max_steps": steps,
+               "max_time": max_time, "seed": seed}  # fmt: skip
+    write_finetune_run(
+        Path(out), spec, encoder, head, result, settings, options, dataset.vocab.sha256
+    )
+    return result
+
+
+def write_finetune_run(
+    out: Path,
+    spec: TaskSpec,
+    encoder: TrackingBert,
+    head: nn.Module,
+    result: dict[str, Any],
+    settings: FinetuneConfig,
+    options: dict[str, Any],
+    vocab_sha256: str,
+) -> None:
+    """Write the run directory atomically: ``model/`` (encoder and head), ``metrics.json``
+    (``result``) and ``manifest.json`` (the inputs, ``settings`` and the command's ``options``)."""
+    with atomic_output_dir(out) as tmp:
+        card = {"task": spec.name, "mode": options["mode"], "pretrained_from": result["model"],
+                "train_tracks": result["n_train_tracks"], "steps": result["training"]["steps"],
+                spec.headline: result["metrics"].get(spec.headline)}  # fmt: skip
+        save_finetuned(tmp / "model", spec, encoder.cpu(), head.cpu(), options["mode"], card)
         write_json(tmp / "metrics.json", result)
         write_manifest(
             tmp,
             "finetune",
-            inputs={"model": str(model), "data": str(data)},
+            inputs={"model": result["model"], "data": result["data"]},
             config=config_lib.to_dict(settings),
-            task=task,
-            mode=mode,
-            train_size=train_size,
-            max_steps=steps,
-            max_time=max_time,
-            seed=seed,
-            vocab_sha256=dataset.vocab.sha256,
+            **options,
+            vocab_sha256=vocab_sha256,
         )
-    return result
+
+
+def open_inputs(
+    model: str | os.PathLike[str], data: str | os.PathLike[str], mode: str, seed: int
+) -> tuple[TrackingBert, PreparedDataset, TaskContext]:
+    """The encoder of ``mode`` (``load_encoder``), the dataset (same vocabulary) and its context."""
+    encoder = load_encoder(model, mode, seed)
+    dataset = open_dataset(data)
+    encoder.check_vocab(dataset.vocab)
+    return encoder, dataset, TaskContext.from_dataset(dataset)
 
 
 def _check_options(task: str, mode: str, out: Path) -> TaskSpec:
