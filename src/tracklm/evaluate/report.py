@@ -31,6 +31,7 @@ from tracklm.evaluate import metrics as M
 from tracklm.evaluate import plots
 from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
 from tracklm.evaluate.helix import LayerSurfaces, ModuleBounds
+from tracklm.evaluate.markdown import headline_table as headline_table  # used by demo.py
 from tracklm.evaluate.markdown import report_markdown
 from tracklm.evaluate.masked import (
     PROTOCOLS,
