@@ -89,6 +89,7 @@ def make_head(encoder: TrackingBert) -> NextModuleHead:
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, NextModuleHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     out = {}

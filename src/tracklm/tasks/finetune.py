@@ -491,7 +491,8 @@ def train_head(
     module = FinetuneModule(spec, encoder, head, mode, settings, steps)
     trainer = pl.Trainer(
         max_steps=steps,
-        max_time={"minutes": max_time} if max_time is not None else None,
+        # Lightning types the minutes as int; it accepts fractions
+        max_time={"minutes": max_time} if max_time is not None else None,  # type: ignore[dict-item]
         accelerator=settings.accelerator,
         devices=1,
         logger=False,
@@ -517,7 +518,7 @@ def train_head(
         example_loader(examples["val"], settings.eval_batch_size, False, seed),
         verbose=False,
     )
-    record = {
+    record: dict[str, Any] = {
         "steps": int(trainer.global_step),
         "max_steps": steps,
         "max_time_minutes": max_time,

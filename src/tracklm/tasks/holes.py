@@ -114,6 +114,7 @@ def make_head(encoder: TrackingBert) -> HoleHead:
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, HoleHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     n_hits = batch["attention_mask"].sum(dim=1) - 2  # (b,)
     # Gap p (1 <= p <= n - 1) lies between hit p - 1 (input position p) and hit p (position p + 1).

@@ -99,6 +99,7 @@ def make_head(encoder: TrackingBert) -> OutlierHead:
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, OutlierHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     n_hits = batch["attention_mask"].sum(dim=1) - 2
     hit = torch.arange(hidden.shape[1] - 2, device=hidden.device)[None, :]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from tracklm.evaluate.helix import fit_helix
 from tracklm.evaluate.metrics import exact_accuracy
 from tracklm.io.dataset import TrackArrays
-from tracklm.models.bert import TrackingBert
+from tracklm.models.bert import PairHead, TrackingBert
 from tracklm.tasks.common import (
     Examples,
     TaskContext,
@@ -57,11 +57,12 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     )
 
 
-def make_head(encoder: TrackingBert) -> nn.Module:
+def make_head(encoder: TrackingBert) -> PairHead:
     return track_classifier(encoder, 2)
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, PairHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     out = head.classify(hidden[:, 0])  # (b, 2)
     return {"log_pt": out[:, 0], "charge_logit": out[:, 1]}
