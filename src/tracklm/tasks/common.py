@@ -48,6 +48,7 @@ __all__ = [
     "top_k_modules",
     "track_classifier",
     "track_mask",
+    "tracks_with_min_hits",
 ]
 
 ABSENT = -1
@@ -164,6 +165,14 @@ class TaskSpec:
 def track_mask(lengths: np.ndarray, width: int) -> np.ndarray:
     """(N, width) bool, True on the first ``lengths`` columns."""
     return np.arange(width)[None, :] < np.asarray(lengths)[:, None]
+
+
+def tracks_with_min_hits(tracks: TrackArrays, min_hits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N', L) int64 tokens and (N',) int64 lengths of the tracks with at least ``min_hits`` hits."""
+    tokens = np.asarray(tracks.tokens, dtype=np.int64)
+    lengths = np.asarray(tracks.lengths, dtype=np.int64)
+    keep = lengths >= min_hits
+    return tokens[keep], lengths[keep]
 
 
 def delete_hit(tokens: np.ndarray, position: np.ndarray, pad_id: int) -> np.ndarray:

@@ -42,6 +42,7 @@ from tracklm.tasks.common import (
     single_inputs,
     top_k_modules,
     track_mask,
+    tracks_with_min_hits,
 )
 
 MIN_HITS = 4
@@ -52,10 +53,7 @@ TOP_K = 5
 
 def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
     """Extrapolation examples from tracks (see the module docstring)."""
-    tokens = np.asarray(tracks.tokens, dtype=np.int64)
-    lengths = np.asarray(tracks.lengths, dtype=np.int64)
-    keep = lengths >= MIN_HITS
-    tokens, lengths = tokens[keep], lengths[keep]
+    tokens, lengths = tracks_with_min_hits(tracks, MIN_HITS)
     n, width = tokens.shape
     rows = np.arange(n)
     cut = MIN_KEPT + np.minimum(

@@ -40,6 +40,7 @@ from tracklm.tasks.common import (
     single_inputs,
     track_classifier,
     track_mask,
+    tracks_with_min_hits,
 )
 from tracklm.tasks.metrics import detection_metrics
 
@@ -49,10 +50,7 @@ NEARBY = 4
 
 def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
     """Outlier examples from tracks (see the module docstring)."""
-    tokens = np.asarray(tracks.tokens, dtype=np.int64)
-    lengths = np.asarray(tracks.lengths, dtype=np.int64)
-    keep = lengths >= MIN_HITS
-    tokens, lengths = tokens[keep], lengths[keep]
+    tokens, lengths = tracks_with_min_hits(tracks, MIN_HITS)
     n, width = tokens.shape
     rows = np.arange(n)
     real = track_mask(lengths, width)
