@@ -231,7 +231,7 @@ def benchmark_inference(
             "eager": lambda: predict_masked_modules(
                 model, batch.input_ids, batch.token_type_ids, batch.attention_mask,
                 batch.labels, num_special, k=TOP_K, batch_size=batch_size,
-            )[0],
+            ),
             **{
                 name: (lambda s=session: onnx_predict(s, batch, num_special, batch_size))
                 for name, session in sessions.items()

@@ -8,8 +8,8 @@ For every task, every transfer mode (finetune, frozen, scratch) and every traini
                                     one line per mode, the baseline and zero-shot as flat lines
     OUT/runs/<task>-<mode>-<size>/  each run's directory (metrics.json, model/, manifest.json)
 
-The budget is fixed per run by ``--max-steps`` (default from ``configs/tasks/transfer_study.yaml``:
-300 steps of 256 tracks), so the whole study costs about tasks x modes x sizes runs of that size.
+The budget is fixed per run by ``--max-steps`` (default from the built-in ``tasks`` preset
+``transfer_study``, ``src/tracklm/presets/tasks/transfer_study.yaml``: 300 steps of 256 tracks), so the whole study costs about tasks x modes x sizes runs of that size.
 Training sizes larger than the ``train`` split are capped (and recorded as such); baselines and
 zero-shot scores are computed once per task (they do not depend on the mode or training size).
 
@@ -33,10 +33,11 @@ from matplotlib.figure import Figure
 from tracklm import config as config_lib
 from tracklm._fs import atomic_output_file, write_json
 from tracklm.io.dataset import open_dataset
-from tracklm.tasks.finetune import MODES, TASKS, FinetuneConfig, run_finetune
+from tracklm.presets import load_preset
+from tracklm.tasks.config import FinetuneConfig, load_finetune_config
+from tracklm.tasks.finetune import MODES, TASKS, finetune
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO / "configs" / "tasks" / "transfer_study.yaml"
+PRESET = "transfer_study"
 logger = logging.getLogger("transfer_study")
 
 
@@ -81,14 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         "--max-steps", type=int, default=None, help="optimiser steps per run (default: config)"
     )
     parser.add_argument(
-        "--config", type=Path, default=DEFAULT_CONFIG, help="FinetuneConfig YAML overrides"
+        "--config",
+        type=Path,
+        default=None,
+        help=f"FinetuneConfig YAML (default: the built-in tasks preset {PRESET!r})",
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
-    settings = config_lib.load_config(FinetuneConfig, args.config)
+    if args.config is None:
+        preset = load_preset("tasks", PRESET)
+        settings = config_lib.from_dict(FinetuneConfig, preset, where=f"tasks preset {PRESET}")
+    else:
+        settings = load_finetune_config(args.config)
     if args.max_steps is not None:
         settings = config_lib.merge(settings, {"max_steps": args.max_steps})
     available = len(open_dataset(args.data).split("train"))
@@ -104,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = args.out / "runs" / f"{task}-{mode}-{size}"
                 first = task not in references
                 t0 = time.perf_counter()
-                result = run_finetune(
-                    task, args.model, args.data, run_dir, mode=mode, train_size=size, seed=args.seed,
-                    config=settings, references=first,
+                result = finetune(
+                    task, args.model, args.data, run_dir, settings, mode=mode, train_size=size,
+                    seed=args.seed, references=first,
                 )  # fmt: skip
                 seconds = time.perf_counter() - t0
                 if first:

@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=None, help="optimiser steps")
     p.add_argument("--max-time", type=_non_negative_float, default=None, help="minutes")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML file of fine-tuning options (FinetuneConfig keys) over the defaults",
+    )
 
     p = sub.add_parser("export", parents=[common], help="export the model for deployment")
     p.add_argument("--model", type=Path, required=True, help="model directory")

@@ -93,3 +93,32 @@ def test_masked_module_summary_schema_and_values():
     assert summary["by_length"]["4"] == 1.0 and summary["by_length"]["8"] == 0.5
     assert summary["by_track"] == {"A": 0.5, "B": 1.0}
     assert metrics.json_ready({"x": float("nan"), "y": np.float32(0.5)}) == {"x": None, "y": 0.5}
+
+
+def test_json_ready_makes_plain_json_of_every_result():
+    value = {
+        "auc": np.float64("nan"),
+        "n": np.int64(3),
+        "history": [{"step": 1, "val_loss": float("inf")}],
+        "pair": (np.float32(0.25), -np.inf),
+        4: True,
+        "none": None,
+    }
+    assert metrics.json_ready(value) == {
+        "auc": None,
+        "n": 3,
+        "history": [{"step": 1, "val_loss": None}],
+        "pair": [0.25, None],
+        "4": True,
+        "none": None,
+    }
+    assert type(metrics.json_ready(np.int64(3))) is int
+
+
+def test_accuracy_and_ranks_flatten_and_check_shapes():
+    assert metrics.exact_accuracy(np.array([[1], [2]]), np.array([1, 0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        metrics.exact_accuracy(np.array([1, 2, 3]), np.array([1, 2]))
+    with pytest.raises(ValueError):
+        metrics.roc_auc(np.array([0.1, 0.2]), np.array([1, 0, 1]))
+    np.testing.assert_array_equal(metrics.average_ranks(np.array([2.0, 2.0, 2.0])), [2, 2, 2])

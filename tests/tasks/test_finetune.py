@@ -9,17 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from tracklm import config as config_lib
+from tracklm.cli import main
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.io.dataset import open_dataset
 from tracklm.models.bert import TrackingBert
+from tracklm.presets import load_preset, preset_names
 from tracklm.tasks.common import TaskContext
+from tracklm.tasks.config import load_finetune_config
 from tracklm.tasks.finetune import (
     TASKS,
     FinetuneConfig,
+    finetune,
     load_encoder,
     load_finetuned,
     predict_examples,
@@ -28,7 +33,6 @@ from tracklm.tasks.finetune import (
 
 # Lightning 2.6 with torch 2.13 warns about a torch pytree API from inside Lightning (not our code).
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
-REPO = Path(__file__).resolve().parents[2]
 FAST = FinetuneConfig(batch_size=64, max_steps=4, val_every=2, warmup_steps=1, val_tracks=100,
                       eval_tracks=200, eval_batch_size=256, accelerator="cpu")  # fmt: skip
 METRIC_KEYS = {
@@ -45,6 +49,15 @@ METRIC_KEYS = {
 }
 
 
+def _check_pt_metrics(block: dict, n_examples: int) -> None:
+    """pT metrics that exist and make sense: widths positive, bias above -1 (pT > 0), fractions."""
+    assert block["n_tracks"] == n_examples > 0
+    for key in ("pt_sigma68", "pt_std", "pt_sigma68_above_1gev"):
+        assert block[key] is not None and 0 < block[key] < 1e3, key
+    assert block["pt_bias"] is not None and -1 < block["pt_bias"] < 1e3
+    assert 0 <= block["charge_accuracy"] <= 1
+
+
 def _weights(directory: Path) -> dict[str, torch.Tensor]:
     return load_file(str(directory / "model.safetensors"))
 
@@ -52,7 +65,7 @@ def _weights(directory: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_task_runs_end_to_end_and_writes_schema_valid_metrics(task, toy_data, tiny_model, tmp_path):
     out = tmp_path / "run"
-    result = run_finetune(task, tiny_model, toy_data, out, train_size=300, seed=1, config=FAST)
+    result = finetune(task, tiny_model, toy_data, out, FAST, train_size=300, seed=1)
     written = json.loads((out / "metrics.json").read_text())
     assert written == result
     assert {"task", "mode", "train_size", "metrics", "baseline", "zero_shot"} <= set(written)
@@ -61,10 +74,16 @@ def test_task_runs_end_to_end_and_writes_schema_valid_metrics(task, toy_data, ti
     assert written["training"]["steps"] == 4
     for section in ("metrics", "baseline") + (("zero_shot",) if task != "pt" else ()):
         assert METRIC_KEYS[task] <= set(written[section]), section
-        for value in written[section].values():
-            assert value is None or value >= 0 or task == "pt"
+        if task == "pt":
+            _check_pt_metrics(written[section], written["n_test_examples"])
+        else:
+            for value in written[section].values():
+                assert value is None or value >= 0, section
     if task == "pt":
         assert written["zero_shot"] is None
+        # the helix baseline measures pT from module centres: coarse, but far from random
+        assert written["baseline"]["pt_sigma68"] < 0.5
+        assert written["baseline"]["charge_accuracy"] > 0.6
     for name in ("config.json", "model.safetensors", "vocab.json", "head.safetensors", "head.json"):
         assert (out / "model" / name).is_file()
     assert json.loads((out / "model" / "head.json").read_text())["task"] == task
@@ -88,10 +107,10 @@ def test_task_runs_end_to_end_and_writes_schema_valid_metrics(task, toy_data, ti
 
 def test_frozen_keeps_the_encoder_and_finetune_changes_it(toy_data, tiny_model, tmp_path):
     pretrained = _weights(tiny_model)
-    run_finetune("pt", tiny_model, toy_data, tmp_path / "frozen", mode="frozen", config=FAST)
+    finetune("pt", tiny_model, toy_data, tmp_path / "frozen", FAST, mode="frozen")
     frozen = _weights(tmp_path / "frozen" / "model")
     assert all(torch.equal(frozen[k], pretrained[k]) for k in pretrained)
-    run_finetune("pt", tiny_model, toy_data, tmp_path / "tuned", mode="finetune", config=FAST)
+    finetune("pt", tiny_model, toy_data, tmp_path / "tuned", FAST, mode="finetune")
     tuned = _weights(tmp_path / "tuned" / "model")
     assert not torch.equal(tuned["embeddings.token.weight"], pretrained["embeddings.token.weight"])
     assert any(
@@ -124,15 +143,15 @@ def test_vocabulary_mismatch_is_refused(toy_data, tiny_model, tmp_path):
     manifest.pop("vocab_sha256")
     (other / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="vocab"):
-        run_finetune("holes", tiny_model, other, tmp_path / "run", config=FAST)
+        finetune("holes", tiny_model, other, tmp_path / "run", FAST)
     assert not (tmp_path / "run").exists()
 
 
 def test_bad_options_are_refused(toy_data, tiny_model, tmp_path):
     with pytest.raises(InputError, match="--task"):
-        run_finetune("tracking", tiny_model, toy_data, tmp_path / "a", config=FAST)
+        finetune("tracking", tiny_model, toy_data, tmp_path / "a", FAST)
     with pytest.raises(InputError, match="--mode"):
-        run_finetune("pt", tiny_model, toy_data, tmp_path / "b", mode="partial", config=FAST)
+        finetune("pt", tiny_model, toy_data, tmp_path / "b", FAST, mode="partial")
 
 
 def test_baselines_find_what_the_toy_geometry_allows(toy_data):
@@ -151,10 +170,49 @@ def test_baselines_find_what_the_toy_geometry_allows(toy_data):
     assert scores["pt"]["charge_accuracy"] > 0.65
 
 
-def test_default_config_file_matches_the_dataclass():
-    assert (
-        config_lib.load_config(FinetuneConfig, REPO / "configs/tasks/default.yaml")
-        == FinetuneConfig()
-    )
-    study = config_lib.load_config(FinetuneConfig, REPO / "configs/tasks/transfer_study.yaml")
+def test_transfer_study_preset_sets_only_what_differs_from_the_defaults():
+    assert "transfer_study" in preset_names("tasks")
+    keys = load_preset("tasks", "transfer_study")
+    study = config_lib.from_dict(FinetuneConfig, keys)
     assert study.max_steps == 300
+    defaults = config_lib.to_dict(FinetuneConfig())
+    assert all(defaults[key] != value for key, value in keys.items() if key != "batch_size")
+
+
+def test_config_file_overrides_the_defaults_and_refuses_unknown_keys(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("max_steps: 7\nlearning_rate: 3.0e-4\n")
+    assert load_finetune_config(good) == FinetuneConfig(max_steps=7, learning_rate=3e-4)
+    assert load_finetune_config(None) == FinetuneConfig()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: 7\nlearnig_rate: 3.0e-4\n")
+    with pytest.raises(InputError, match=r"bad\.yaml: unknown key 'learnig_rate'"):
+        load_finetune_config(bad)
+    zero = tmp_path / "zero.yaml"
+    zero.write_text("batch_size: 0\n")
+    with pytest.raises(InputError, match=r"zero\.yaml: batch_size: must be at least 1"):
+        load_finetune_config(zero)
+
+
+def test_cli_config_with_an_unknown_key_exits_2_naming_file_and_key(
+    toy_data, tiny_model, tmp_path, capsys
+):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_step: 3\n")
+    argv = ["finetune", "--task", "pt", "--model", str(tiny_model), "--data", str(toy_data),
+            "--out", str(tmp_path / "run"), "--config", str(bad)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert str(bad) in err[0] and "'max_step'" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_verb_reads_its_config_file(toy_data, tiny_model, tmp_path):
+    config = tmp_path / "fast.yaml"
+    config.write_text(yaml.safe_dump(config_lib.to_dict(FAST)))
+    result = run_finetune("pt", tiny_model, toy_data, tmp_path / "run", max_steps=2, config=config)
+    assert result["training"]["steps"] == 2
+    assert result["n_test_examples"] <= FAST.eval_tracks
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["config"] == config_lib.to_dict(FAST)

@@ -9,7 +9,13 @@ import pytest
 
 from tracklm.io.dataset import open_dataset
 from tracklm.tasks import extrapolate, holes, outliers, pt
-from tracklm.tasks.common import TaskContext, delete_hit, insert_token, track_mask
+from tracklm.tasks.common import (
+    TaskContext,
+    delete_hit,
+    insert_token,
+    track_mask,
+    tracks_with_min_hits,
+)
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +113,13 @@ def test_pt_labels(setup):
     np.testing.assert_array_equal(
         ex.labels["charge_positive"], (np.asarray(tracks.charge) > 0).astype(np.float32)
     )
+
+
+def test_tracks_with_min_hits_keeps_long_enough_tracks(setup):
+    tracks, _ = setup
+    tokens, lengths = tracks_with_min_hits(tracks, 6)
+    keep = tracks.lengths >= 6
+    assert tokens.dtype == lengths.dtype == np.int64
+    np.testing.assert_array_equal(tokens, tracks.tokens[keep])
+    np.testing.assert_array_equal(lengths, tracks.lengths[keep])
+    assert 0 < len(lengths) < len(tracks)

@@ -45,3 +45,21 @@ def test_learning_rate_warms_up_then_decays_linearly_to_zero():
         optimizer.step()
         schedule.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-3)
+
+
+def test_parts_train_at_their_own_learning_rates():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3), torch.nn.Linear(3, 2))
+    frozen = torch.nn.Linear(2, 2).requires_grad_(False)
+    groups = parameter_groups(model[:2], 0.01, lr=1e-4) + parameter_groups(model[2], 0.01, lr=1e-3)
+    groups += parameter_groups(frozen, 0.01, lr=5.0)  # no trainable parameter: dropped
+    assert all(group["lr"] == 1e-4 for group in groups[:2])
+    optimizer, schedule = build_optimizer(
+        model, lr=1.0, weight_decay=0.01, betas=(0.9, 0.999), warmup_steps=0, total_steps=10,
+        groups=groups,
+    )  # fmt: skip
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-4, 1e-4, 1e-3, 1e-3]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0, 0.01, 0.0]
+    for _ in range(5):
+        optimizer.step()
+        schedule.step()
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-5, 5e-5, 5e-4, 5e-4])

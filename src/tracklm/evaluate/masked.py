@@ -1,4 +1,8 @@
-"""Masked-module evaluation inputs and batched inference.
+"""Masked-module evaluation inputs, and the one batched masked-module inference loop.
+
+``masked_module_logits`` runs the pre-trained masked-module head at chosen positions in batches,
+with special tokens excluded (``module_logits_only``); ``tracklm evaluate`` and the downstream
+tasks' zero-shot scores both use it.
 
 Pairing scheme (seeded, deterministic): within each event the selected tracks are put in a random
 order and joined in a cycle, pair i = (track i, the next track of the cycle). So every track is
@@ -14,17 +18,20 @@ reproduces the public code's inflated figure (the model can copy the answer).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
+from tracklm.data.masking import IGNORE_INDEX
 from tracklm.data.sequences import EncodedInputs
+from tracklm.models.bert import TrackingBert
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("masked", "unmasked")
-IGNORE_INDEX = -100
 
 
 def pair_partners(event_id: np.ndarray, seed: int) -> np.ndarray:
@@ -84,7 +91,7 @@ def mask_inputs(
     Returns
     -------
     input_ids : (B, W) int64, a copy.
-    labels : (B, W) int64, the true token at the positions to predict, -100 elsewhere.
+    labels : (B, W) int64, the true token at the positions to predict, ``IGNORE_INDEX`` elsewhere.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
@@ -105,8 +112,92 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def module_logits_only(logits: Tensor, num_special: int) -> Tensor:
+    """Logits with the special tokens made impossible, so every prediction is a module.
+
+    The special tokens (ids ``0 .. num_special - 1``) get ``-inf``: an argmax or top-k then picks
+    modules only, a softmax spreads the probability over modules only, and column ``j`` stays
+    token id ``j``.
+
+    Parameters
+    ----------
+    logits : (..., v) scores of every token.
+    num_special : number of special tokens (module ids start there).
+
+    Returns
+    -------
+    (..., v) logits, a new tensor.
+    """
+    special = torch.arange(logits.shape[-1], device=logits.device) < num_special
+    return logits.masked_fill(special, float("-inf"))
+
+
+def masked_module_logits(
+    model: TrackingBert,
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    positions: np.ndarray,
+    num_special: int,
+    reduce: Callable[[Tensor, slice], Tensor],
+    *,
+    batch_size: int,
+    description: str | None = None,
+) -> np.ndarray:
+    """The pre-trained masked-module head at chosen positions, in batches of rows.
+
+    The one batched masked-inference loop of ``tracklm evaluate`` and the downstream tasks' zero-shot
+    scores. Special tokens are excluded with ``module_logits_only`` before ``reduce`` sees the logits.
+
+    Parameters
+    ----------
+    model : a ``TrackingBert`` (eval mode is set here).
+    input_ids, token_type_ids, attention_mask : (B, W) model inputs (``[MASK]`` where wanted).
+    positions : (K, 2) int (row, input position) pairs, rows ascending (e.g. ``np.argwhere`` of a
+        label array, which is row-major).
+    num_special : number of special tokens (module ids start there).
+    reduce : maps a batch's (k, v) logits and its slice of the K pairs to what is kept (top-k
+        tokens, a log-probability...), so no (K, v) matrix is held at once.
+    batch_size : rows per forward pass.
+    description : progress-bar text; no bar when None.
+
+    Returns
+    -------
+    The concatenation over batches of ``reduce``'s output, as numpy ((0,) when K = 0).
+    """
+    device = next(model.parameters()).device
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    if np.any(np.diff(positions[:, 0]) < 0):
+        raise ValueError("positions must be sorted by row")
+    n = len(input_ids)
+    starts = range(0, n, batch_size)
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for start in tqdm(
+            starts,
+            desc=description,
+            disable=True if description is None else None,
+            leave=False,
+        ):
+            stop = start + batch_size
+            lo, hi = np.searchsorted(positions[:, 0], [start, stop])
+            if hi == lo:
+                continue
+            where = torch.as_tensor(positions[lo:hi] - np.array([start, 0]), device=device)
+            logits = model.predict_masked(
+                torch.as_tensor(input_ids[start:stop], device=device),
+                torch.as_tensor(token_type_ids[start:stop], device=device),
+                torch.as_tensor(attention_mask[start:stop], device=device),
+                where,
+            ).float()  # (k, v)
+            kept = reduce(module_logits_only(logits, num_special), slice(int(lo), int(hi)))
+            out.append(kept.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0,))
+
+
 def predict_masked_modules(
-    model: torch.nn.Module,
+    model: TrackingBert,
     input_ids: np.ndarray,
     token_type_ids: np.ndarray,
     attention_mask: np.ndarray,
@@ -115,43 +206,70 @@ def predict_masked_modules(
     k: int = 5,
     batch_size: int = 1024,
     description: str = "masked modules",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ranked module predictions at the labelled positions, and the pair logits.
-
-    Scores are taken over module tokens only (special tokens excluded), so the argmax is always a
-    module.
+) -> np.ndarray:
+    """Ranked module predictions at the labelled positions (special tokens never predicted).
 
     Parameters
     ----------
-    model : a ``TrackingBert`` (forward with ``labels`` returns (K, V) logits in row-major order).
-    input_ids, token_type_ids, attention_mask, labels : (B, W) arrays.
+    model : a ``TrackingBert``.
+    input_ids, token_type_ids, attention_mask, labels : (B, W) arrays; ``labels`` is
+        ``IGNORE_INDEX`` except at the positions to predict.
     num_special : number of special tokens (module ids start there).
     k : candidates per position.
     batch_size : rows per forward pass.
+    description : progress-bar text.
 
     Returns
     -------
-    ranked : (K, k) int64 module token ids, best first, for the labelled positions in row-major order.
-    pair_logits : (B,) float64 logits of pT(B) > pT(A).
+    (K, k) int64 module token ids, best first, for the labelled positions in row-major order.
+    """
+    positions = np.argwhere(np.asarray(labels) != IGNORE_INDEX)  # (K, 2), row-major
+
+    def top_k(logits: Tensor, _: slice) -> Tensor:
+        return torch.topk(logits, k=min(k, logits.shape[1] - num_special), dim=1).indices
+
+    ranked = masked_module_logits(
+        model, input_ids, token_type_ids, attention_mask, positions, num_special, top_k,
+        batch_size=batch_size, description=description,
+    )  # fmt: skip
+    return ranked.reshape(len(positions), -1).astype(np.int64)
+
+
+def predict_pair_logits(
+    model: TrackingBert,
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    batch_size: int = 1024,
+    description: str = "pair task",
+) -> np.ndarray:
+    """Logits of the pre-training pair head, pT(B) > pT(A), one per row.
+
+    Parameters
+    ----------
+    model : a ``TrackingBert``.
+    input_ids, token_type_ids, attention_mask : (B, W) pair inputs.
+    batch_size : rows per forward pass.
+    description : progress-bar text.
+
+    Returns
+    -------
+    (B,) float64 logits.
     """
     device = next(model.parameters()).device
-    ranked, pair = [], []
+    parts = []
     model.eval()
     with torch.inference_mode():
         for start in tqdm(
             range(0, len(input_ids), batch_size), desc=description, disable=None, leave=False
         ):
             sl = slice(start, start + batch_size)
+            ids = torch.as_tensor(input_ids[sl], device=device)
             out = model(
-                input_ids=torch.as_tensor(input_ids[sl], device=device),
+                input_ids=ids,
                 token_type_ids=torch.as_tensor(token_type_ids[sl], device=device),
                 attention_mask=torch.as_tensor(attention_mask[sl], device=device),
-                labels=torch.as_tensor(labels[sl], device=device),
+                labels=torch.full_like(ids, IGNORE_INDEX),  # the heads read [CLS] only
             )
-            logits = out.mlm_logits[:, num_special:].float()  # (K, modules)
-            if logits.shape[0]:
-                top = torch.topk(logits, k=min(k, logits.shape[1]), dim=1).indices + num_special
-                ranked.append(top.cpu().numpy().astype(np.int64))
-            pair.append(out.pair_logits.float().cpu().numpy().astype(np.float64))
-    ranked_all = np.concatenate(ranked) if ranked else np.zeros((0, k), dtype=np.int64)
-    return ranked_all, np.concatenate(pair) if pair else np.zeros(0)
+            parts.append(out.pair_logits.float().cpu().numpy().astype(np.float64))
+    return np.concatenate(parts) if parts else np.zeros(0)

@@ -1,7 +1,13 @@
-"""Evaluation metrics as pure numpy functions (no torch), each tested on hand-computed cases.
+"""Metrics as pure numpy functions (no torch), each tested on hand-computed cases.
 
-Conventions: predictions and truths are token ids; fractions are in [0, 1]; distances in mm.
-An empty selection gives ``nan`` (written as ``null`` in JSON), never a silent 0.
+The one home of the metrics shared by ``tracklm evaluate`` and the downstream tasks
+(``tracklm.tasks``): accuracy, top-k accuracy, ranks and ROC AUC, module distances, and the
+conversion of results to plain JSON (``json_ready``). Task-only metrics live in
+``tracklm/tasks/metrics.py`` and build on these.
+
+Conventions: predictions and truths are token ids (or any labels); scores are "higher means more
+likely positive"; fractions are in [0, 1]; distances in mm. An empty (or, for ROC AUC, one-class)
+selection gives ``nan`` (written as ``null`` in JSON), never a silent 0.
 """
 
 from __future__ import annotations
@@ -19,14 +25,14 @@ def exact_accuracy(predicted: np.ndarray, true: np.ndarray) -> float:
 
     Parameters
     ----------
-    predicted, true : (N,) token ids.
+    predicted, true : (N,) token ids or labels (any shape is flattened; both must agree).
 
     Returns
     -------
     float in [0, 1], ``nan`` when N = 0.
     """
-    predicted = np.asarray(predicted)
-    true = np.asarray(true)
+    predicted = np.asarray(predicted).reshape(-1)
+    true = np.asarray(true).reshape(-1)
     if predicted.shape != true.shape:
         raise ValueError(f"shapes differ: {predicted.shape} vs {true.shape}")
     if true.size == 0:
@@ -161,6 +167,44 @@ def binary_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean((logits > 0) == labels)) if labels.size else float("nan")
 
 
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..N of ``values`` (N,), ties sharing the mean of the ranks they span.
+
+    Parameters
+    ----------
+    values : (N,) real numbers.
+
+    Returns
+    -------
+    (N,) float64 ranks, 1 for the smallest value.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    # Start index of each run of equal values, and the mean rank of the run.
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    mean_rank = 0.5 * (starts + ends - 1) + 1.0
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(mean_rank, ends - starts)
+    return ranks
+
+
+def binary_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and 0/1 labels as flat (N,) float64 and bool arrays of the same shape.
+
+    Raises
+    ------
+    ValueError
+        When the two hold different numbers of entries.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels differ in shape: {scores.shape} vs {labels.shape}")
+    return scores, labels.astype(bool)
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve, with tied scores counted as one half (Mann-Whitney U).
 
@@ -175,20 +219,12 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     -------
     float in [0, 1]; ``nan`` when either class is absent.
     """
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
+    scores, labels = binary_scores(scores, labels)
     n_pos = int(labels.sum())
     n_neg = int(labels.size - n_pos)
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    # Average ranks (1-based) over ties: each tie block shares the mean of the ranks it spans.
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    mean_rank = first + (counts + 1) / 2.0  # first is 0-based: ranks first+1 ... first+counts
-    ranks = np.empty(scores.size)
-    ranks[order] = np.repeat(mean_rank, counts)
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    u = average_ranks(scores)[labels].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
 
 
@@ -264,7 +300,11 @@ def masked_module_summary(
 
 
 def json_ready(obj: Any) -> Any:
-    """Numbers and containers as plain JSON: numpy scalars to Python, ``nan``/``inf`` to None."""
+    """Numbers and containers as plain JSON, recursively.
+
+    Mappings become dicts with string keys, tuples become lists, numpy scalars become Python
+    numbers, and ``nan``/``inf`` (not valid JSON) become None.
+    """
     if isinstance(obj, Mapping):
         return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

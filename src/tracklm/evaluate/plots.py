@@ -1,5 +1,7 @@
 """Evaluation plots: each function takes arrays and returns a matplotlib Figure (Agg backend).
 
+``report_figures`` gathers the figures of an evaluation report from its result.
+
 The caller saves and closes the figure (``save_figure`` does both). The mplhep CMS-like style is
 used when mplhep is installed, plain matplotlib otherwise.
 """
@@ -8,13 +10,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
+
+from tracklm.evaluate import metrics as M
+from tracklm.io.dataset import TrackArrays
+
+if TYPE_CHECKING:
+    from tracklm.evaluate.report import EvaluationResult
 
 try:  # optional style, never required
     import mplhep as _mplhep
@@ -263,3 +273,120 @@ def plot_example_tracks(
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     return fig
+
+
+# ----------------------------------------------------------------------------- report figures
+def report_figures(
+    result: EvaluationResult, modules: pd.DataFrame, tracks: TrackArrays
+) -> dict[str, tuple[Figure, str]]:
+    """The figures of an evaluation report, by PNG file name, each with its caption.
+
+    Parameters
+    ----------
+    result : what ``tracklm.evaluate.report.evaluate_masked_modules`` found.
+    modules : the dataset's module table (token, cx, cy, cz in mm).
+    tracks : the evaluated tracks (measured hits in mm for the example tracks).
+
+    Returns
+    -------
+    dict file name -> (figure, caption), in the order the report shows them.
+    """
+    metrics, pred = result.metrics, result.predictions
+    shown = [n for n in result.names if n != "copy_input"]
+    blocks = {"model": metrics["masked_module"], **metrics["baselines"]}
+    protocol = metrics["protocol"]
+    nan = float("nan")
+    figures: dict[str, tuple[Figure, str]] = {}
+    lengths = [str(x) for x in range(4, 9)]
+    figures["accuracy_by_position.png"] = (
+        plot_grouped_accuracy(
+            list(M.POSITION_NAMES),
+            {n: [blocks[n]["by_position"].get(p, nan) for p in M.POSITION_NAMES] for n in shown},
+            "position of the hidden hit",
+            f"exact accuracy by position ({protocol})",
+        ),
+        "Exact accuracy by position of the hidden hit",
+    )
+    figures["accuracy_by_length.png"] = (
+        plot_grouped_accuracy(
+            lengths,
+            {n: [blocks[n]["by_length"].get(k, nan) for k in lengths] for n in shown},
+            "track length (hits)",
+            f"exact accuracy by track length ({protocol})",
+        ),
+        "Exact accuracy by track length",
+    )
+    figures["distance.png"] = (
+        plot_distance_distribution({n: pred[f"{n}_distance_mm"].to_numpy() for n in shown}),
+        "Distance between predicted and true module centres, and its cumulative fraction",
+    )
+    figures["module_accuracy_rz.png"] = (
+        _module_accuracy_map(pred, modules, protocol),
+        "Model accuracy per module (module centres on an r-z map)",
+    )
+    labels, logits = result.pair_labels, result.pair_logits
+    if labels.any() and not labels.all():
+        fpr, tpr = M.roc_curve(logits, labels)
+        figures["pair_roc.png"] = (
+            plot_roc(fpr, tpr, M.roc_auc(logits, labels), label="pair task pT(B) > pT(A)"),
+            "ROC of the pair task (is pT of track B larger than of track A?)",
+        )
+    examples = _example_tracks(pred, result.centres_mm, modules, tracks)
+    if examples is not None:
+        figures["example_tracks.png"] = (
+            examples,
+            "Example tracks (middle hit of track A hidden): x-y above, r-z below",
+        )
+    return figures
+
+
+def _module_accuracy_map(pred: pd.DataFrame, modules: pd.DataFrame, protocol: str) -> Figure:
+    """Model accuracy per true module on an r-z map of the module centres."""
+    per_module = (
+        pred.assign(correct=pred["model_pred"] == pred["true_token"])
+        .groupby("true_token")["correct"]
+        .agg(["mean", "size"])
+    )
+    tok = modules["token"].to_numpy()
+    acc = per_module["mean"].reindex(tok).to_numpy(np.float64)
+    cnt = per_module["size"].reindex(tok).fillna(0).to_numpy(np.float64)
+    return plot_module_accuracy_rz(
+        np.hypot(modules["cx"].to_numpy(), modules["cy"].to_numpy()),
+        modules["cz"].to_numpy(),
+        acc,
+        cnt,
+        title=f"model accuracy per true module ({protocol})",
+    )
+
+
+def _example_tracks(
+    pred: pd.DataFrame, centres_mm: np.ndarray, modules: pd.DataFrame, tracks: TrackArrays
+) -> Figure | None:
+    """Middle hit of track A: two tracks the model gets wrong and two it gets right (None if none)."""
+    middle = pred[(pred["side"] == "A") & (pred["position"] == "middle")]
+    wrong = middle[middle["model_pred"] != middle["true_token"]].head(2)
+    right = middle[middle["model_pred"] == middle["true_token"]].head(4 - len(wrong))
+    examples = pd.concat([wrong, right])
+    if not len(examples):
+        return None
+    t = examples["track"].to_numpy()
+    hits = [tracks.hits[i, : tracks.lengths[i]] for i in t]
+    predicted = {
+        n: centres_mm[np.clip(examples[f"{n}_pred"].to_numpy(), 0, None)]
+        for n in ["model", "helix", "helix_hits"]
+        if f"{n}_pred" in examples
+    }
+    titles = [
+        f"track {i}, hit {h}: model {'right' if p == tt else 'wrong'}"
+        for i, h, p, tt in zip(
+            t, examples["hit_index"], examples["model_pred"], examples["true_token"]
+        )
+    ]
+    return plot_example_tracks(
+        hits,
+        examples["hit_index"].tolist(),
+        centres_mm[examples["true_token"].to_numpy()],
+        predicted,
+        modules[["cx", "cy", "cz"]].to_numpy(),
+        titles,
+    )

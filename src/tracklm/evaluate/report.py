@@ -3,6 +3,11 @@
 Writes a report directory (atomically) with ``metrics.json`` (schema in ARCHITECTURE.md, plus
 extra keys), ``report.md``, ``predictions.parquet`` (every single-hit prediction with its distance
 to the truth, model and baselines), PNG plots and ``manifest.json``.
+
+``evaluate_masked_modules`` does the work in named steps (``evaluation_pairs``, ``fit_baselines``,
+``predict_single_hits``, ``summarise``, ``accuracy_by_volume_layer``, ``multi_mask_accuracy``) and
+returns an ``EvaluationResult``; ``run_evaluate`` writes it. The report's text is made in
+``tracklm/evaluate/markdown.py``, its figures in ``tracklm/evaluate/plots.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +23,32 @@ import numpy as np
 import pandas as pd
 
 from tracklm._fs import atomic_output_dir, write_json
-from tracklm.data.sequences import encode_pairs
+from tracklm.data.batches import input_width
+from tracklm.data.sequences import EncodedInputs, encode_pairs
 from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
+from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.evaluate import metrics as M
 from tracklm.evaluate import plots
 from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
+from tracklm.evaluate.markdown import headline_table as headline_table  # used by demo.py
+from tracklm.evaluate.markdown import report_markdown
 from tracklm.evaluate.masked import (
     PROTOCOLS,
     mask_inputs,
     pair_partners,
     pick_device,
     predict_masked_modules,
+    predict_pair_logits,
 )
-from tracklm.io.dataset import TrackArrays, open_dataset
+from tracklm.io.dataset import PreparedDataset, TrackArrays, open_dataset
 from tracklm.manifest import write_manifest
+from tracklm.models.bert import TrackingBert
 
 log = logging.getLogger(__name__)
 
 SIDES = ("A", "B")
-# Baselines using information the model does not have: shown, never the one to beat.
-REFERENCE_ONLY = ("helix_hits",)
 MULTI_MASK_COUNTS = (2, 3)
 PROTOCOL_TEXT = {
     "masked": "masked: the evaluated hit is replaced by [MASK] in the input (the honest result)",
@@ -67,45 +77,6 @@ BASELINE_TEXT = {
 }
 
 
-# ----------------------------------------------------------------------------- headline table
-def _pct(value: Any) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
-
-
-def _mm(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    return "inf" if not np.isfinite(value) else f"{value:.1f}"
-
-
-def headline_table(metrics: dict[str, Any]) -> str:
-    """Markdown table: model beside every baseline (accuracy, top-5, within 20 mm, median distance,
-    first / middle / last), with the protocol in the header row's caption.
-
-    Parameters
-    ----------
-    metrics : the content of ``metrics.json``.
-    """
-    rows = [("model", metrics["masked_module"])]
-    rows += list(metrics.get("baselines", {}).items())
-    lines = [
-        f"Protocol: **{metrics.get('protocol', '?')}**, split {metrics.get('split', '?')}, "
-        f"{metrics.get('n_tracks', '?')} tracks",
-        "",
-        "| predictor | accuracy | top-5 | within 20 mm | median distance [mm] | first | middle | last |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, block in rows:
-        pos = block.get("by_position", {})
-        shown = f"{name} (reference: measured hits)" if name in REFERENCE_ONLY else name
-        lines.append(
-            f"| {shown} | {_pct(block.get('accuracy'))} | {_pct(block.get('top5_accuracy'))} | "
-            f"{_pct(block.get('within_20mm'))} | {_mm(block.get('median_distance_mm'))} | "
-            f"{_pct(pos.get('first'))} | {_pct(pos.get('middle'))} | {_pct(pos.get('last'))} |"
-        )
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- evaluation
 def _select_tracks(tracks: TrackArrays, max_tracks: int | None, seed: int) -> np.ndarray:
     n = len(tracks)
@@ -124,9 +95,7 @@ def _random_positions(
     return np.sort(np.argsort(keys, axis=1)[:, :count], axis=1)
 
 
-def _load_model(model_dir: str | os.PathLike[str]) -> Any:
-    from tracklm.models.bert import TrackingBert
-
+def _load_model(model_dir: str | os.PathLike[str]) -> TrackingBert:
     return TrackingBert.from_pretrained(model_dir, map_location=pick_device())
 
 
@@ -183,14 +152,16 @@ def run_evaluate(
         selected = _select_tracks(all_tracks, max_tracks, seed)
         tracks = all_tracks.take(selected)
         train = train.take(slice(None))
-        width = 2 * tracks.max_length + 3
+        width = input_width(tracks.max_length, "event")
         if width > net.config.max_length:
             raise InputError(
                 f"{data}: pairs of tracks of up to {tracks.max_length} hits need {width} positions, "
                 f"the model knows {net.config.max_length}"
             )
-        result = _evaluate(net, dataset, tracks, train, protocol, seed, width, batch_size)
-        metrics, frames = result["metrics"], result["frames"]
+        result = evaluate_masked_modules(
+            net, dataset, tracks, train, protocol, seed, width, batch_size
+        )
+        metrics = result.metrics
         metrics["split"] = split
         metrics["model"] = str(model)
         metrics["data"] = str(data)
@@ -198,10 +169,7 @@ def run_evaluate(
             "all" if max_tracks is None else f"random {len(tracks)} (seed {seed})"
         )
         metrics = M.json_ready(metrics)
-        write_json(tmp / "metrics.json", metrics)
-        frames["predictions"].to_parquet(tmp / "predictions.parquet", index=False)
-        figures = _write_plots(tmp, dataset, tracks, result)
-        (tmp / "report.md").write_text(_report_markdown(metrics, figures))
+        write_report_files(tmp, result, metrics, dataset, tracks)
         write_manifest(
             tmp,
             "evaluate",
@@ -213,7 +181,34 @@ def run_evaluate(
     return metrics
 
 
-def module_bounds(dataset: Any) -> ModuleFrames:
+def write_report_files(
+    directory: Path,
+    result: EvaluationResult,
+    metrics: dict[str, Any],
+    dataset: PreparedDataset,
+    tracks: TrackArrays,
+) -> None:
+    """Write ``metrics.json``, ``predictions.parquet``, the PNG figures and ``report.md``.
+
+    Parameters
+    ----------
+    directory : the report directory being written.
+    result : what ``evaluate_masked_modules`` found.
+    metrics : the final content of ``metrics.json`` (``json_ready``).
+    dataset, tracks : the dataset (module table) and the evaluated tracks, for the figures.
+    """
+    write_json(directory / "metrics.json", metrics)
+    result.predictions.to_parquet(directory / "predictions.parquet", index=False)
+    figures = {}
+    for filename, (figure, caption) in plots.report_figures(
+        result, dataset.modules, tracks
+    ).items():
+        plots.save_figure(figure, directory / filename)
+        figures[filename] = caption
+    (directory / "report.md").write_text(report_markdown(metrics, figures))
+
+
+def module_bounds(dataset: PreparedDataset) -> ModuleFrames:
     """The modules' frames and bounds from the detector the dataset was prepared with.
 
     ``manifest.json`` records it under ``inputs.detector.name`` (``"trackml"`` or a
@@ -233,65 +228,121 @@ def module_bounds(dataset: Any) -> ModuleFrames:
     return ModuleFrames.approximate(dataset.modules, len(dataset.vocab))
 
 
-def _evaluate(
-    net: Any,
-    dataset: Any,
-    tracks: TrackArrays,
-    train: TrackArrays,
-    protocol: str,
-    seed: int,
-    width: int,
-    batch_size: int,
-) -> dict[str, Any]:
-    vocab = dataset.vocab
-    centres = dataset.module_centres
+# ----------------------------------------------------------------------------- evaluation steps
+Baseline = FrequencyBaseline | HelixBaseline | HelixFrequencyBaseline
+
+
+@dataclass
+class EvaluationPairs:
+    """The evaluated tracks joined in same-event pairs, and their clean model inputs.
+
+    Attributes
+    ----------
+    tracks : the N evaluated tracks; ``vocab`` the dataset's (and model's) vocabulary.
+    tokens : (N, L) int64 their module tokens; ``lengths`` (N,) int64 their number of hits.
+    real : (N, L) bool, True on the hits of each track.
+    encoded : pair i = ``[CLS] track i [SEP] track partner[i] [SEP]``, no hit masked (N rows).
+    track_of : side (``A``/``B``) -> (N,) index of the track on that side of each pair: track i
+        is A of pair i and B of the pair whose A is its predecessor in the event's cycle.
+    pair_labels : (N,) bool, pT(B) > pT(A).
+    """
+
+    tracks: TrackArrays
+    vocab: ModuleVocab
+    tokens: np.ndarray
+    lengths: np.ndarray
+    real: np.ndarray
+    encoded: EncodedInputs
+    track_of: dict[str, np.ndarray]
+    pair_labels: np.ndarray
+
+
+@dataclass
+class EvaluationResult:
+    """What ``evaluate_masked_modules`` found.
+
+    Attributes
+    ----------
+    metrics : the content of ``metrics.json`` (``split`` still None; ``run_evaluate`` adds the
+        split, model, data and selection).
+    predictions : one row per single hidden hit (the content of ``predictions.parquet``).
+    names : the predictors, model first, then the baselines (and ``copy_input`` when unmasked).
+    pair_logits : (N,) float64 pair-head logits of pT(B) > pT(A); ``pair_labels`` (N,) bool.
+    centres_mm : (V, 3) module centre of every token id (NaN for special tokens).
+    """
+
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    names: list[str]
+    pair_logits: np.ndarray
+    pair_labels: np.ndarray
+    centres_mm: np.ndarray
+
+
+def evaluation_pairs(
+    tracks: TrackArrays, dataset: PreparedDataset, seed: int, width: int
+) -> EvaluationPairs:
+    """Join the tracks in seeded same-event pairs (``pair_partners``) and encode the pairs."""
     n = len(tracks)
-    length = tracks.lengths.astype(np.int64)
+    lengths = tracks.lengths.astype(np.int64)
     tokens = tracks.tokens.astype(np.int64)
-    real = np.arange(tracks.max_length)[None, :] < length[:, None]
-    rows = np.arange(n)
-
-    # Pairs: track i is A of pair i and B of the pair whose A is its predecessor in the cycle.
     partner = pair_partners(tracks.event_id, seed)
-    encoded = encode_pairs(tokens, length, tokens[partner], length[partner], vocab, width)
-    pair_labels = tracks.pt[partner] > tracks.pt
-    track_of = {"A": rows, "B": partner}  # which track sits on each side of pair i
+    encoded = encode_pairs(tokens, lengths, tokens[partner], lengths[partner], dataset.vocab, width)
+    return EvaluationPairs(
+        tracks=tracks,
+        vocab=dataset.vocab,
+        tokens=tokens,
+        lengths=lengths,
+        real=np.arange(tracks.max_length)[None, :] < lengths[:, None],
+        encoded=encoded,
+        track_of={"A": np.arange(n), "B": partner},
+        pair_labels=tracks.pt[partner] > tracks.pt,
+    )
 
-    def run(input_ids: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-        return predict_masked_modules(
-            net,
-            input_ids,
-            encoded.token_type_ids,
-            encoded.attention_mask,
-            labels,
-            vocab.num_special,
-            k=5,
-            batch_size=batch_size,
-            description=what,
-        )
 
-    no_labels = np.full_like(encoded.input_ids, -100)
-    _, pair_logits = run(encoded.input_ids, no_labels, "pair task")
-
-    # Baselines, fitted on the train split.
-    surfaces = TokenLayers.from_modules(dataset.modules, len(vocab))
+def fit_baselines(dataset: PreparedDataset, train: TrackArrays) -> list[Baseline]:
+    """The baselines, counted and fitted on the train split: frequency, helix (module centres),
+    helix+frequency and the helix on measured hits (a reference)."""
+    surfaces = TokenLayers.from_modules(dataset.modules, len(dataset.vocab))
     bounds = module_bounds(dataset)
+    centres = dataset.module_centres
     frequency = FrequencyBaseline(train.tokens, train.lengths)
     helix = HelixBaseline(
         surfaces, train.tokens, train.lengths, centres, use_hits=False, bounds=bounds
     )
-    baselines = [
-        frequency,
-        helix,
-        HelixFrequencyBaseline(frequency, helix),
-        HelixBaseline(surfaces, train.tokens, train.lengths, centres, use_hits=True, bounds=bounds),
-    ]
+    helix_hits = HelixBaseline(
+        surfaces, train.tokens, train.lengths, centres, use_hits=True, bounds=bounds
+    )
+    return [frequency, helix, HelixFrequencyBaseline(frequency, helix), helix_hits]
 
-    # Single hidden hit: first, middle, last of every track, as A and as B.
-    hit_of = {"first": np.zeros(n, np.int64), "middle": length // 2, "last": length - 1}
+
+def predict_single_hits(
+    net: TrackingBert,
+    pairs: EvaluationPairs,
+    baselines: list[Baseline],
+    centres_mm: np.ndarray,
+    protocol: str,
+    batch_size: int,
+) -> pd.DataFrame:
+    """Hide the first, middle (length // 2) and last hit of every track, as A and as B.
+
+    Returns
+    -------
+    One row per hidden hit: the track, its side and position, the true token, and for the model
+    and every baseline (and ``copy_input`` when unmasked) the prediction ``<name>_pred``, whether
+    the truth is in its top 5 (``<name>_top5``) and the distance to the truth
+    (``<name>_distance_mm``).
+    """
+    vocab = pairs.vocab
+    tokens, lengths, tracks, encoded = pairs.tokens, pairs.lengths, pairs.tracks, pairs.encoded
+    hit_of = {
+        "first": np.zeros(len(lengths), np.int64),
+        "middle": lengths // 2,
+        "last": lengths - 1,
+    }
     baseline_ranked: dict[tuple[str, str], np.ndarray] = {}
     for position, hit in hit_of.items():
-        visible = real & (np.arange(tracks.max_length)[None, :] != hit[:, None])
+        visible = pairs.real & (np.arange(tracks.max_length)[None, :] != hit[:, None])
         for baseline in baselines:
             baseline_ranked[(baseline.name, position)] = baseline.predict(
                 tokens, visible, hit, tracks.hits
@@ -299,20 +350,20 @@ def _evaluate(
     records = []
     for side in SIDES:
         for position, hit_by_track in hit_of.items():
-            track = track_of[side]
+            track = pairs.track_of[side]
             hit = hit_by_track[track]
             true = tokens[track, hit]
             input_ids, labels = mask_inputs(
                 encoded, side, hit[:, None], true[:, None], vocab.mask_id, protocol
             )
-            ranked, _ = run(input_ids, labels, f"{side} {position}")
+            ranked = _model_ranked(net, pairs, input_ids, labels, batch_size, f"{side} {position}")
             frame = {
                 "track": track,
                 "event_id": tracks.event_id[track],
                 "side": side,
                 "position": position,
                 "hit_index": hit,
-                "length": length[track],
+                "length": lengths[track],
                 "true_token": true,
                 "model_pred": ranked[:, 0],
                 "model_top5": M.top_k_hits(ranked, true, 5),
@@ -322,42 +373,81 @@ def _evaluate(
                 frame[f"{baseline.name}_pred"] = b_ranked[:, 0]
                 frame[f"{baseline.name}_top5"] = M.top_k_hits(b_ranked, true, 5)
             if protocol == "unmasked":
-                frame["copy_input_pred"] = input_ids[
-                    rows, (encoded.offset_a if side == "A" else encoded.offset_b) + hit
-                ]
+                offset = encoded.offset_a if side == "A" else encoded.offset_b
+                frame["copy_input_pred"] = input_ids[np.arange(len(track)), offset + hit]
             records.append(pd.DataFrame(frame))
     pred = pd.concat(records, ignore_index=True)
-    names = (
-        ["model"] + [b.name for b in baselines] + (["copy_input"] if protocol == "unmasked" else [])
-    )
     true_all = pred["true_token"].to_numpy()
-    for name in names:
+    for name in predictor_names(baselines, protocol):
         pred[f"{name}_distance_mm"] = M.module_distance_mm(
-            pred[f"{name}_pred"].to_numpy(), true_all, centres
+            pred[f"{name}_pred"].to_numpy(), true_all, centres_mm
         )
+    return pred
 
-    def summary(name: str) -> dict[str, Any]:
-        top5 = f"{name}_top5"
-        ranked = None
-        if top5 in pred:  # rebuild a (N, 5) "ranked" whose top-5 hit equals the stored flag
-            flag = pred[top5].to_numpy()
-            ranked = np.where(flag[:, None], true_all[:, None], -1).repeat(5, axis=1)
-        return M.masked_module_summary(
-            pred[f"{name}_pred"].to_numpy(),
-            true_all,
-            pred[f"{name}_distance_mm"].to_numpy(),
-            pred["position"].to_numpy(),
-            pred["length"].to_numpy(),
-            ranked=ranked,
-            side=pred["side"].to_numpy(),
-        )
 
-    metrics: dict[str, Any] = {
+def _model_ranked(
+    net: TrackingBert,
+    pairs: EvaluationPairs,
+    input_ids: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    description: str,
+) -> np.ndarray:
+    """(K, 5) ranked module tokens of the model at the labelled positions, row-major."""
+    return predict_masked_modules(
+        net,
+        input_ids,
+        pairs.encoded.token_type_ids,
+        pairs.encoded.attention_mask,
+        labels,
+        pairs.vocab.num_special,
+        k=5,
+        batch_size=batch_size,
+        description=description,
+    )
+
+
+def predictor_names(baselines: list[Baseline], protocol: str) -> list[str]:
+    """``model``, every baseline, and ``copy_input`` under the ``unmasked`` protocol."""
+    return ["model", *(b.name for b in baselines)] + (
+        ["copy_input"] if protocol == "unmasked" else []
+    )
+
+
+def predictor_summary(pred: pd.DataFrame, name: str) -> dict[str, Any]:
+    """The ``masked_module`` block of one predictor, from its columns of ``pred``."""
+    true_all = pred["true_token"].to_numpy()
+    ranked = None
+    top5 = f"{name}_top5"
+    if top5 in pred:  # rebuild a (N, 5) "ranked" whose top-5 hit equals the stored flag
+        flag = pred[top5].to_numpy()
+        ranked = np.where(flag[:, None], true_all[:, None], -1).repeat(5, axis=1)
+    return M.masked_module_summary(
+        pred[f"{name}_pred"].to_numpy(),
+        true_all,
+        pred[f"{name}_distance_mm"].to_numpy(),
+        pred["position"].to_numpy(),
+        pred["length"].to_numpy(),
+        ranked=ranked,
+        side=pred["side"].to_numpy(),
+    )
+
+
+def summarise(
+    pred: pd.DataFrame,
+    names: list[str],
+    protocol: str,
+    pair_logits: np.ndarray,
+    pair_labels: np.ndarray,
+) -> dict[str, Any]:
+    """The ``metrics.json`` blocks of the single-hit predictions and of the pair task."""
+    n = len(pair_labels)
+    return {
         "protocol": protocol,
         "protocol_description": PROTOCOL_TEXT[protocol],
         "split": None,
         "n_tracks": int(n),
-        "masked_module": summary("model"),
+        "masked_module": predictor_summary(pred, "model"),
         "pair_pt": {
             "accuracy": M.binary_accuracy(pair_logits, pair_labels),
             "auc": M.roc_auc(pair_logits, pair_labels),
@@ -366,14 +456,23 @@ def _evaluate(
             "input": "clean pairs (no hit masked)",
         },
         "baselines": {
-            name: {**summary(name), "description": BASELINE_TEXT[name]} for name in names[1:]
+            name: {**predictor_summary(pred, name), "description": BASELINE_TEXT[name]}
+            for name in names[1:]
         },
         "baseline_descriptions": {name: BASELINE_TEXT[name] for name in names[1:]},
         "pairing": "tracks of one event in a seeded random cycle: each track is A once and B once",
     }
 
-    # Per volume / layer of the true module.
-    triples = vocab.decode(true_all)
+
+def accuracy_by_volume_layer(
+    pred: pd.DataFrame, names: list[str], dataset: PreparedDataset
+) -> dict[str, dict[str, Any]]:
+    """Exact accuracy of every predictor per (volume, layer) of the true module.
+
+    Adds ``volume_id`` and ``layer_id`` columns to ``pred``. Keys are ``"<volume>_<layer>"``; each
+    entry holds ``n`` (hidden hits) and one accuracy per predictor.
+    """
+    triples = dataset.vocab.decode(pred["true_token"].to_numpy())
     pred["volume_id"], pred["layer_id"] = triples[:, 0], triples[:, 1]
     by_vl = {}
     for (volume, layer), group in pred.groupby(["volume_id", "layer_id"], sort=True):
@@ -383,25 +482,43 @@ def _evaluate(
                 np.mean(group[f"{name}_pred"].to_numpy() == group["true_token"].to_numpy())
             )
         by_vl[f"{volume}_{layer}"] = entry
-    metrics["masked_module"]["by_volume_layer"] = by_vl
+    return by_vl
 
-    # Several hidden hits at once (random distinct positions), model and baselines.
+
+def multi_mask_accuracy(
+    net: TrackingBert,
+    pairs: EvaluationPairs,
+    baselines: list[Baseline],
+    protocol: str,
+    seed: int,
+    batch_size: int,
+) -> dict[str, dict[str, Any]]:
+    """Exact accuracy with 2 and 3 random distinct hits hidden at once, model and baselines.
+
+    The positions are drawn from ``numpy.random.default_rng(seed + 1)``, counts and sides in order.
+    """
+    tokens, tracks = pairs.tokens, pairs.tracks
+    rows = np.arange(len(tokens))
     rng = np.random.default_rng(seed + 1)
-    multi: dict[str, Any] = {}
+    multi: dict[str, dict[str, Any]] = {}
     for count in MULTI_MASK_COUNTS:
         correct: dict[str, list[np.ndarray]] = {
             name: [] for name in ["model"] + [b.name for b in baselines]
         }
         for side in SIDES:
-            track = track_of[side]
-            hits = _random_positions(length[track], count, rng, tracks.max_length)  # (n, count)
-            true = tokens[track[:, None], hits]
-            input_ids, labels = mask_inputs(encoded, side, hits, true, vocab.mask_id, protocol)
-            ranked, _ = run(input_ids, labels, f"{count} masked, {side}")
+            track = pairs.track_of[side]
+            hits = _random_positions(pairs.lengths[track], count, rng, tracks.max_length)
+            true = tokens[track[:, None], hits]  # (n, count)
+            input_ids, labels = mask_inputs(
+                pairs.encoded, side, hits, true, pairs.vocab.mask_id, protocol
+            )
+            ranked = _model_ranked(
+                net, pairs, input_ids, labels, batch_size, f"{count} masked, {side}"
+            )
             correct["model"].append(ranked[:, 0] == true.reshape(-1))
-            hidden = np.zeros_like(real)
+            hidden = np.zeros_like(pairs.real)
             hidden[rows[:, None], hits] = True
-            visible = real[track] & ~hidden
+            visible = pairs.real[track] & ~hidden
             for baseline in baselines:
                 preds = np.stack(
                     [
@@ -415,228 +532,51 @@ def _evaluate(
                 correct[baseline.name].append((preds == true).reshape(-1))
         multi[str(count)] = {name: float(np.mean(np.concatenate(c))) for name, c in correct.items()}
         multi[str(count)]["n_predictions"] = int(sum(len(c) for c in correct["model"]))
-    metrics["multi_mask"] = multi
-    return {
-        "metrics": metrics,
-        "frames": {"predictions": pred},
-        "names": names,
-        "pair_logits": pair_logits,
-        "pair_labels": pair_labels,
-        "centres": centres,
-    }
+    return multi
 
 
-# ----------------------------------------------------------------------------- plots and report
-def _write_plots(
-    tmp: Path, dataset: Any, tracks: TrackArrays, result: dict[str, Any]
-) -> dict[str, str]:
-    metrics, pred, names = result["metrics"], result["frames"]["predictions"], result["names"]
-    shown = [n for n in names if n != "copy_input"]
-    figures: dict[str, str] = {}
+def evaluate_masked_modules(
+    net: TrackingBert,
+    dataset: PreparedDataset,
+    tracks: TrackArrays,
+    train: TrackArrays,
+    protocol: str,
+    seed: int,
+    width: int,
+    batch_size: int,
+) -> EvaluationResult:
+    """Masked-module prediction and the pair task of ``net`` on ``tracks``, beside the baselines.
 
-    def block(name: str) -> dict[str, Any]:
-        return metrics["masked_module"] if name == "model" else metrics["baselines"][name]
-
-    def save(fig: Any, filename: str, caption: str) -> None:
-        plots.save_figure(fig, tmp / filename)
-        figures[filename] = caption
-
-    nan = float("nan")
-    save(
-        plots.plot_grouped_accuracy(
-            list(M.POSITION_NAMES),
-            {n: [block(n)["by_position"].get(p, nan) for p in M.POSITION_NAMES] for n in shown},
-            "position of the hidden hit",
-            f"exact accuracy by position ({metrics['protocol']})",
-        ),
-        "accuracy_by_position.png",
-        "Exact accuracy by position of the hidden hit",
+    Parameters
+    ----------
+    net : the model (its vocabulary is the dataset's).
+    dataset : the prepared dataset (vocabulary, module table and centres, detector).
+    tracks : the evaluated tracks; ``train`` the train split the baselines count on.
+    protocol : ``masked`` or ``unmasked``.
+    seed : seed of the pairing and the multi-mask positions.
+    width : model input width of a pair, ``input_width(tracks.max_length, "event")``.
+    batch_size : pairs per forward pass.
+    """
+    pairs = evaluation_pairs(tracks, dataset, seed, width)
+    encoded = pairs.encoded
+    pair_logits = predict_pair_logits(
+        net, encoded.input_ids, encoded.token_type_ids, encoded.attention_mask, batch_size
     )
-    lengths = [str(x) for x in range(4, 9)]
-    save(
-        plots.plot_grouped_accuracy(
-            lengths,
-            {n: [block(n)["by_length"].get(k, nan) for k in lengths] for n in shown},
-            "track length (hits)",
-            f"exact accuracy by track length ({metrics['protocol']})",
-        ),
-        "accuracy_by_length.png",
-        "Exact accuracy by track length",
+    baselines = fit_baselines(dataset, train)
+    names = predictor_names(baselines, protocol)
+    centres = dataset.module_centres
+    pred = predict_single_hits(net, pairs, baselines, centres, protocol, batch_size)
+    metrics = summarise(pred, names, protocol, pair_logits, pairs.pair_labels)
+    metrics["masked_module"]["by_volume_layer"] = accuracy_by_volume_layer(pred, names, dataset)
+    metrics["multi_mask"] = multi_mask_accuracy(net, pairs, baselines, protocol, seed, batch_size)
+    return EvaluationResult(
+        metrics=metrics,
+        predictions=pred,
+        names=names,
+        pair_logits=pair_logits,
+        pair_labels=pairs.pair_labels,
+        centres_mm=centres,
     )
-    save(
-        plots.plot_distance_distribution({n: pred[f"{n}_distance_mm"].to_numpy() for n in shown}),
-        "distance.png",
-        "Distance between predicted and true module centres, and its cumulative fraction",
-    )
-    modules = dataset.modules
-    per_module = (
-        pred.assign(correct=pred["model_pred"] == pred["true_token"])
-        .groupby("true_token")["correct"]
-        .agg(["mean", "size"])
-    )
-    tok = modules["token"].to_numpy()
-    acc = per_module["mean"].reindex(tok).to_numpy(np.float64)
-    cnt = per_module["size"].reindex(tok).fillna(0).to_numpy(np.float64)
-    save(
-        plots.plot_module_accuracy_rz(
-            np.hypot(modules["cx"].to_numpy(), modules["cy"].to_numpy()),
-            modules["cz"].to_numpy(),
-            acc,
-            cnt,
-            title=f"model accuracy per true module ({metrics['protocol']})",
-        ),
-        "module_accuracy_rz.png",
-        "Model accuracy per module (module centres on an r-z map)",
-    )
-    labels, logits = result["pair_labels"], result["pair_logits"]
-    if labels.any() and not labels.all():
-        fpr, tpr = M.roc_curve(logits, labels)
-        save(
-            plots.plot_roc(fpr, tpr, M.roc_auc(logits, labels), label="pair task pT(B) > pT(A)"),
-            "pair_roc.png",
-            "ROC of the pair task (is pT of track B larger than of track A?)",
-        )
-    # Example tracks: middle hit of track A, two the model gets wrong and two it gets right.
-    middle = pred[(pred["side"] == "A") & (pred["position"] == "middle")]
-    wrong = middle[middle["model_pred"] != middle["true_token"]].head(2)
-    right = middle[middle["model_pred"] == middle["true_token"]].head(4 - len(wrong))
-    examples = pd.concat([wrong, right])
-    if len(examples):
-        centres = result["centres"]
-        t = examples["track"].to_numpy()
-        hits = [tracks.hits[i, : tracks.lengths[i]] for i in t]
-        predicted = {
-            n: centres[np.clip(examples[f"{n}_pred"].to_numpy(), 0, None)]
-            for n in ["model", "helix", "helix_hits"]
-            if f"{n}_pred" in examples
-        }
-        titles = [
-            f"track {i}, hit {h}: model {'right' if p == tt else 'wrong'}"
-            for i, h, p, tt in zip(
-                t, examples["hit_index"], examples["model_pred"], examples["true_token"]
-            )
-        ]
-        save(
-            plots.plot_example_tracks(
-                hits,
-                examples["hit_index"].tolist(),
-                centres[examples["true_token"].to_numpy()],
-                predicted,
-                modules[["cx", "cy", "cz"]].to_numpy(),
-                titles,
-            ),
-            "example_tracks.png",
-            "Example tracks (middle hit of track A hidden): x-y above, r-z below",
-        )
-    return figures
-
-
-def _report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
-    mm = metrics["masked_module"]
-    names = ["model", *metrics["baselines"]]
-    blocks = {"model": mm, **metrics["baselines"]}
-    lines = [
-        "# Masked-module evaluation",
-        "",
-        f"**Protocol: {metrics['protocol_description']}.**",
-        "",
-        f"Split `{metrics['split']}`, {metrics['n_tracks']} tracks ({metrics['selected_tracks']}); "
-        f"{mm['n_predictions']} hidden hits: the first, middle (length // 2) and last hit of every track, "
-        "once as track A and once as track B of a pair of tracks from the same event "
-        f"({metrics['pairing']}). Model predictions are the argmax over module tokens only.",
-        "",
-        "## Headline",
-        "",
-        headline_table(metrics),
-        "",
-    ]
-    fair = {k: v for k, v in metrics["baselines"].items() if k not in REFERENCE_ONLY}
-    best = max(fair.items(), key=lambda kv: kv[1].get("accuracy") or 0.0, default=None)
-    if best is not None and metrics["protocol"] == "masked":
-        name, b = best
-        diff = (mm["accuracy"] or 0.0) - (b.get("accuracy") or 0.0)
-        verdict = "beats" if diff > 0 else "does NOT beat"
-        lines += [
-            f"Finding: the model {verdict} the best baseline (`{name}`): "
-            f"{_pct(mm['accuracy'])} vs {_pct(b.get('accuracy'))} exact accuracy "
-            f"({100 * diff:+.1f} points).",
-            "",
-        ]
-    if "helix_hits" in metrics["baselines"]:
-        lines += [
-            "`helix_hits` is a reference, not a baseline: it fits the measured hit positions, "
-            "which the model never sees (it sees module ids only). The fair geometric baseline "
-            "is `helix`, on module centres.",
-            "",
-        ]
-    if metrics["protocol"] == "unmasked":
-        lines += [
-            "Warning: under this protocol the answer is in the input. `copy_input` shows what copying "
-            "it scores; compare the model with the `masked` protocol. Baselines always hide the hit.",
-            "",
-        ]
-    lines += [
-        "## By track length",
-        "",
-        "| predictor | " + " | ".join(str(k) for k in range(4, 9)) + " |",
-        "|---|" + "---|" * 5,
-    ]
-    for n in names:
-        lines.append(
-            f"| {n} | "
-            + " | ".join(_pct(blocks[n]["by_length"].get(str(k))) for k in range(4, 9))
-            + " |"
-        )
-    lines += ["", "## By track of the pair", "", "| predictor | A | B |", "|---|---|---|"]
-    for n in names:
-        bt = blocks[n].get("by_track", {})
-        lines.append(f"| {n} | {_pct(bt.get('A'))} | {_pct(bt.get('B'))} |")
-    lines += [
-        "",
-        "## Several hidden hits at once (random distinct positions)",
-        "",
-        "| hidden hits | "
-        + " | ".join(k for k in metrics["multi_mask"]["2"] if k != "n_predictions")
-        + " |",
-        "|---|" + "---|" * (len(metrics["multi_mask"]["2"]) - 1),
-    ]
-    for count, entry in metrics["multi_mask"].items():
-        lines.append(
-            f"| {count} | "
-            + " | ".join(_pct(v) for k, v in entry.items() if k != "n_predictions")
-            + " |"
-        )
-    pp = metrics["pair_pt"]
-    lines += [
-        "",
-        "## Pair task: pT(B) > pT(A)",
-        "",
-        f"Accuracy {_pct(pp['accuracy'])}, ROC AUC {pp['auc'] if pp['auc'] is None else round(pp['auc'], 4)} "
-        f"on {pp['n_pairs']} pairs ({pp['input']}; {_pct(pp['fraction_positive'])} positive).",
-        "",
-    ]
-    lines += [
-        "## By volume and layer of the true module",
-        "",
-        "| volume_layer | hidden hits | " + " | ".join(names) + " |",
-        "|---|---|" + "---|" * len(names),
-    ]
-    for key, entry in mm["by_volume_layer"].items():
-        lines.append(
-            f"| {key} | {entry['n']} | " + " | ".join(_pct(entry.get(n)) for n in names) + " |"
-        )
-    lines += ["", "## Baselines", ""]
-    for name, text in metrics["baseline_descriptions"].items():
-        lines.append(f"- `{name}`: {text}.")
-    lines += ["", "## Plots", ""]
-    for filename, caption in figures.items():
-        lines += [f"### {caption}", "", f"![{caption}]({filename})", ""]
-    lines += [
-        "Files: `metrics.json`, `predictions.parquet` (every single-hit prediction and its distance), "
-        "`manifest.json`.",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def load_metrics(report_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -310,22 +310,23 @@ class MaskedModuleHead(nn.Module):
 
 
 class PairHead(nn.Module):
-    """Pooler (dense + tanh) on ``[CLS]``, then one logit of pT(B) > pT(A)."""
+    """Pooler (dense + tanh) on ``[CLS]``, then one logit of pT(B) > pT(A) (or ``num_outputs``)."""
 
-    def __init__(self, config: TrackingBertConfig) -> None:
+    def __init__(self, config: TrackingBertConfig, num_outputs: int = 1) -> None:
         super().__init__()
+        self.num_outputs = num_outputs
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.classifier = nn.Linear(config.hidden_size, num_outputs)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """(b, t, d) hidden states -> (b,) logits."""
+        """(b, t, d) hidden states -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
         return self.classify(hidden[:, 0])
 
     def classify(self, cls: Tensor) -> Tensor:
-        """(b, d) hidden states at ``[CLS]`` -> (b,) logits."""
+        """(b, d) hidden states at ``[CLS]`` -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
         pooled = torch.tanh(self.pooler(cls))  # (b, d)
-        out: Tensor = self.classifier(pooled).squeeze(-1)  # (b,)
-        return out
+        logits = self.classifier(pooled)  # (b, num_outputs)
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
 
 # ----------------------------------------------------------------------------- model

@@ -22,17 +22,39 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tracklm.data.sequences import encode_pairs
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
+from tracklm.evaluate.masked import masked_module_logits, module_logits_only
 from tracklm.io.dataset import PreparedDataset, TrackArrays
-from tracklm.models.bert import TrackingBert
+from tracklm.models.bert import MaskedModuleHead, PairHead, TrackingBert
 
-IGNORE = -1
-"""Label value meaning "no label" in task label arrays (numpy side)."""
+__all__ = [
+    "ABSENT",
+    "Examples",
+    "TaskContext",
+    "TaskSpec",
+    "delete_hit",
+    "encode_batch",
+    "insert_token",
+    "masked_module_logits_at",
+    "module_decoder",
+    "module_logits_only",
+    "pretrained_module_decoder",
+    "random_choice_where",
+    "single_inputs",
+    "top_k_modules",
+    "track_classifier",
+    "track_mask",
+    "tracks_with_min_hits",
+]
+
+ABSENT = -1
+"""Value of a label or prediction that does not exist: the position or module of a hole or an
+outlier in a track that has none, a second next module after a track's end, or a candidate
+module a method could not find. (Not ``IGNORE_INDEX``, the model's "no target" in MLM labels.)"""
 
 
 @dataclass
@@ -45,7 +67,7 @@ class Examples:
     lengths : (B,) int64 their number of hits.
     inputs : model inputs: ``input_ids`` (B, W) int64, ``token_type_ids`` (B, W) int64,
         ``attention_mask`` (B, W) bool.
-    labels : task labels, each (B, ...) numpy arrays; ``IGNORE`` (-1) where a label does not apply.
+    labels : task labels, each (B, ...) numpy arrays; ``ABSENT`` (-1) where a label does not apply.
     """
 
     tokens: np.ndarray
@@ -148,6 +170,14 @@ def track_mask(lengths: np.ndarray, width: int) -> np.ndarray:
     return np.arange(width)[None, :] < np.asarray(lengths)[:, None]
 
 
+def tracks_with_min_hits(tracks: TrackArrays, min_hits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N', L) int64 tokens and (N',) int64 lengths of the tracks with at least ``min_hits`` hits."""
+    tokens = np.asarray(tracks.tokens, dtype=np.int64)
+    lengths = np.asarray(tracks.lengths, dtype=np.int64)
+    keep = lengths >= min_hits
+    return tokens[keep], lengths[keep]
+
+
 def delete_hit(tokens: np.ndarray, position: np.ndarray, pad_id: int) -> np.ndarray:
     """Remove the hit at ``position`` (N,) from each track (N, L); the row is padded at the end."""
     tokens = np.asarray(tokens)
@@ -190,44 +220,39 @@ def random_choice_where(allowed: np.ndarray, rng: np.random.Generator) -> np.nda
 
 
 # ----------------------------------------------------------------------------- heads
-class ModuleDecoder(nn.Module):
-    """Scores every token from a representation: transform, then the encoder's embedding table.
-
-    Same shape as the pre-trained masked-module head (dense + GELU + LayerNorm, decoder tied to the
-    token embeddings, own bias), so it can start from that head's weights.
+def module_decoder(encoder: TrackingBert, in_features: int | None = None) -> MaskedModuleHead:
+    """A new masked-module head of the encoder's architecture (dense + GELU + LayerNorm, decoder
+    tied to the token embeddings, own bias), randomly initialised.
 
     Parameters
     ----------
-    in_features : width of the representation fed in (d, or 2d for a pair of positions).
-    hidden_size, vocab_size : d and v of the encoder.
+    encoder : the encoder whose ``TrackingBertConfig`` shapes the head.
+    in_features : width of the representation fed in when not d (e.g. 2d for a pair of states);
+        the head's first dense layer then maps it to d.
+
+    Returns
+    -------
+    A ``MaskedModuleHead``: ``head(x, encoder.embedding_table())`` maps (..., in_features) to
+    (..., v) logits.
     """
-
-    def __init__(self, in_features: int, hidden_size: int, vocab_size: int) -> None:
-        super().__init__()
-        self.dense = nn.Linear(in_features, hidden_size)
-        self.norm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.bias = nn.Parameter(torch.zeros(vocab_size))
-
-    def forward(self, x: Tensor, token_embedding: Tensor) -> Tensor:
-        """(…, in_features) and the (v, d) embedding table -> (…, v) logits."""
-        return F.linear(self.norm(F.gelu(self.dense(x))), token_embedding, self.bias)
-
-    def load_masked_module_head(self, encoder: TrackingBert) -> None:
-        """Start from the encoder's pre-trained masked-module head (needs ``in_features == d``)."""
-        self.load_state_dict(encoder.mlm_head.state_dict())
+    config = encoder.config
+    head = MaskedModuleHead(config)
+    if in_features is not None and in_features != config.hidden_size:
+        head.dense = nn.Linear(in_features, config.hidden_size)
+    return head
 
 
-def track_classifier(hidden_size: int, outputs: int) -> nn.Module:
-    """Pooler (dense + tanh) then a linear layer: ``[CLS]`` state (…, d) -> (…, outputs)."""
-    return nn.Sequential(
-        nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, outputs)
-    )
+def pretrained_module_decoder(encoder: TrackingBert) -> MaskedModuleHead:
+    """A copy of the encoder's pre-trained masked-module head, to fine-tune separately."""
+    head = MaskedModuleHead(encoder.config)
+    head.load_state_dict(encoder.mlm_head.state_dict())
+    return head
 
 
-def module_logits_only(logits: Tensor, vocab_size: int, num_special: int) -> Tensor:
-    """Logits with the special tokens made impossible (a prediction must be a module)."""
-    special = torch.arange(vocab_size, device=logits.device) < num_special
-    return logits.masked_fill(special, float("-inf"))
+def track_classifier(encoder: TrackingBert, outputs: int) -> PairHead:
+    """A new pooler (dense + tanh) and linear layer on ``[CLS]``: the pre-training pair head's
+    architecture with ``outputs`` logits (``classify`` gives (b,) for 1, else (b, outputs))."""
+    return PairHead(encoder.config, num_outputs=outputs)
 
 
 def encode_batch(encoder: TrackingBert, batch: dict[str, Tensor]) -> Tensor:
@@ -235,47 +260,47 @@ def encode_batch(encoder: TrackingBert, batch: dict[str, Tensor]) -> Tensor:
     return encoder.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
 
 
-@torch.no_grad()
-def masked_module_logits(
+def masked_module_logits_at(
     encoder: TrackingBert,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
+    inputs: dict[str, np.ndarray],
     positions: np.ndarray,
+    num_special: int,
     batch_size: int,
     reduce: Callable[[Tensor, slice], Tensor],
 ) -> np.ndarray:
     """Run the pre-trained masked-module head at one position per sequence, in batches.
 
+    A thin use of ``tracklm.evaluate.masked.masked_module_logits`` (special tokens excluded).
+
     Parameters
     ----------
-    encoder : the pre-trained model (eval mode is set here).
-    input_ids : (B, W) token ids (with ``[MASK]`` where wanted); single-track segment ids.
-    attention_mask : (B, W) bool.
-    positions : (B,) input position whose logits are read.
+    encoder : the pre-trained model.
+    inputs : model inputs (``input_ids`` with ``[MASK]`` where wanted, ``token_type_ids``,
+        ``attention_mask``), each (B, W).
+    positions : (B,) input position read in each sequence.
+    num_special : number of special tokens of the vocabulary.
     batch_size : sequences per forward pass.
-    reduce : maps the (b, v) logits of a batch and the batch's slice of the B rows to what is kept
-        (e.g. the log-probability of each row's own token), so no (B, v) matrix is held at once.
+    reduce : maps the (b, v) logits of a batch (special tokens at ``-inf``) and the batch's
+        slice of the B rows to what is kept (e.g. the top-5 modules).
 
     Returns
     -------
     The concatenation of ``reduce`` over batches, as numpy.
     """
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    out = []
-    for start in range(0, len(input_ids), batch_size):
-        stop = start + batch_size
-        ids = torch.from_numpy(input_ids[start:stop]).to(device)
-        mask = torch.from_numpy(attention_mask[start:stop]).to(device)
-        rows = torch.arange(len(ids), device=device)
-        where = torch.stack([rows, torch.from_numpy(positions[start:stop]).to(device)], dim=1)
-        logits = encoder.predict_masked(ids, torch.zeros_like(ids), mask, where).float()
-        out.append(reduce(logits, slice(start, stop)).cpu().numpy())
-    if not out:
-        return np.zeros((0,))
-    return np.concatenate(out)
+    positions = np.asarray(positions, dtype=np.int64)
+    where = np.stack([np.arange(len(positions)), positions], axis=1)  # (B, 2)
+    return masked_module_logits(
+        encoder,
+        inputs["input_ids"],
+        inputs["token_type_ids"],
+        inputs["attention_mask"],
+        where,
+        num_special,
+        reduce,
+        batch_size=batch_size,
+    )
 
 
-def top_k_modules(logits: Tensor, vocab: ModuleVocab, k: int = 5) -> Tensor:
-    """(b, k) best module tokens of (b, v) logits (special tokens excluded)."""
-    return module_logits_only(logits, logits.shape[-1], vocab.num_special).topk(k, dim=-1).indices
+def top_k_modules(logits: Tensor, k: int) -> Tensor:
+    """(b, k) best tokens of (b, v) module-only logits (``module_logits_only``), best first."""
+    return logits.topk(k, dim=-1).indices

@@ -135,6 +135,40 @@ def embedding_figure(
     return figure
 
 
+def neighbour_statistics(
+    embeddings: np.ndarray, centres_mm: np.ndarray, k: int, radius_mm: float, seed: int
+) -> dict[str, Any]:
+    """The neighbour fraction of the embeddings beside seeded random vectors and the chance level.
+
+    Parameters
+    ----------
+    embeddings : (M, D) one vector per module.
+    centres_mm : (M, 3) module centres in mm.
+    k, radius_mm : see ``embedding_neighbour_fraction``.
+    seed : seed of the random vectors of the same shape.
+
+    Returns
+    -------
+    dict with dimension, k, radius_mm, definition, neighbour_fraction, random_fraction,
+    random_seed and chance_fraction (the keys of the sidecar JSON after model, detector and
+    n_modules).
+    """
+    random_vectors = np.random.default_rng(seed).standard_normal(embeddings.shape)
+    return {
+        "dimension": int(embeddings.shape[1]),
+        "k": int(k),
+        "radius_mm": float(radius_mm),
+        "definition": (
+            "mean over modules of the fraction of their k nearest modules in embedding space "
+            "(cosine similarity) whose centres lie within radius_mm"
+        ),
+        "neighbour_fraction": embedding_neighbour_fraction(embeddings, centres_mm, k, radius_mm),
+        "random_fraction": embedding_neighbour_fraction(random_vectors, centres_mm, k, radius_mm),
+        "random_seed": int(seed),
+        "chance_fraction": chance_neighbour_fraction(centres_mm, radius_mm),
+    }
+
+
 def _detector(detector: Detector | str | os.PathLike[str] | None) -> Detector:
     if isinstance(detector, Detector):
         return detector
@@ -189,22 +223,11 @@ def run_embed(
     frame = pd.concat(
         [frame, pd.DataFrame(vectors, columns=[f"e{i}" for i in range(vectors.shape[1])])], axis=1
     )
-    random_vectors = np.random.default_rng(seed).standard_normal(vectors.shape)
     stats = {
         "model": str(model),
         "detector": geometry.name,
         "n_modules": len(frame),
-        "dimension": int(vectors.shape[1]),
-        "k": int(k),
-        "radius_mm": float(radius_mm),
-        "definition": (
-            "mean over modules of the fraction of their k nearest modules in embedding space "
-            "(cosine similarity) whose centres lie within radius_mm"
-        ),
-        "neighbour_fraction": embedding_neighbour_fraction(vectors, centres, k, radius_mm),
-        "random_fraction": embedding_neighbour_fraction(random_vectors, centres, k, radius_mm),
-        "random_seed": int(seed),
-        "chance_fraction": chance_neighbour_fraction(centres, radius_mm),
+        **neighbour_statistics(vectors, centres, k, radius_mm, seed),
     }
     with atomic_output_file(out) as tmp:
         frame.to_parquet(tmp, index=False, engine="pyarrow")

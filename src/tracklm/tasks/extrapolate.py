@@ -21,22 +21,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm.evaluate.metrics import fraction_within, module_distance_mm
+from tracklm.evaluate.metrics import (
+    exact_accuracy,
+    fraction_within,
+    module_distance_mm,
+    top_k_accuracy,
+)
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
-    IGNORE,
+    ABSENT,
     Examples,
-    ModuleDecoder,
     TaskContext,
     TaskSpec,
     encode_batch,
-    masked_module_logits,
+    masked_module_logits_at,
     module_logits_only,
+    pretrained_module_decoder,
     single_inputs,
+    top_k_modules,
     track_mask,
+    tracks_with_min_hits,
 )
-from tracklm.tasks.metrics import accuracy, top_k_accuracy
 from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 4
@@ -47,17 +53,14 @@ TOP_K = 5
 
 def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
     """Extrapolation examples from tracks (see the module docstring)."""
-    tokens = np.asarray(tracks.tokens, dtype=np.int64)
-    lengths = np.asarray(tracks.lengths, dtype=np.int64)
-    keep = lengths >= MIN_HITS
-    tokens, lengths = tokens[keep], lengths[keep]
+    tokens, lengths = tracks_with_min_hits(tracks, MIN_HITS)
     n, width = tokens.shape
     rows = np.arange(n)
     cut = MIN_KEPT + np.minimum(
         (rng.random(n) * (lengths - MIN_KEPT)).astype(np.int64), lengths - MIN_KEPT - 1
     )
     next1 = tokens[rows, cut]
-    next2 = np.where(cut + 1 < lengths, tokens[rows, np.minimum(cut + 1, width - 1)], IGNORE)
+    next2 = np.where(cut + 1 < lengths, tokens[rows, np.minimum(cut + 1, width - 1)], ABSENT)
     kept = np.where(track_mask(cut, width), tokens, context.vocab.pad_id)
     with_masks = np.concatenate([kept, np.zeros((n, AHEAD), dtype=np.int64)], axis=1)
     for ahead in range(AHEAD):
@@ -75,10 +78,8 @@ class NextModuleHead(nn.Module):
 
     def __init__(self, encoder: TrackingBert) -> None:
         super().__init__()
-        config = encoder.config
         self.num_special = encoder.vocab.num_special if encoder.vocab is not None else 0
-        self.decoder = ModuleDecoder(config.hidden_size, config.hidden_size, config.vocab_size)
-        self.decoder.load_masked_module_head(encoder)
+        self.decoder = pretrained_module_decoder(encoder)
 
 
 def make_head(encoder: TrackingBert) -> NextModuleHead:
@@ -86,15 +87,14 @@ def make_head(encoder: TrackingBert) -> NextModuleHead:
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, NextModuleHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     out = {}
     for ahead in range(AHEAD):
         state = hidden[rows, 1 + batch["cut"] + ahead]  # (b, d)
         logits = head.decoder(state, encoder.embedding_table())  # (b, v)
-        out[f"next{ahead + 1}_logits"] = module_logits_only(
-            logits, logits.shape[-1], head.num_special
-        )
+        out[f"next{ahead + 1}_logits"] = module_logits_only(logits, head.num_special)
     return out
 
 
@@ -102,7 +102,7 @@ def loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
     total = F.cross_entropy(outputs["next1_logits"], batch["next1"])
     if bool((batch["next2"] >= 0).any()):
         total = total + F.cross_entropy(
-            outputs["next2_logits"], batch["next2"], ignore_index=IGNORE
+            outputs["next2_logits"], batch["next2"], ignore_index=ABSENT
         )
     return total
 
@@ -125,10 +125,10 @@ def metrics(
     both = (top1[:, 0] == next1) & (top2[:, 0] == next2)
     return {
         "n_tracks": len(next1),
-        "next1_accuracy": accuracy(top1[:, 0], next1),
-        "next1_top5_accuracy": top_k_accuracy(top1, next1),
+        "next1_accuracy": exact_accuracy(top1[:, 0], next1),
+        "next1_top5_accuracy": top_k_accuracy(top1, next1, TOP_K),
         "next1_within_20mm": fraction_within(distance, 20.0),
-        "next2_accuracy": accuracy(top2[has2, 0], next2[has2]),
+        "next2_accuracy": exact_accuracy(top2[has2, 0], next2[has2]),
         "next2_both_accuracy": float(np.mean(both[has2])) if has2.any() else float("nan"),
     }
 
@@ -137,24 +137,15 @@ def zero_shot(
     encoder: TrackingBert, examples: Examples, context: TaskContext, batch_size: int
 ) -> dict[str, np.ndarray]:
     """The pre-trained masked-module head at the appended ``[MASK]`` positions."""
-    vocab = context.vocab
-
-    def top_modules(logits: Tensor, _: slice) -> Tensor:
-        return (
-            module_logits_only(logits, logits.shape[-1], vocab.num_special)
-            .topk(TOP_K, dim=-1)
-            .indices
-        )
-
     cut = examples.labels["cut"]
     return {
-        f"next{a + 1}_top": masked_module_logits(
+        f"next{a + 1}_top": masked_module_logits_at(
             encoder,
-            examples.inputs["input_ids"],
-            examples.inputs["attention_mask"],
+            examples.inputs,
             1 + cut + a,
+            context.vocab.num_special,
             batch_size,
-            top_modules,
+            lambda logits, _: top_k_modules(logits, TOP_K),
         ).reshape(-1, TOP_K)
         for a in range(AHEAD)
     }
@@ -185,7 +176,7 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
     for a in range(AHEAD):
         layer = order[:, a]
         found = np.isfinite(crossing_s[rows, layer])
-        top = np.full((n, TOP_K), IGNORE, dtype=np.int64)
+        top = np.full((n, TOP_K), ABSENT, dtype=np.int64)
         if found.any():
             top[found], _ = surfaces.nearest_modules(
                 layer[found], crossing_xyz[rows, layer][found], k=TOP_K, exclude=exclude[found]

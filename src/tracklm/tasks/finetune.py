@@ -8,7 +8,8 @@ Transfer modes (``--mode``):
 * ``scratch``: the same architecture, randomly initialised (seeded), trained with the head: what
   the data alone teach, the reference for what pre-training is worth.
 
-Training is a small Lightning loop (AdamW, linear warm-up then linear decay) on examples made from
+Training is a small Lightning loop (AdamW with BERT's weight-decay exclusions, linear warm-up
+then linear decay: ``tracklm/train/optim.py``, as in pre-training) on examples made from
 the ``train`` split, validated on ``val``; the result is scored on ``test`` beside the task's
 classical baseline and its zero-shot use of the pre-trained masked-module head. Output::
 
@@ -21,11 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,14 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from tracklm import config as config_lib
 from tracklm._fs import atomic_output_dir, atomic_output_file, write_json
 from tracklm.errors import InputError
+from tracklm.evaluate.metrics import json_ready
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks import extrapolate, holes, outliers, pt
 from tracklm.tasks.common import Examples, TaskContext, TaskSpec
+from tracklm.tasks.config import FinetuneConfig, load_finetune_config
+from tracklm.train.optim import build_optimizer, parameter_groups
 
 logger = logging.getLogger(__name__)
 
@@ -51,40 +53,9 @@ TASKS: dict[str, TaskSpec] = {
     spec.name: spec for spec in (holes.SPEC, outliers.SPEC, extrapolate.SPEC, pt.SPEC)
 }
 MODES = ("finetune", "frozen", "scratch")
+ADAM_BETAS = (0.9, 0.999)  # torch's AdamW defaults
 HEAD_WEIGHTS_FILE = "head.safetensors"
 HEAD_FILE = "head.json"
-
-
-@dataclass
-class FinetuneConfig:
-    """Fine-tuning options (defaults match ``configs/tasks/default.yaml``).
-
-    Attributes
-    ----------
-    batch_size : tracks per optimiser step.
-    learning_rate : AdamW learning rate of the head (and of the encoder in ``scratch`` mode).
-    encoder_learning_rate : learning rate of the pre-trained encoder in ``finetune`` mode.
-    weight_decay : AdamW weight decay.
-    warmup_steps : linear warm-up steps, then linear decay to zero at ``max_steps``.
-    max_steps : optimiser steps unless ``--max-steps`` is given.
-    val_every : validate every this many steps.
-    val_tracks : at most this many ``val`` tracks for validation.
-    eval_tracks : at most this many ``test`` tracks for the final scores.
-    eval_batch_size : sequences per forward pass when scoring.
-    accelerator : Lightning accelerator (``auto``, ``cpu``, ``gpu``).
-    """
-
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    encoder_learning_rate: float = 2e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    max_steps: int = 2000
-    val_every: int = 250
-    val_tracks: int = 5000
-    eval_tracks: int = 20000
-    eval_batch_size: int = 1024
-    accelerator: str = "auto"
 
 
 # ----------------------------------------------------------------------------- encoder per mode
@@ -132,12 +103,13 @@ def trim_inputs(examples: Examples) -> Examples:
     return examples
 
 
-def check_width(examples: Examples, encoder: TrackingBert, task: str, split: str) -> None:
+def check_width(examples: Examples, max_length: int, task: str, split: str) -> None:
+    """Refuse examples wider than the model's ``max_length`` input positions."""
     width = examples.inputs["input_ids"].shape[1]
-    if width > encoder.config.max_length:
+    if width > max_length:
         raise InputError(
             f"--data: {split} tracks need {width} input positions for task {task}, "
-            f"but the model knows only {encoder.config.max_length} (max_length)"
+            f"but the model knows only {max_length} (max_length)"
         )
 
 
@@ -212,25 +184,18 @@ class FinetuneModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         s = self.settings
-        groups = [
-            {
-                "params": [p for p in self.head.parameters() if p.requires_grad],
-                "lr": s.learning_rate,
-            }
-        ]
-        encoder_params = [p for p in self.encoder.parameters() if p.requires_grad]
-        if encoder_params:
-            lr = s.encoder_learning_rate if self.mode == "finetune" else s.learning_rate
-            groups.append({"params": encoder_params, "lr": lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=s.weight_decay)
-        warmup, total = s.warmup_steps, self.total_steps
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(total - warmup, 1))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        encoder_lr = s.encoder_learning_rate if self.mode == "finetune" else s.learning_rate
+        groups = parameter_groups(self.head, s.weight_decay, lr=s.learning_rate)
+        groups += parameter_groups(self.encoder, s.weight_decay, lr=encoder_lr)  # none if frozen
+        optimizer, scheduler = build_optimizer(
+            self,
+            lr=s.learning_rate,
+            weight_decay=s.weight_decay,
+            betas=ADAM_BETAS,
+            warmup_steps=s.warmup_steps,
+            total_steps=self.total_steps,
+            groups=groups,
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -252,19 +217,6 @@ def predict_examples(
     if not parts:
         raise InputError("--data: no test examples for this task (is the test split empty?)")
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def json_safe(value: Any) -> Any:
-    """Replace NaN and infinities (not valid JSON) by None, recursively; numpy scalars to Python."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------- saving
@@ -324,8 +276,38 @@ def run_finetune(
     max_steps: int | None = None,
     max_time: float | None = None,
     seed: int = 0,
+    config: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """``tracklm finetune``: read the options (``--config FILE`` over the defaults), then ``finetune``.
+
+    Parameters
+    ----------
+    task, model, data, out, mode, train_size, max_steps, max_time, seed : see ``finetune``.
+    config : YAML file of ``FinetuneConfig`` keys, or None for the defaults.
+
+    Returns
+    -------
+    The content of ``metrics.json``.
+    """
+    settings = load_finetune_config(config)
+    return finetune(
+        task, model, data, out, settings, mode=mode, train_size=train_size, max_steps=max_steps,
+        max_time=max_time, seed=seed,
+    )  # fmt: skip
+
+
+def finetune(
+    task: str,
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    settings: FinetuneConfig | None = None,
     *,
-    config: FinetuneConfig | None = None,
+    mode: str = "finetune",
+    train_size: int | None = None,
+    max_steps: int | None = None,
+    max_time: float | None = None,
+    seed: int = 0,
     references: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune (or train from scratch, or train a head on a frozen encoder) and score one task.
@@ -336,12 +318,12 @@ def run_finetune(
     model : pre-trained model directory (``RUN/model``).
     data : prepared dataset directory; its vocabulary must be the model's.
     out : run directory to create (atomically).
+    settings : fine-tuning options (``FinetuneConfig()`` when None).
     mode : ``finetune``, ``frozen`` or ``scratch``.
     train_size : training tracks drawn (seeded) from ``train`` (all when None).
-    max_steps : optimiser steps (``config.max_steps`` when None).
+    max_steps : optimiser steps (``settings.max_steps`` when None).
     max_time : stop training after this many minutes.
     seed : seeds track sampling, example labels, initialisation and shuffling.
-    config : fine-tuning options (``FinetuneConfig()`` when None).
     references : also score the classical baseline and the zero-shot model (``null`` otherwise;
         the transfer study computes them once per task).
 
@@ -352,45 +334,165 @@ def run_finetune(
     from tracklm.runtime import configure_torch
 
     configure_torch()
-    if task not in TASKS:
-        raise InputError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
-    spec = TASKS[task]
-    settings = config or FinetuneConfig()
+    settings = settings or FinetuneConfig()
+    spec = _check_options(task, mode, Path(out))
     steps = int(max_steps or settings.max_steps)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"--out {out}: output already exists (choose another --out or remove it)")
+    encoder, dataset, context = open_inputs(model, data, mode, seed)
+    examples, n_train_tracks = make_split_examples(
+        spec, dataset, context, np.random.default_rng(seed), train_size, settings,
+        encoder.config.max_length, data,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    head = spec.make_head(encoder)
+    training, device = train_head(
+        spec, encoder, head, mode, examples, settings, steps, max_time, seed
+    )
+    test = examples["test"]
+    predictions = predict_examples(spec, encoder, head, test, settings.eval_batch_size)
+    result: dict[str, Any] = {
+        "task": task,
+        "mode": mode,
+        "train_size": train_size,
+        "metrics": spec.metrics(predictions, test, context),
+        "baseline": None,
+        "zero_shot": None,
+        "n_train_tracks": n_train_tracks,
+        "n_train_examples": len(examples["train"]),
+        "n_test_examples": len(test),
+        "training": training,
+        "seed": seed,
+        "model": str(model),
+        "data": str(data),
+    }
+    if references:
+        result["baseline"], result["zero_shot"] = score_references(
+            spec, model, test, context, settings.eval_batch_size, device
+        )
+    result = json_ready(result)
+    _log_result(spec, mode, result)
+    options = {"task": task, "mode": mode, "train_size": train_size, "max_steps": steps,
+               "max_time": max_time, "seed": seed}  # fmt: skip
+    write_finetune_run(
+        Path(out), spec, encoder, head, result, settings, options, dataset.vocab.sha256
+    )
+    return result
 
+
+def write_finetune_run(
+    out: Path,
+    spec: TaskSpec,
+    encoder: TrackingBert,
+    head: nn.Module,
+    result: dict[str, Any],
+    settings: FinetuneConfig,
+    options: dict[str, Any],
+    vocab_sha256: str,
+) -> None:
+    """Write the run directory atomically: ``model/`` (encoder and head), ``metrics.json``
+    (``result``) and ``manifest.json`` (the inputs, ``settings`` and the command's ``options``)."""
+    with atomic_output_dir(out) as tmp:
+        card = {"task": spec.name, "mode": options["mode"], "pretrained_from": result["model"],
+                "train_tracks": result["n_train_tracks"], "steps": result["training"]["steps"],
+                spec.headline: result["metrics"].get(spec.headline)}  # fmt: skip
+        save_finetuned(tmp / "model", spec, encoder.cpu(), head.cpu(), options["mode"], card)
+        write_json(tmp / "metrics.json", result)
+        write_manifest(
+            tmp,
+            "finetune",
+            inputs={"model": result["model"], "data": result["data"]},
+            config=config_lib.to_dict(settings),
+            **options,
+            vocab_sha256=vocab_sha256,
+        )
+
+
+def open_inputs(
+    model: str | os.PathLike[str], data: str | os.PathLike[str], mode: str, seed: int
+) -> tuple[TrackingBert, PreparedDataset, TaskContext]:
+    """The encoder of ``mode`` (``load_encoder``), the dataset (same vocabulary) and its context."""
     encoder = load_encoder(model, mode, seed)
     dataset = open_dataset(data)
     encoder.check_vocab(dataset.vocab)
-    context = TaskContext.from_dataset(dataset)
+    return encoder, dataset, TaskContext.from_dataset(dataset)
 
-    rng = np.random.default_rng(seed)
-    examples = {}
-    for split, n in (
-        ("train", train_size),
-        ("val", settings.val_tracks),
-        ("test", settings.eval_tracks),
-    ):
+
+def _check_options(task: str, mode: str, out: Path) -> TaskSpec:
+    """The task's spec, after refusing an unknown task or mode and an existing output."""
+    if task not in TASKS:
+        raise InputError(f"--task: unknown task {task!r} (choose from {', '.join(TASKS)})")
+    if mode not in MODES:
+        raise InputError(f"--mode: unknown mode {mode!r} (choose from {', '.join(MODES)})")
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"--out {out}: output already exists (choose another --out or remove it)")
+    return TASKS[task]
+
+
+def make_split_examples(
+    spec: TaskSpec,
+    dataset: PreparedDataset,
+    context: TaskContext,
+    rng: np.random.Generator,
+    train_size: int | None,
+    settings: FinetuneConfig,
+    max_length: int,
+    data: str | os.PathLike[str],
+) -> tuple[dict[str, Examples], int]:
+    """The task's examples of the train, val and test splits, drawn in that order from ``rng``.
+
+    Parameters
+    ----------
+    spec, dataset, context : the task and the prepared dataset.
+    rng : draws the tracks and the example labels.
+    train_size : training tracks (all when None); val and test take ``settings.val_tracks`` and
+        ``settings.eval_tracks``.
+    settings : fine-tuning options.
+    max_length : the model's input width limit.
+    data : the dataset directory, for messages.
+
+    Returns
+    -------
+    examples by split, and the number of training tracks drawn.
+    """
+    examples: dict[str, Examples] = {}
+    n_train_tracks = 0
+    for split, n in (("train", train_size), ("val", settings.val_tracks), ("test", settings.eval_tracks)):  # fmt: skip
         tracks = sample_tracks(dataset, split, n, rng)
         examples[split] = trim_inputs(spec.make_examples(tracks, context, rng))
         if split == "train":
             n_train_tracks = len(tracks)
         if len(examples[split]) == 0:
-            raise InputError(f"--data {data}: no {split} tracks usable for task {task}")
-        check_width(examples[split], encoder, task, split)
+            raise InputError(f"--data {data}: no {split} tracks usable for task {spec.name}")
+        check_width(examples[split], max_length, spec.name, split)
     if train_size is not None and n_train_tracks < train_size:
         logger.warning(
             "--train-size %d: only %d training tracks exist; using all", train_size, n_train_tracks
         )
+    return examples, n_train_tracks
 
-    torch.manual_seed(seed)
-    head = spec.make_head(encoder)
+
+def train_head(
+    spec: TaskSpec,
+    encoder: TrackingBert,
+    head: nn.Module,
+    mode: str,
+    examples: dict[str, Examples],
+    settings: FinetuneConfig,
+    steps: int,
+    max_time: float | None,
+    seed: int,
+) -> tuple[dict[str, Any], torch.device]:
+    """Train ``head`` (and the encoder, per ``mode``) on the train examples, validating on val.
+
+    Returns
+    -------
+    The ``training`` record of ``metrics.json`` (steps, max_steps, max_time_minutes, seconds,
+    val_history, final_val_loss), and the device the encoder and head were left on.
+    """
     module = FinetuneModule(spec, encoder, head, mode, settings, steps)
     trainer = pl.Trainer(
         max_steps=steps,
-        max_time={"minutes": max_time} if max_time is not None else None,
+        # Lightning types the minutes as int; it accepts fractions
+        max_time={"minutes": max_time} if max_time is not None else None,  # type: ignore[dict-item]
         accelerator=settings.accelerator,
         devices=1,
         logger=False,
@@ -416,66 +518,44 @@ def run_finetune(
         example_loader(examples["val"], settings.eval_batch_size, False, seed),
         verbose=False,
     )
-
-    test = examples["test"]
-    result: dict[str, Any] = {
-        "task": task,
-        "mode": mode,
-        "train_size": train_size,
-        "metrics": spec.metrics(
-            predict_examples(spec, encoder, head, test, settings.eval_batch_size), test, context
-        ),
-        "baseline": None,
-        "zero_shot": None,
-        "n_train_tracks": n_train_tracks,
-        "n_train_examples": len(examples["train"]),
-        "n_test_examples": len(test),
-        "training": {
-            "steps": int(trainer.global_step),
-            "max_steps": steps,
-            "max_time_minutes": max_time,
-            "seconds": round(train_seconds, 2),
-            "val_history": module.val_history,
-            "final_val_loss": float(final_val[0]["val_loss"]) if final_val else None,
-        },
-        "seed": seed,
-        "model": str(model),
-        "data": str(data),
+    record: dict[str, Any] = {
+        "steps": int(trainer.global_step),
+        "max_steps": steps,
+        "max_time_minutes": max_time,
+        "seconds": round(train_seconds, 2),
+        "val_history": module.val_history,
+        "final_val_loss": float(final_val[0]["val_loss"]) if final_val else None,
     }
-    if references:
-        result["baseline"] = spec.metrics(spec.baseline(test, context), test, context)
-        if spec.zero_shot is not None:
-            pretrained = TrackingBert.from_pretrained(model, map_location=device)
-            predictions = spec.zero_shot(pretrained, test, context, settings.eval_batch_size)
-            result["zero_shot"] = spec.metrics(predictions, test, context)
-    result = json_safe(result)
+    return record, device
+
+
+def score_references(
+    spec: TaskSpec,
+    model: str | os.PathLike[str],
+    test: Examples,
+    context: TaskContext,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Metrics of the task's classical baseline and of the zero-shot pre-trained model (None
+    when the task has no zero-shot use), on the test examples."""
+    baseline = spec.metrics(spec.baseline(test, context), test, context)
+    if spec.zero_shot is None:
+        return baseline, None
+    pretrained = TrackingBert.from_pretrained(model, map_location=device)
+    return baseline, spec.metrics(
+        spec.zero_shot(pretrained, test, context, batch_size), test, context
+    )
+
+
+def _log_result(spec: TaskSpec, mode: str, result: dict[str, Any]) -> None:
     logger.info(
         "%s (%s, %s training tracks): %s = %s; baseline %s; zero-shot %s",
-        task,
+        spec.name,
         mode,
-        n_train_tracks,
+        result["n_train_tracks"],
         spec.headline,
         result["metrics"].get(spec.headline),
         (result["baseline"] or {}).get(spec.headline),
         (result["zero_shot"] or {}).get(spec.headline),
     )
-
-    with atomic_output_dir(out) as tmp:
-        card = {"task": task, "mode": mode, "pretrained_from": str(model), "train_tracks": n_train_tracks,
-                "steps": result["training"]["steps"], spec.headline: result["metrics"].get(spec.headline)}  # fmt: skip
-        save_finetuned(tmp / "model", spec, encoder.cpu(), head.cpu(), mode, card)
-        write_json(tmp / "metrics.json", result)
-        write_manifest(
-            tmp,
-            "finetune",
-            inputs={"model": str(model), "data": str(data)},
-            config=config_lib.to_dict(settings),
-            task=task,
-            mode=mode,
-            train_size=train_size,
-            max_steps=steps,
-            max_time=max_time,
-            seed=seed,
-            vocab_sha256=dataset.vocab.sha256,
-        )
-    return result

@@ -30,26 +30,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm.evaluate.metrics import fraction_within, module_distance_mm
+from tracklm.evaluate.metrics import (
+    exact_accuracy,
+    fraction_within,
+    module_distance_mm,
+    top_k_accuracy,
+)
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
-    IGNORE,
+    ABSENT,
     Examples,
-    ModuleDecoder,
     TaskContext,
     TaskSpec,
     delete_hit,
     encode_batch,
     insert_token,
-    masked_module_logits,
+    masked_module_logits_at,
+    module_decoder,
     module_logits_only,
     random_choice_where,
     single_inputs,
+    top_k_modules,
     track_classifier,
     track_mask,
 )
-from tracklm.tasks.metrics import accuracy, detection_metrics, top_k_accuracy
+from tracklm.tasks.metrics import detection_metrics
 from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 4
@@ -83,8 +89,8 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
         inputs=single_inputs(shortened, short_lengths, context.vocab, width + 1),
         labels={
             "has_hole": has_hole.astype(np.float32),
-            "gap": np.where(has_hole, removed, IGNORE).astype(np.int64),
-            "hole_module": np.where(has_hole, removed_token, IGNORE).astype(np.int64),
+            "gap": np.where(has_hole, removed, ABSENT).astype(np.int64),
+            "hole_module": np.where(has_hole, removed_token, ABSENT).astype(np.int64),
         },
     )
 
@@ -92,22 +98,23 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
 class HoleHead(nn.Module):
     """Track logit, per-gap logits and module scores at a gap (see the module docstring)."""
 
-    def __init__(self, hidden_size: int, vocab_size: int, num_special: int) -> None:
+    def __init__(self, encoder: TrackingBert) -> None:
         super().__init__()
-        self.num_special = num_special
-        self.detect = track_classifier(hidden_size, 1)
+        hidden_size = encoder.config.hidden_size
+        self.num_special = encoder.vocab.num_special if encoder.vocab is not None else 0
+        self.detect = track_classifier(encoder, 1)
         self.locate = nn.Sequential(
             nn.Linear(2 * hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 1)
         )
-        self.module = ModuleDecoder(2 * hidden_size, hidden_size, vocab_size)
+        self.module = module_decoder(encoder, in_features=2 * hidden_size)
 
 
 def make_head(encoder: TrackingBert) -> HoleHead:
-    num_special = encoder.vocab.num_special if encoder.vocab is not None else 0
-    return HoleHead(encoder.config.hidden_size, encoder.config.vocab_size, num_special)
+    return HoleHead(encoder)
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, HoleHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     n_hits = batch["attention_mask"].sum(dim=1) - 2  # (b,)
     # Gap p (1 <= p <= n - 1) lies between hit p - 1 (input position p) and hit p (position p + 1).
@@ -119,11 +126,9 @@ def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) ->
     at_gap = pairs[rows, batch["gap"][rows] - 1]  # (k, 2d)
     module_logits = head.module(at_gap, encoder.embedding_table())  # (k, v)
     return {
-        "hole_logit": head.detect(hidden[:, 0]).squeeze(-1),
+        "hole_logit": head.detect.classify(hidden[:, 0]),
         "gap_logits": gap_logits,
-        "module_logits": module_logits_only(
-            module_logits, module_logits.shape[-1], head.num_special
-        ),
+        "module_logits": module_logits_only(module_logits, head.num_special),
         "positive": positive,
     }
 
@@ -140,7 +145,7 @@ def loss(outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
 def predict(outputs: dict[str, Tensor]) -> dict[str, np.ndarray]:
     positive = outputs["positive"].cpu().numpy()
     top = outputs["module_logits"].topk(TOP_K, dim=-1).indices.cpu().numpy()
-    module_top = np.full((len(positive), TOP_K), IGNORE, dtype=np.int64)
+    module_top = np.full((len(positive), TOP_K), ABSENT, dtype=np.int64)
     module_top[positive] = top
     return {
         "hole_score": outputs["hole_logit"].float().cpu().numpy(),
@@ -159,11 +164,11 @@ def metrics(
     has = examples.labels["has_hole"] > 0.5
     out: dict[str, Any] = {"n_tracks": len(has), "n_holes": int(has.sum())}
     out.update(detection_metrics(predictions["hole_score"], has))
-    out["position_accuracy"] = accuracy(predictions["gap"][has], examples.labels["gap"][has])
+    out["position_accuracy"] = exact_accuracy(predictions["gap"][has], examples.labels["gap"][has])
     top = predictions["module_top"][has]
     truth = examples.labels["hole_module"][has]
-    out["module_accuracy"] = accuracy(top[:, 0], truth)
-    out["module_top5_accuracy"] = top_k_accuracy(top, truth)
+    out["module_accuracy"] = exact_accuracy(top[:, 0], truth)
+    out["module_top5_accuracy"] = top_k_accuracy(top, truth, TOP_K)
     distance = module_distance_mm(top[:, 0], truth, context.centres_mm)
     out["module_within_20mm"] = fraction_within(distance, 20.0)
     return out
@@ -191,13 +196,10 @@ def zero_shot(
     inputs = single_inputs(with_mask, lengths[rows] + 1, vocab, width + 2)
 
     def layer_mass(logits: Tensor, _: slice) -> Tensor:
-        probabilities = module_logits_only(logits, logits.shape[-1], vocab.num_special).softmax(
-            dim=-1
-        )
-        return probabilities @ layer_onehot  # (b, y + 1)
+        return logits.softmax(dim=-1) @ layer_onehot  # (b, y + 1), over modules only
 
-    mass = masked_module_logits(
-        encoder, inputs["input_ids"], inputs["attention_mask"], 1 + gaps, batch_size, layer_mass
+    mass = masked_module_logits_at(
+        encoder, inputs, 1 + gaps, vocab.num_special, batch_size, layer_mass
     ).reshape(-1, n_layers + 1)
     left, right = layer[rows, gaps - 1], layer[rows, gaps]
     pick = np.arange(len(rows))
@@ -207,27 +209,19 @@ def zero_shot(
     hole_score = gap_score.max(axis=1)
     predicted_gap = gap_score.argmax(axis=1)
 
-    module_top = np.full((n, TOP_K), IGNORE, dtype=np.int64)
+    module_top = np.full((n, TOP_K), ABSENT, dtype=np.int64)
     positive = np.flatnonzero(examples.labels["gap"] >= 0)
     if positive.size:
         true_gap = examples.labels["gap"][positive]
         at_true = insert_token(tokens[positive], true_gap, vocab.mask_id)
         true_inputs = single_inputs(at_true, lengths[positive] + 1, vocab, width + 2)
-
-        def top_modules(logits: Tensor, _: slice) -> Tensor:
-            return (
-                module_logits_only(logits, logits.shape[-1], vocab.num_special)
-                .topk(TOP_K, dim=-1)
-                .indices
-            )
-
-        module_top[positive] = masked_module_logits(
+        module_top[positive] = masked_module_logits_at(
             encoder,
-            true_inputs["input_ids"],
-            true_inputs["attention_mask"],
+            true_inputs,
             1 + true_gap,
+            vocab.num_special,
             batch_size,
-            top_modules,
+            lambda logits, _: top_k_modules(logits, TOP_K),
         ).reshape(-1, TOP_K)
     return {"hole_score": hole_score, "gap": predicted_gap, "module_top": module_top}
 
@@ -274,7 +268,7 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
         in_true_gap_layer = np.where(better, y, in_true_gap_layer)
     predicted_gap = np.clip((s_hits < first_s[:, None]).sum(axis=1), 1, np.maximum(lengths - 1, 1))
 
-    module_top = np.full((n, TOP_K), IGNORE, dtype=np.int64)
+    module_top = np.full((n, TOP_K), ABSENT, dtype=np.int64)
     found = in_true_gap_layer >= 0
     if found.any():
         exclude = np.where(real, tokens, -1)[found]

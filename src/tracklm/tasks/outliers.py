@@ -25,21 +25,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tracklm.evaluate.metrics import exact_accuracy
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
-    IGNORE,
+    ABSENT,
     Examples,
     TaskContext,
     TaskSpec,
     encode_batch,
-    masked_module_logits,
+    masked_module_logits_at,
     random_choice_where,
     single_inputs,
     track_classifier,
     track_mask,
+    tracks_with_min_hits,
 )
-from tracklm.tasks.metrics import accuracy, detection_metrics
+from tracklm.tasks.metrics import detection_metrics
 from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 4
@@ -48,10 +50,7 @@ NEARBY = 4
 
 def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
     """Outlier examples from tracks (see the module docstring)."""
-    tokens = np.asarray(tracks.tokens, dtype=np.int64)
-    lengths = np.asarray(tracks.lengths, dtype=np.int64)
-    keep = lengths >= MIN_HITS
-    tokens, lengths = tokens[keep], lengths[keep]
+    tokens, lengths = tracks_with_min_hits(tracks, MIN_HITS)
     n, width = tokens.shape
     rows = np.arange(n)
     real = track_mask(lengths, width)
@@ -75,8 +74,8 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
         inputs=single_inputs(changed, lengths, context.vocab, width + 2),
         labels={
             "has_outlier": has_outlier.astype(np.float32),
-            "position": np.where(has_outlier, position, IGNORE).astype(np.int64),
-            "original": np.where(has_outlier, original, IGNORE).astype(np.int64),
+            "position": np.where(has_outlier, position, ABSENT).astype(np.int64),
+            "original": np.where(has_outlier, original, ABSENT).astype(np.int64),
         },
     )
 
@@ -84,25 +83,27 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
 class OutlierHead(nn.Module):
     """Track logit on ``[CLS]`` and one logit per hit state."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, encoder: TrackingBert) -> None:
         super().__init__()
-        self.detect = track_classifier(hidden_size, 1)
+        hidden_size = encoder.config.hidden_size
+        self.detect = track_classifier(encoder, 1)
         self.locate = nn.Sequential(
             nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, 1)
         )
 
 
 def make_head(encoder: TrackingBert) -> OutlierHead:
-    return OutlierHead(encoder.config.hidden_size)
+    return OutlierHead(encoder)
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, OutlierHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
     n_hits = batch["attention_mask"].sum(dim=1) - 2
     hit = torch.arange(hidden.shape[1] - 2, device=hidden.device)[None, :]
     hit_logits = head.locate(hidden[:, 1:-1]).squeeze(-1)  # hit k at input position 1 + k
     return {
-        "outlier_logit": head.detect(hidden[:, 0]).squeeze(-1),
+        "outlier_logit": head.detect.classify(hidden[:, 0]),
         "hit_logits": hit_logits.masked_fill(hit >= n_hits[:, None], float("-inf")),
     }
 
@@ -131,7 +132,7 @@ def metrics(
     has = examples.labels["has_outlier"] > 0.5
     out: dict[str, Any] = {"n_tracks": len(has), "n_outliers": int(has.sum())}
     out.update(detection_metrics(predictions["outlier_score"], has))
-    out["position_accuracy"] = accuracy(
+    out["position_accuracy"] = exact_accuracy(
         predictions["position"][has], examples.labels["position"][has]
     )
     return out
@@ -150,16 +151,12 @@ def zero_shot(
     observed = torch.from_numpy(tokens[rows, hits])
 
     def observed_log_probability(logits: Tensor, part: slice) -> Tensor:
+        # log P(observed module | the other hits), normalised over modules (specials excluded)
         target = observed[part].to(logits.device)
         return logits.log_softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
 
-    log_p = masked_module_logits(
-        encoder,
-        inputs["input_ids"],
-        inputs["attention_mask"],
-        1 + hits,
-        batch_size,
-        observed_log_probability,
+    log_p = masked_module_logits_at(
+        encoder, inputs, 1 + hits, vocab.num_special, batch_size, observed_log_probability
     )
     surprise = np.full((n, width), -np.inf)
     surprise[rows, hits] = -log_p

@@ -19,8 +19,9 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tracklm.evaluate.metrics import exact_accuracy
 from tracklm.io.dataset import TrackArrays
-from tracklm.models.bert import TrackingBert
+from tracklm.models.bert import PairHead, TrackingBert
 from tracklm.tasks.common import (
     Examples,
     TaskContext,
@@ -30,7 +31,7 @@ from tracklm.tasks.common import (
     track_classifier,
     track_mask,
 )
-from tracklm.tasks.metrics import accuracy, relative_resolution
+from tracklm.tasks.metrics import relative_resolution
 from tracklm.tracking.helix import fit_helix
 
 MIN_HITS = 3
@@ -56,13 +57,14 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     )
 
 
-def make_head(encoder: TrackingBert) -> nn.Module:
-    return track_classifier(encoder.config.hidden_size, 2)
+def make_head(encoder: TrackingBert) -> PairHead:
+    return track_classifier(encoder, 2)
 
 
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    assert isinstance(head, PairHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
-    out = head(hidden[:, 0])  # (b, 2)
+    out = head.classify(hidden[:, 0])  # (b, 2)
     return {"log_pt": out[:, 0], "charge_logit": out[:, 1]}
 
 
@@ -93,7 +95,7 @@ def metrics(
     out.update({f"pt_{k}": v for k, v in relative_resolution(predicted, truth).items()})
     high = truth > 1.0
     out["pt_sigma68_above_1gev"] = relative_resolution(predicted[high], truth[high])["sigma68"]
-    out["charge_accuracy"] = accuracy(predictions["charge"], charge)
+    out["charge_accuracy"] = exact_accuracy(predictions["charge"], charge)
     return out
 
 

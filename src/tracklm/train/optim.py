@@ -1,4 +1,8 @@
-"""AdamW with BERT's weight-decay exclusions, and the warm-up + linear-decay learning-rate schedule."""
+"""AdamW with BERT's weight-decay exclusions, and the warm-up + linear-decay learning-rate schedule.
+
+Used by pre-training (``tracklm/train/module.py``: one learning rate) and fine-tuning
+(``tracklm/tasks/finetune.py``: the task head and the encoder at their own learning rates).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,16 @@ import torch
 from torch import nn
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None
+) -> list[dict[str, Any]]:
     """Split parameters into decayed weights and undecayed biases, norms and embeddings.
 
     Parameters
     ----------
-    model : the network.
+    model : the network (or one part of it, e.g. a task head).
     weight_decay : decay of the weight matrices of linear layers (and other non-excluded tensors).
+    lr : learning rate of both groups; None leaves it to the optimiser's default ``lr``.
 
     Returns
     -------
@@ -29,10 +36,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
                 no_decay[id(parameter)] = parameter
     decay = [p for p in model.parameters() if p.requires_grad and id(p) not in no_decay]
     undecayed = [p for p in no_decay.values() if p.requires_grad]
-    return [
+    groups: list[dict[str, Any]] = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": undecayed, "weight_decay": 0.0},
     ]
+    if lr is not None:
+        for group in groups:
+            group["lr"] = lr
+    return groups
 
 
 def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -72,16 +83,29 @@ def build_optimizer(
     warmup_steps: int,
     total_steps: int,
     fused: bool | None = None,
+    groups: list[dict[str, Any]] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``parameter_groups`` and its per-step ``LambdaLR`` schedule.
 
-    ``fused`` : use the fused AdamW kernel; None (default) means ``fused_supported(model)``.
+    Parameters
+    ----------
+    model : the network trained.
+    lr : peak learning rate (of every group that sets none).
+    weight_decay : decay of the weight matrices (see ``parameter_groups``).
+    betas : AdamW betas.
+    warmup_steps, total_steps : see ``warmup_linear_decay`` (the factor multiplies every group's
+        learning rate).
+    fused : use the fused AdamW kernel; None (default) means ``fused_supported(model)``.
+    groups : parameter groups to use instead of ``parameter_groups(model, weight_decay)``, e.g.
+        those of several parts of ``model`` at their own learning rates; empty groups are dropped.
     """
     if fused is None:
         fused = fused_supported(model)
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, weight_decay), lr=lr, betas=betas, fused=fused or None
-    )
+    if groups is None:
+        groups = parameter_groups(model, weight_decay)
+    else:
+        groups = [group for group in groups if group["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(warmup_steps, total_steps)
     )
