@@ -1,4 +1,4 @@
-"""Helix fit and layer intersections against helices generated independently (tests/evaluate/toy.py)."""
+"""Helix fit and layer intersections against helices generated independently (tests/reference/helices.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.reference.helices import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
 from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.evaluate.helix import LayerSurfaces, ModuleBounds, fit_helix
-
-from .toy import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
 
 
 @pytest.mark.parametrize(("pt_gev", "charge"), [(0.6, 1), (2.0, -1), (0.3, -1)])

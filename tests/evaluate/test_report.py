@@ -16,8 +16,6 @@ from tracklm.evaluate.report import headline_table, run_evaluate
 from tracklm.io.dataset import open_dataset
 from tracklm.models.bert import TrackingBert, TrackingBertConfig
 
-from .toy import write_toy_dataset
-
 PNGS = (
     "accuracy_by_position.png",
     "accuracy_by_length.png",
@@ -29,9 +27,9 @@ PNGS = (
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
+def toy_run(tmp_path_factory, toy_data):
     root = tmp_path_factory.mktemp("evaluate")
-    data = write_toy_dataset(root / "data", {"train": 8, "val": 1, "test": 3}, per_event=8)
+    data = toy_data
     vocab = open_dataset(data).vocab
     torch.manual_seed(0)
     model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=len(vocab)))
@@ -76,8 +74,11 @@ def test_run_evaluate_writes_schema_valid_metrics_report_and_plots(toy_run):
     metrics = run_evaluate(model, data, out, split="test", protocol="masked", seed=0)
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == metrics
+    n_test = len(open_dataset(data).split("test"))
     assert (
-        on_disk["protocol"] == "masked" and on_disk["split"] == "test" and on_disk["n_tracks"] == 24
+        on_disk["protocol"] == "masked"
+        and on_disk["split"] == "test"
+        and on_disk["n_tracks"] == n_test
     )
     mm = on_disk["masked_module"]
     for key in ("accuracy", "top5_accuracy", "within_20mm", "within_100mm", "median_distance_mm"):
@@ -85,7 +86,7 @@ def test_run_evaluate_writes_schema_valid_metrics_report_and_plots(toy_run):
     assert set(mm["by_position"]) == {"first", "middle", "last"}
     assert set(mm["by_length"]) == {"4", "5", "6", "7", "8"}
     assert set(mm["by_track"]) == {"A", "B"}
-    assert mm["n_predictions"] == 24 * 6
+    assert mm["n_predictions"] == n_test * 6
     assert (
         0 <= mm["accuracy"] <= mm["top5_accuracy"] <= 1 and mm["within_20mm"] <= mm["within_100mm"]
     )
