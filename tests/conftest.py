@@ -1,5 +1,6 @@
 """Shared fixtures: a toy dataset made by tracklm's own simulator, a tiny untrained model over it,
-and the real TrackML reference data in ../shared/data (skipped when absent).
+and the real TrackML reference data (skipped when absent: it is not part of the repository; its
+directory, ``shared/data/trackml`` beside the checkout, is ``TRACKML_DATA`` below).
 
 ``toy_events`` simulates ``TOY_EVENTS`` low pile-up events with the built-in detector (about 3 s
 on one core); ``toy_data`` prepares them as ``tracklm prepare`` does, with the default selection
@@ -79,7 +80,7 @@ def trackml_data() -> Path:
     """Directory of the real TrackML reference files (detectors.csv, events/, particles/)."""
     if not (TRACKML_DATA / "detectors.csv").is_file():
         pytest.skip(
-            f"real TrackML reference data not found at {TRACKML_DATA} (see shared/data/SOURCES.md)"
+            f"real TrackML reference data not found at {TRACKML_DATA} (a TrackML detectors.csv with events/ beside it)"
         )
     return TRACKML_DATA
 

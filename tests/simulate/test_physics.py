@@ -1,4 +1,6 @@
-"""Physics of one simulated pile-up 200 event against the TrackML figures (GEOMETRY.md).
+"""Physics of one simulated pile-up 200 event against the TrackML challenge data.
+
+The reference figures are those of the public TrackML events, quoted beside each check.
 
 Tolerances are about 15% on the headline counts (the generator is tuned, not fitted) and a few
 percentage points on fractions; each check fails if the physics it names breaks.
