@@ -91,10 +91,12 @@ def test_detector_path_and_cli(real_detectors_csv: Path, tmp_path: Path) -> None
     )
     assert status == 0
     hits, _, _ = _tables(read_event(out, 1))
-    assert len(hits) > 0
+    assert len(hits) > 100  # three collisions' worth of particles, and noise
     real = Detector.from_csv(real_detectors_csv)
     rows = real.rows(hits["volume_id"], hits["layer_id"], hits["module_id"])
     assert np.all(rows >= 0)
+    xyz = hits[["x", "y", "z"]].to_numpy(np.float64)
+    assert real.contains(rows, xyz, tolerance_mm=5e-3).all()  # through the CSV, as above
 
 
 def test_bad_detector_is_an_input_error_and_leaves_nothing(tmp_path: Path) -> None:
