@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/tracklm demo --out demo
 
-# The whole suite, slow tests included (about 2 minutes on 2 cores); `make test-fast` skips them.
+# The whole suite, slow tests included (a few minutes on 2 cores); `make test-fast` skips the
+# tests marked slow.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
