@@ -20,13 +20,14 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str) -> ModuleType:
-    """Import ``benchmarks/NAME.py`` by path (the scripts are not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    """Import ``benchmarks/NAME.py`` by path, as ``benchmarks_NAME`` (the scripts are no package)."""
+    module_name = f"benchmarks_{name}"  # not a bare "run" that could shadow another module
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 
