@@ -65,7 +65,7 @@ def tiny_model(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="session")
 def pixel_toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Reference dataset of exact helices through a hand-made detector (tests/reference/pixel_toy.py).
+    """Exact helices through a hand-made detector, as a dataset (tests/reference/pixel_toy.py).
 
     Only for thresholds that state what that clean geometry allows; use ``toy_data`` otherwise.
     """
@@ -80,7 +80,8 @@ def trackml_data() -> Path:
     """Directory of the real TrackML reference files (detectors.csv, events/, particles/)."""
     if not (TRACKML_DATA / "detectors.csv").is_file():
         pytest.skip(
-            f"real TrackML reference data not found at {TRACKML_DATA} (a TrackML detectors.csv with events/ beside it)"
+            f"real TrackML reference data not found at {TRACKML_DATA} "
+            "(a TrackML detectors.csv with events/ beside it)"
         )
     return TRACKML_DATA
 

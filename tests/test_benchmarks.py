@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def _load(name: str) -> ModuleType:
-    """Import ``benchmarks/NAME.py`` by path, as ``benchmarks_NAME`` (the scripts are no package)."""
+    """Import ``benchmarks/NAME.py`` by path as ``benchmarks_NAME`` (the scripts are no package)."""
     module_name = f"benchmarks_{name}"  # not a bare "run" that could shadow another module
     if module_name in sys.modules:
         return sys.modules[module_name]
