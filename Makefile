@@ -21,16 +21,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/tracklm demo --out demo
 
-# The whole suite, slow tests included (about 2 minutes on 2 cores); `make test-fast` skips them.
+# The whole suite, slow tests included (a few minutes on 2 cores); `make test-fast` skips the
+# tests marked slow.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# ruff on everything; mypy on src/ (configured in pyproject.toml: strict for models/, detector/, io/).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks

@@ -1,22 +1,46 @@
-"""Smoke tests of ``benchmarks/``: the pieces of ``run.py`` import and tiny runs give their keys.
+"""Tests of ``benchmarks/``: the pieces of ``run.py`` import and tiny runs give well-formed results.
 
-No timing is asserted: benchmarks report ratios, tests only check that they run.
+No speed is asserted (it depends on the machine), but every figure must be what its name says:
+rates positive and finite, ratios equal to the quotient they name, memory in a range a Python
+process with torch can have, curves in time order with accuracies in [0, 1].
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
 
-import bench_memory  # noqa: E402
-import bench_time_to_accuracy  # noqa: E402
-import run  # noqa: E402
+
+def _load(name: str) -> ModuleType:
+    """Import ``benchmarks/NAME.py`` by path as ``benchmarks_NAME`` (the scripts are no package)."""
+    module_name = f"benchmarks_{name}"  # not a bare "run" that could shadow another module
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_inference = _load("bench_inference")
+bench_memory = _load("bench_memory")
+bench_time_to_accuracy = _load("bench_time_to_accuracy")
+run = _load("run")
+
+
+def _is_rate(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
 
 # Lightning 2.6 + torch 2.13: Lightning builds a torch pytree LeafSpec, which torch now deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
@@ -67,26 +91,37 @@ def test_time_to_accuracy_joins_validation_rows_with_wall_clock_rows(tmp_path):
 
 
 def test_inference_benchmark_returns_its_keys(random_data, tmp_path):
-    from bench_inference import benchmark_inference
     from tracklm.io.dataset import open_dataset
     from tracklm.models import TrackingBert, TrackingBertConfig
 
     vocab = open_dataset(random_data).vocab
     config = TrackingBertConfig.preset("tiny", vocab_size=len(vocab), max_length=19)
     TrackingBert(config).save_pretrained(tmp_path / "model", vocab)
-    result = benchmark_inference(
+    result = bench_inference.benchmark_inference(
         tmp_path / "model", random_data, max_tracks=256, batch_size=128, threads=1, repeats=1
     )
-    assert result["tracks"] == 256
-    assert set(result["tracks_per_s"]) == {
+    assert (result["tracks"], result["split"], result["batch_size"], result["threads"]) == (
+        256, "test", 128, 1,
+    )  # fmt: skip
+    assert result["model"] == config.to_dict()
+    rates = result["tracks_per_s"]
+    assert set(rates) == {
         "eager",
         "eager_full_logits",
         "onnx_tuned",
         "onnx_default",
         "onnx_full_logits",
     }
-    assert result["top1_agreement"] >= 0.99
-    assert result["speedup_onnx_vs_eager"] > 0
+    assert all(_is_rate(value) for value in rates.values()), rates
+    assert 0.99 <= result["top1_agreement"] <= 1.0
+    # each speed-up is the ratio of the two rates its name says
+    for key, (top, bottom) in {
+        "speedup_onnx_vs_eager": ("onnx_tuned", "eager"),
+        "speedup_onnx_default_vs_eager": ("onnx_default", "eager"),
+        "speedup_onnx_full_vs_eager_full_logits": ("onnx_full_logits", "eager_full_logits"),
+        "speedup_onnx_full_vs_eager": ("onnx_full_logits", "eager"),
+    }.items():
+        assert result[key] == pytest.approx(rates[top] / rates[bottom], rel=1e-12), key
 
 
 @pytest.mark.slow
@@ -95,16 +130,43 @@ def test_time_to_accuracy_benchmark_writes_its_curve(random_data, tmp_path):
         random_data, tmp_path / "run", preset="tiny", minutes=0.15, val_every=5, batch_size=32,
         threads=1,
     )  # fmt: skip
-    assert result["curve"] and (tmp_path / "run" / "time_to_accuracy.png").is_file()
+    curve = result["curve"]
+    assert curve and (tmp_path / "run" / "time_to_accuracy.png").is_file()
+    steps, seconds = [p["step"] for p in curve], [p["seconds"] for p in curve]
+    assert steps == sorted(set(steps)) and steps[0] > 0 and seconds == sorted(seconds)
+    assert all(0.0 <= p["masked_accuracy"] <= 1.0 for p in curve)
+    assert result["final_step"] == steps[-1]
+    assert result["final_masked_accuracy"] == curve[-1]["masked_accuracy"]
     assert 0.0 <= result["frequency_baseline_accuracy"] <= 1.0
+    assert result["accuracy_over_baseline"] == pytest.approx(
+        result["final_masked_accuracy"] / result["frequency_baseline_accuracy"]
+    )
     assert set(result["seconds_to_accuracy"]) == {
         f"{t:.2f}" for t in bench_time_to_accuracy.DEFAULT_THRESHOLDS
     }
+    for threshold, reached in result["seconds_to_accuracy"].items():
+        # None when never reached; else the wall clock of the first point at the threshold
+        hits = [p["seconds"] for p in curve if p["masked_accuracy"] >= float(threshold)]
+        assert reached == (hits[0] if hits else None), threshold
 
 
 @pytest.mark.slow
 def test_memory_benchmark_measures_each_size(tmp_path):
     result = bench_memory.benchmark_memory((1000, 3000), steps=2, batch_size=16, workdir=tmp_path)
-    assert [r["train_tracks"] for r in result["runs"]] == [1000, 3000]
-    assert all(r["peak_rss_mib"] > 0 for r in result["runs"])
-    assert result["import_only_peak_rss_mib"] > 0
+    runs = result["runs"]
+    assert [r["train_tracks"] for r in runs] == [1000, 3000]
+    assert (result["steps"], result["batch_size"]) == (2, 16)
+    # in MiB: a process that imports torch holds well over 50 MiB, and nothing here needs 8 GiB
+    baseline = result["import_only_peak_rss_mib"]
+    assert 50.0 < baseline < 8192.0
+    for r in runs:
+        # training imports what the import-only process imports, and more
+        assert baseline < r["peak_rss_mib"] < 8192.0
+        assert r["dataset_mib"] > 0 and r["run_seconds"] > 0 and r["write_seconds"] > 0
+    assert runs[1]["dataset_mib"] > runs[0]["dataset_mib"]
+    assert result["rss_ratio_largest_to_smallest"] == pytest.approx(
+        runs[1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
+    )
+    assert result["dataset_ratio_largest_to_smallest"] == pytest.approx(
+        runs[1]["dataset_mib"] / runs[0]["dataset_mib"]
+    )

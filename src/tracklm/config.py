@@ -54,7 +54,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except InputError:
                 continue
         raise InputError(f"{where}: {value!r} does not fit {annotation}")
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise InputError(f"{where}: expected a mapping")
         return from_dict(annotation, value, where=where)

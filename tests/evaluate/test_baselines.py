@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.reference.helices import toy_modules, toy_tracks
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.evaluate.baselines import (
@@ -12,8 +13,6 @@ from tracklm.evaluate.baselines import (
     HelixFrequencyBaseline,
     neighbours,
 )
-
-from .toy import toy_modules, toy_tracks
 
 
 def test_neighbours_skip_hidden_hits():

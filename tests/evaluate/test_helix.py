@@ -1,5 +1,5 @@
 """Helix fit (``tracklm.tracking.helix``), token layers and module frames (``tracklm.detector``)
-against helices generated independently (tests/evaluate/toy.py)."""
+against helices generated independently (tests/reference/helices.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.reference.helices import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
 from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 from tracklm.tracking.helix import fit_helix
-
-from .toy import BARREL_RADII_MM, helix_points, layer_crossings, toy_modules
 
 
 @pytest.mark.parametrize(("pt_gev", "charge"), [(0.6, 1), (2.0, -1), (0.3, -1)])

@@ -24,8 +24,6 @@ from tracklm.evaluate.report import run_evaluate
 from tracklm.io.dataset import open_dataset
 from tracklm.models.bert import TrackingBert, TrackingBertConfig
 
-from .toy import write_toy_dataset
-
 PNGS = (
     "accuracy_by_position.png",
     "accuracy_by_length.png",
@@ -37,9 +35,9 @@ PNGS = (
 
 
 @pytest.fixture(scope="module")
-def toy_run(tmp_path_factory):
+def toy_run(tmp_path_factory, toy_data):
     root = tmp_path_factory.mktemp("evaluate")
-    data = write_toy_dataset(root / "data", {"train": 8, "val": 1, "test": 3}, per_event=8)
+    data = toy_data
     vocab = open_dataset(data).vocab
     torch.manual_seed(0)
     model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=len(vocab)))
@@ -92,10 +90,13 @@ def test_metrics_json_is_what_run_evaluate_returns(masked_report):
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 
-def test_metrics_json_follows_the_schema(masked_report):
+def test_metrics_json_follows_the_schema(masked_report, toy_data):
     _, metrics = masked_report
+    n_test = len(open_dataset(toy_data).split("test"))
     assert (
-        metrics["protocol"] == "masked" and metrics["split"] == "test" and metrics["n_tracks"] == 24
+        metrics["protocol"] == "masked"
+        and metrics["split"] == "test"
+        and metrics["n_tracks"] == n_test
     )
     mm = metrics["masked_module"]
     for key in ("accuracy", "top5_accuracy", "within_20mm", "within_100mm", "median_distance_mm"):
@@ -103,7 +104,7 @@ def test_metrics_json_follows_the_schema(masked_report):
     assert set(mm["by_position"]) == {"first", "middle", "last"}
     assert set(mm["by_length"]) == {"4", "5", "6", "7", "8"}
     assert set(mm["by_track"]) == {"A", "B"}
-    assert mm["n_predictions"] == 24 * 6
+    assert mm["n_predictions"] == n_test * 6
     assert set(metrics["pair_pt"]) >= {"accuracy", "auc"}
     assert set(metrics["baselines"]) == {"frequency", "helix", "helix+frequency", "helix_hits"}
     for block in metrics["baselines"].values():

@@ -1,4 +1,6 @@
-"""Physics of one simulated pile-up 200 event against the TrackML figures (GEOMETRY.md).
+"""Physics of one simulated pile-up 200 event against the TrackML challenge data.
+
+The reference figures are those of the public TrackML events, quoted beside each check.
 
 Tolerances are about 15% on the headline counts (the generator is tuned, not fitted) and a few
 percentage points on fractions; each check fails if the physics it names breaks.
@@ -200,4 +202,11 @@ def test_pileup_zero_is_one_collision(detector: Detector) -> None:
     # Only the signal collision: one primary vertex, a few tens of particles.
     assert primaries["vz"].nunique() == 1
     assert 0 < len(particles) < 400
-    assert len(hits) == len(truth) and len(hits) > 0
+    assert len(hits) == len(truth)
+    # the hits are this collision's particles' (and noise, id 0), as many as their nhits say
+    signal = truth["particle_id"].to_numpy() != 0
+    ids, counts = np.unique(truth["particle_id"].to_numpy()[signal], return_counts=True)
+    assert len(ids) > 0 and np.isin(ids, particles["particle_id"]).all()
+    nhits = particles.set_index("particle_id")["nhits"]
+    np.testing.assert_array_equal(nhits.loc[ids].to_numpy(), counts)
+    assert (nhits.drop(ids) == 0).all()

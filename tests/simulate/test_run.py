@@ -6,19 +6,29 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tracklm.cli import main
 from tracklm.config import from_dict
 from tracklm.detector.geometry import Detector
 from tracklm.errors import InputError
-from tracklm.io.trackml import list_events, read_event, write_event
+from tracklm.io.trackml import PART_COLUMNS, Event, list_events, read_event, write_event
 from tracklm.simulate.config import SimulationConfig
 from tracklm.simulate.event import run_simulate, simulate_event, simulate_events
 
 EVENT_FILES = [
     f"event00000000{i}-{part}.csv.gz" for i in (1, 2) for part in ("hits", "particles", "truth")
 ]
+
+
+def _tables(event: Event) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The hits, particles and truth of an event read with every part (the reader's default)."""
+    assert isinstance(event.hits, pd.DataFrame)
+    assert isinstance(event.particles, pd.DataFrame)
+    assert isinstance(event.truth, pd.DataFrame)
+    assert set(event.hits.columns) == set(PART_COLUMNS["hits"])
+    return event.hits, event.particles, event.truth
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +42,24 @@ def test_writes_a_trackml_directory(simulated: Path) -> None:
     assert list_events(simulated) == [1, 2]
     assert {p.name for p in simulated.iterdir()} == {"detectors.csv", "manifest.json", *EVENT_FILES}
     event = read_event(simulated, 2)
-    assert event.hits is not None and len(event.hits) > 100
-    assert event.particles is not None and "particle_type" in event.particles
-    assert event.truth is not None and "weight" in event.truth
+    hits, particles, truth = _tables(event)
+    assert len(hits) > 100
+    assert set(particles.columns) == {*PART_COLUMNS["particles"], "particle_type"}
+    assert set(truth.columns) == {*PART_COLUMNS["truth"], "weight"}
+    # one truth row per hit; every hit belongs to a simulated particle or is noise (id 0)
+    np.testing.assert_array_equal(truth["hit_id"].to_numpy(), hits["hit_id"].to_numpy())
+    np.testing.assert_array_equal(hits["hit_id"].to_numpy(), np.arange(1, len(hits) + 1))
+    signal = truth["particle_id"].to_numpy() != 0
+    assert np.isin(truth["particle_id"].to_numpy()[signal], particles["particle_id"]).all()
+    counts = truth["particle_id"][signal].value_counts()
+    nhits = particles.set_index("particle_id")["nhits"]
+    np.testing.assert_array_equal(nhits.reindex(counts.index).to_numpy(), counts.to_numpy())
     geometry = Detector.from_csv(simulated / "detectors.csv")
     assert len(geometry) == len(Detector.load("trackml"))
-    rows = geometry.rows(event.hits["volume_id"], event.hits["layer_id"], event.hits["module_id"])
+    rows = geometry.rows(hits["volume_id"], hits["layer_id"], hits["module_id"])
     # Through the CSV (7 significant digits) hits stay on their modules.
     assert geometry.contains(
-        rows, event.hits[["x", "y", "z"]].to_numpy(np.float64), tolerance_mm=5e-3
+        rows, hits[["x", "y", "z"]].to_numpy(np.float64), tolerance_mm=5e-3
     ).all()
     manifest = json.loads((simulated / "manifest.json").read_text())
     assert manifest["stage"] == "simulate" and manifest["config"]["seed"] == 7
@@ -98,11 +117,13 @@ def test_detector_path_and_cli(real_detectors_csv: Path, tmp_path: Path) -> None
         ]
     )
     assert status == 0
-    event = read_event(out, 1)
-    assert event.hits is not None and len(event.hits) > 0
+    hits, _, _ = _tables(read_event(out, 1))
+    assert len(hits) > 100  # three collisions' worth of particles, and noise
     real = Detector.from_csv(real_detectors_csv)
-    rows = real.rows(event.hits["volume_id"], event.hits["layer_id"], event.hits["module_id"])
+    rows = real.rows(hits["volume_id"], hits["layer_id"], hits["module_id"])
     assert np.all(rows >= 0)
+    xyz = hits[["x", "y", "z"]].to_numpy(np.float64)
+    assert real.contains(rows, xyz, tolerance_mm=5e-3).all()  # through the CSV, as above
 
 
 def test_bad_detector_is_an_input_error_and_leaves_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from conftest import toy_detector, toy_modules
+from tracklm.detector.builtin import build_detector
 from tracklm.detector.geometry import Detector
 from tracklm.errors import InputError
 from tracklm.models.bert import TrackingBert
@@ -21,9 +21,12 @@ from tracklm.tasks.embed import (
     run_embed,
 )
 
+PIXEL_VOLUMES = (7, 8, 9)  # the modules of the toy dataset's vocabulary (default selection)
+
 
 def test_neighbour_fraction_high_for_coordinates_low_for_random():
-    centres = toy_modules()[["cx", "cy", "cz"]].to_numpy()
+    table = build_detector("trackml").modules
+    centres = table[table.volume_id.isin(PIXEL_VOLUMES)][["cx", "cy", "cz"]].to_numpy()
     # Coordinates as an embedding whose cosine similarity falls with distance: random Fourier
     # features, cos(W x) and sin(W x), whose dot products approximate a Gaussian kernel (30 mm).
     w = np.random.default_rng(3).standard_normal((3, 128)) / 30.0
@@ -48,7 +51,7 @@ def test_neighbour_fraction_hand_computed():
 def test_embed_writes_table_sidecar_and_plot(tiny_model, tmp_path):
     out = tmp_path / "emb.parquet"
     plot = tmp_path / "emb.png"
-    stats = run_embed(tiny_model, out, plot, detector=toy_detector())
+    stats = run_embed(tiny_model, out, plot, detector=build_detector("trackml"))
     table = pd.read_parquet(out)
     model = TrackingBert.from_pretrained(tiny_model)
     vocab = model.vocab
@@ -73,13 +76,13 @@ def test_embed_writes_table_sidecar_and_plot(tiny_model, tmp_path):
 
 
 def test_embed_refuses_modules_missing_from_the_geometry_and_bad_projection(tiny_model, tmp_path):
-    table = toy_detector().modules
-    smaller = Detector(table[table.volume_id != 9].reset_index(drop=True), name="toy-barrel")
+    table = build_detector("trackml").modules
+    smaller = Detector(table[table.volume_id != 9].reset_index(drop=True), name="no-endcap")
     with pytest.raises(InputError, match="not in the detector geometry"):
         run_embed(tiny_model, tmp_path / "a.parquet", detector=smaller)
     assert not (tmp_path / "a.parquet").exists()
     with pytest.raises(InputError, match="--projection"):
-        run_embed(tiny_model, tmp_path / "b.parquet", projection="tsne", detector=toy_detector())
+        run_embed(tiny_model, tmp_path / "b.parquet", projection="tsne", detector="trackml")
 
 
 def test_projection_and_figure():

@@ -154,9 +154,9 @@ def test_bad_options_are_refused(toy_data, tiny_model, tmp_path):
         finetune("pt", tiny_model, toy_data, tmp_path / "b", FAST, mode="partial")
 
 
-def test_baselines_find_what_the_toy_geometry_allows(toy_data):
+def test_baselines_find_what_the_toy_geometry_allows(pixel_toy_data):
     """Helix baselines on module centres: holes are easy, outliers and pT are coarse but informative."""
-    dataset = open_dataset(toy_data)
+    dataset = open_dataset(pixel_toy_data)
     context = TaskContext.from_dataset(dataset)
     tracks = dataset.split("test").take(slice(None))
     scores = {}

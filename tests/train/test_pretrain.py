@@ -13,8 +13,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
-from synthetic import make_synthetic_dataset
 
+from tests.reference.chains import make_synthetic_dataset
+from tracklm.data.prepare import run_prepare
 from tracklm.errors import InputError
 from tracklm.io.dataset import open_dataset
 from tracklm.models import TrackingBert
@@ -49,9 +50,15 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
+def data(toy_data) -> Path:
+    return toy_data
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory) -> Path:
+    """Learnable module chains (tests/reference/chains.py): 64 modules, 2,000 tracks."""
     return make_synthetic_dataset(
-        tmp_path_factory.mktemp("data"), n_events=40, tracks_per_event=50, seed=0
+        tmp_path_factory.mktemp("chains"), n_events=40, tracks_per_event=50, seed=0
     )
 
 
@@ -82,7 +89,8 @@ class CrashAt(Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_tiny_preset_learns_masked_modules_and_pair_order(data, tmp_path):
+def test_tiny_preset_learns_masked_modules_and_pair_order(chains, tmp_path):
+    data = chains
     config = tmp_path / "fit.yaml"
     config.write_text("model_overrides: {dropout: 0.0, attention_dropout: 0.0}\nlr: 0.01\nmax_steps: 500\n"
                       "mask_rate_steps: [250, 400]\nval_every: 100\n")  # fmt: skip
@@ -139,7 +147,9 @@ def test_interrupted_run_resumes_to_the_same_weights_as_an_uninterrupted_one(
     assert json.loads((resumed / "metrics.json").read_text())["step"] == 14
 
 
-def test_refuses_existing_output_other_vocabulary_and_unknown_keys(data, tmp_path, short_config):
+def test_refuses_existing_output_other_vocabulary_and_unknown_keys(
+    data, toy_events, tmp_path, short_config
+):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "notes.txt").write_text("keep me")
@@ -160,9 +170,9 @@ def test_refuses_existing_output_other_vocabulary_and_unknown_keys(data, tmp_pat
     (run / "run.json").write_text(
         json.dumps({"vocab_sha256": open_dataset(data).vocab.sha256, "seed": 0, "config": {}})
     )
-    other = make_synthetic_dataset(
-        tmp_path / "other", n_events=10, tracks_per_event=10, seed=1, extra_modules=2
-    )
+    # the same events prepared over every volume: a larger vocabulary
+    other = tmp_path / "other"
+    run_prepare(toy_events, other, selection="all-min4", val_fraction=0.2, test_fraction=0.2)
     with pytest.raises(
         InputError, match=r"vocab\.json: vocabulary sha256 .* differs from the run's"
     ):

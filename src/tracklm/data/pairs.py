@@ -164,7 +164,7 @@ def _swap_partners(
     p = index_a.shape[0]
     n = event_id.shape[0]
     replaced = rng.random(p) < 0.5
-    other = rng.integers(0, n, size=p)
+    other = rng.integers(0, n, size=(p,))
     # Redraw the few replacements that landed in A's own event (a bounded number of rounds; a
     # split of one event has no other event to draw from).
     for _ in range(8):

@@ -255,7 +255,7 @@ def modules_table(vocab: ModuleVocab, detector: Any) -> pd.DataFrame:
         missing = tuple(int(v) for v in triples[int(np.flatnonzero(rows < 0)[0])])
         raise InputError(f"vocabulary module {missing} is not in the detector geometry")
     centres = detector.centres[rows]
-    return pd.DataFrame(
+    table: pd.DataFrame = pd.DataFrame(
         {
             "token": np.arange(vocab.num_special, len(vocab), dtype=np.int32),
             "volume_id": triples[:, 0].astype(np.int32),
@@ -266,3 +266,4 @@ def modules_table(vocab: ModuleVocab, detector: Any) -> pd.DataFrame:
             "cz": centres[:, 2],
         }
     )
+    return table

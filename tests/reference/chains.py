@@ -1,4 +1,7 @@
-"""A small synthetic prepared dataset with learnable structure, for training tests.
+"""A prepared dataset of module chains a tiny model can learn in a few hundred steps.
+
+The reference for "pre-training learns": simulated events (the ``toy_data`` fixture) have too
+many modules for a tiny model to learn in a test's budget, these chains have 64.
 
 The detector is 8 barrel layers of ``MODULES_PER_LAYER`` modules each (volume 8, layers 2..16).
 A track starts on layer 1 at a random module ``m0`` and crosses module ``m0 + c * l`` (modulo the
@@ -6,8 +9,6 @@ layer size) on layer ``l`` with a "curvature" ``c`` in {-1, 0, +1}; it has 4 to 
 masked hit is determined by two other hits of its track. pT grows with the number of hits (as
 soft tracks curl up before the outer layers): pT = 0.4 GeV x hits x a random factor in [0.95, 1.05],
 so the pair label pT(B) > pT(A) follows the lengths of A and B except where they are equal.
-
-Other engineers may import ``make_synthetic_dataset`` for their own tests.
 """
 
 from __future__ import annotations

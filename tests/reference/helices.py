@@ -1,4 +1,4 @@
-"""A toy pixel-like detector and helix tracks through it, for evaluation tests.
+"""A hand-made pixel-like detector and exact helix tracks through it: an independent reference.
 
 Barrel layers (volume 8) are rings of module centres at fixed radius and z; one endcap (volume 9)
 has disks at fixed z with two rings of modules. Tracks are helices from the origin in a 2 T field,
@@ -8,14 +8,11 @@ centre is nearest. Everything is computed independently of ``tracklm.evaluate.he
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.io.dataset import SplitWriter, TrackArrays
+from tracklm.io.dataset import TrackArrays
 
 BARREL_RADII_MM = (32.0, 72.0, 116.0, 172.0)
 BARREL_NPHI = (8, 16, 24, 32)
@@ -136,26 +133,3 @@ def toy_tracks(
         event_id=np.array([r[6] for r in records], np.int64),
         particle_id=np.arange(n, dtype=np.int64) + 1,
     )
-
-
-def write_toy_dataset(
-    root: Path, n_events: dict[str, int], per_event: int = 12, seed: int = 0
-) -> Path:
-    """A dataset directory (manifest.json, vocab.json, modules.parquet, splits) of toy tracks."""
-    modules = toy_modules()
-    vocab = ModuleVocab(modules[["volume_id", "layer_id", "module_id"]].to_numpy())
-    root.mkdir(parents=True)
-    vocab.save(root / "vocab.json")
-    table = modules.sort_values(["volume_id", "layer_id", "module_id"]).reset_index(drop=True)
-    table.insert(0, "token", np.arange(vocab.num_special, len(vocab), dtype=np.int32))
-    table.to_parquet(root / "modules.parquet")
-    counts = {}
-    for i, (split, events) in enumerate(n_events.items()):
-        tracks = toy_tracks(modules, vocab, events, per_event, seed + i)
-        tracks.event_id += 1000 * i
-        with SplitWriter(root / split, 8) as writer:
-            writer.append(tracks)
-        counts[split] = len(tracks)
-    manifest = {"stage": "prepare", "n_tracks": counts, "vocab_sha256": vocab.sha256}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root

@@ -1,4 +1,7 @@
-"""A toy pixel detector, helix tracks through it, a prepared dataset and a tiny untrained model.
+"""A toy pixel detector with exact helix tracks through it, as a prepared dataset: a reference.
+
+Only for tests whose thresholds state what this clean geometry allows (the task baselines);
+everything else uses the simulated ``toy_data`` fixture of ``tests/conftest.py``.
 
 Barrel (volume 8): six cylinders of flat-ish module centres on rings in phi and z. Endcap
 (volume 9): three disks at +z with two rings. Tracks are exact helices from the origin in a 2 T
@@ -14,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from tracklm.detector.geometry import TRACKML_COLUMNS, Detector
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.io.dataset import SplitWriter, TrackArrays
-from tracklm.models.bert import TrackingBert, TrackingBertConfig
 
 BARREL_R_MM = (32.0, 72.0, 116.0, 172.0, 260.0, 360.0)
 BARREL_NPHI = (12, 24, 36, 54, 80, 108)
@@ -33,6 +34,7 @@ PT_PER_MM = 0.299792458 * 2.0 / 1000.0  # GeV per mm of radius at 2 T
 
 
 def toy_modules() -> pd.DataFrame:
+    """Module table (volume_id, layer_id, module_id, cx, cy, cz) of the toy detector."""
     rows = []
     for i, (radius, nphi) in enumerate(zip(BARREL_R_MM, BARREL_NPHI)):
         phi = 2 * np.pi * (np.arange(nphi) + 0.5) / nphi
@@ -158,6 +160,7 @@ def toy_tracks(n: int, seed: int, vocab: ModuleVocab, first_event: int = 0) -> T
 
 
 def write_toy_dataset(path: Path, sizes: dict[str, int], seed: int = 0) -> Path:
+    """A dataset directory (manifest, vocab, modules, splits) with ``sizes`` tracks per split."""
     modules = toy_modules()
     vocab = ModuleVocab(modules[["volume_id", "layer_id", "module_id"]].to_numpy())
     path.mkdir(parents=True)
@@ -171,25 +174,3 @@ def write_toy_dataset(path: Path, sizes: dict[str, int], seed: int = 0) -> Path:
     manifest = {"stage": "prepare", "n_tracks": sizes, "vocab_sha256": vocab.sha256}
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
-
-
-@pytest.fixture(scope="session")
-def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Prepared toy dataset: 800 train, 200 val, 400 test tracks."""
-    return write_toy_dataset(
-        tmp_path_factory.mktemp("tasks") / "data", {"train": 800, "val": 200, "test": 400}
-    )
-
-
-@pytest.fixture(scope="session")
-def tiny_model(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained tiny TrackingBERT over the toy vocabulary, saved as a model directory."""
-    vocab = ModuleVocab.load(toy_data / "vocab.json")
-    torch_seed = 1234
-    import torch
-
-    torch.manual_seed(torch_seed)
-    model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=len(vocab), max_length=19))
-    directory = tmp_path_factory.mktemp("tasks") / "model"
-    model.save_pretrained(directory, vocab)
-    return directory
