@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from tracklm.detector.builtin import build_detector
+from tracklm.detector.geometry import Detector
 from tracklm.detector.geometry import Detector
 from tracklm.errors import InputError
 from tracklm.models.bert import TrackingBert
@@ -25,7 +25,7 @@ PIXEL_VOLUMES = (7, 8, 9)  # the modules of the toy dataset's vocabulary (defaul
 
 
 def test_neighbour_fraction_high_for_coordinates_low_for_random():
-    table = build_detector("trackml").modules
+    table = Detector.builtin("trackml").modules
     centres = table[table.volume_id.isin(PIXEL_VOLUMES)][["cx", "cy", "cz"]].to_numpy()
     # Coordinates as an embedding whose cosine similarity falls with distance: random Fourier
     # features, cos(W x) and sin(W x), whose dot products approximate a Gaussian kernel (30 mm).
@@ -51,7 +51,7 @@ def test_neighbour_fraction_hand_computed():
 def test_embed_writes_table_sidecar_and_plot(tiny_model, tmp_path):
     out = tmp_path / "emb.parquet"
     plot = tmp_path / "emb.png"
-    stats = run_embed(tiny_model, out, plot, detector=build_detector("trackml"))
+    stats = run_embed(tiny_model, out, plot, detector=Detector.builtin("trackml"))
     table = pd.read_parquet(out)
     model = TrackingBert.from_pretrained(tiny_model)
     vocab = model.vocab
@@ -76,7 +76,7 @@ def test_embed_writes_table_sidecar_and_plot(tiny_model, tmp_path):
 
 
 def test_embed_refuses_modules_missing_from_the_geometry_and_bad_projection(tiny_model, tmp_path):
-    table = build_detector("trackml").modules
+    table = Detector.builtin("trackml").modules
     smaller = Detector(table[table.volume_id != 9].reset_index(drop=True), name="no-endcap")
     with pytest.raises(InputError, match="not in the detector geometry"):
         run_embed(tiny_model, tmp_path / "a.parquet", detector=smaller)
