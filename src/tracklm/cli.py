@@ -11,8 +11,9 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tracklm import __version__
 from tracklm.errors import InputError
@@ -65,17 +66,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tracklm",
-        description="Language models for particle tracking: simulate, prepare, pretrain, evaluate, use.",
-    )
-    parser.add_argument("--version", action="version", version=f"tracklm {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm simulate``: options passed by name to ``tracklm.simulate.event.run_simulate``."""
     p = sub.add_parser("simulate", parents=[common], help="simulate TrackML-format events")
     p.add_argument("--out", type=Path, required=True, help="output event directory")
     p.add_argument(
@@ -93,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_positive_int, default=1, help="parallel processes (default 1)"
     )
 
+
+def _add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm prepare``: options passed by name to ``tracklm.data.prepare.run_prepare``."""
     p = sub.add_parser("prepare", parents=[common], help="tokenize events into a track dataset")
     p.add_argument("--events", type=Path, required=True, help="TrackML event directory")
     p.add_argument("--out", type=Path, required=True, help="output dataset directory")
@@ -133,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--tolerant", action="store_true", help="skip bad events with a warning instead of failing"
     )
 
+
+def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm pretrain``: options passed by name to ``tracklm.train.pretrain.run_pretrain``."""
     p = sub.add_parser("pretrain", parents=[common], help="pre-train TrackingBERT")
     p.add_argument(
         "--data", type=Path, required=True, help="dataset directory from 'tracklm prepare'"
@@ -165,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
+
+def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm evaluate``: options passed by name to ``tracklm.evaluate.report.run_evaluate``."""
     p = sub.add_parser("evaluate", parents=[common], help="masked-module evaluation with baselines")
     p.add_argument("--model", type=Path, required=True, help="model directory (RUN/model)")
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed for pairing tracks (default 0)")
 
+
+def _add_embed(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm embed``: options passed by name to ``tracklm.tasks.embed.run_embed``."""
     p = sub.add_parser("embed", parents=[common], help="export the module embedding table")
     p.add_argument("--model", type=Path, required=True, help="model directory")
     p.add_argument("--out", type=Path, required=True, help="output parquet file")
@@ -191,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--projection", default="pca", choices=["pca", "umap"], help="2D projection (default pca)"
     )
 
+
+def _add_finetune(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm finetune``: options passed by name to ``tracklm.tasks.finetune.run_finetune``."""
     p = sub.add_parser("finetune", parents=[common], help="train a downstream task")
     p.add_argument(
         "--task", required=True, choices=["holes", "outliers", "extrapolate", "pt"], help="the task"
@@ -217,11 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML file of fine-tuning options (FinetuneConfig keys) over the defaults",
     )
 
+
+def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm export``: options passed by name to ``tracklm.models.export.run_export``."""
     p = sub.add_parser("export", parents=[common], help="export the model for deployment")
     p.add_argument("--model", type=Path, required=True, help="model directory")
     p.add_argument("--format", default="onnx", choices=["onnx"], help="format (default onnx)")
     p.add_argument("--out", type=Path, required=True, help="output file")
 
+
+def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm demo``: options passed by name to ``tracklm.demo.run_demo``."""
     p = sub.add_parser(
         "demo", parents=[common], help="simulate, prepare, pretrain, evaluate end to end"
     )
@@ -232,10 +245,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="pre-training minutes (default 10)",
     )
+
+
+_VERB_OPTIONS = (
+    _add_simulate,
+    _add_prepare,
+    _add_pretrain,
+    _add_evaluate,
+    _add_embed,
+    _add_finetune,
+    _add_export,
+    _add_demo,
+)
+"""The sub-commands in the order ``--help`` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tracklm",
+        description="Language models for particle tracking: simulate, prepare, pretrain, evaluate, use.",
+    )
+    parser.add_argument("--version", action="version", version=f"tracklm {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_verb in _VERB_OPTIONS:
+        add_verb(sub, common)
     return parser
 
 
-def _resolve(target: str):  # type: ignore[no-untyped-def]
+def _resolve(target: str) -> Callable[..., Any]:
     module_name, function_name = target.split(":")
     return getattr(importlib.import_module(module_name), function_name)
 

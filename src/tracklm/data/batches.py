@@ -12,7 +12,7 @@ A ``DataLoader`` with ``batch_size=None`` over ``PairBatches`` (indexed by step,
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ class ResumableDataLoader(DataLoader):
 
 def step_loader(
     batches: PairBatches,
-    sampler: Sampler[int],
+    sampler: Sampler[int] | Iterable[int],
     *,
     num_workers: int = 0,
     pin_memory: bool = False,

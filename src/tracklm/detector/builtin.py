@@ -71,7 +71,8 @@ def _module_table(
     columns["module_hv"] = np.full(count, half_length_mm)
     columns["pitch_u"] = np.full(count, pitch_u_mm)
     columns["pitch_v"] = np.full(count, pitch_v_mm)
-    return pd.DataFrame(columns, columns=list(TRACKML_COLUMNS))
+    table: pd.DataFrame = pd.DataFrame(columns, columns=list(TRACKML_COLUMNS))
+    return table
 
 
 def _sector_phi(count: int) -> np.ndarray:

@@ -120,17 +120,20 @@ class Detector:
     @property
     def ids(self) -> np.ndarray:
         """(M, 3) int32 array of (volume_id, layer_id, module_id)."""
-        return self.modules[list(ID_COLUMNS)].to_numpy(np.int32)
+        ids: np.ndarray = self.modules[list(ID_COLUMNS)].to_numpy(np.int32)
+        return ids
 
     @property
     def centres(self) -> np.ndarray:
         """(M, 3) module centres in mm."""
-        return self.modules[["cx", "cy", "cz"]].to_numpy(np.float64)
+        centres: np.ndarray = self.modules[["cx", "cy", "cz"]].to_numpy(np.float64)
+        return centres
 
     @property
     def rotations(self) -> np.ndarray:
         """(M, 3, 3) local-to-global rotations; columns are the u, v, w axes."""
-        return self.modules[list(ROTATION_COLUMNS)].to_numpy(np.float64).reshape(-1, 3, 3)
+        rotations: np.ndarray = self.modules[list(ROTATION_COLUMNS)].to_numpy(np.float64)
+        return rotations.reshape(-1, 3, 3)
 
     def select_volumes(self, volumes: tuple[int, ...] | list[int]) -> Detector:
         """The sub-detector made of the given volumes."""

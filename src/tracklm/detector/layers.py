@@ -199,7 +199,8 @@ class TokenLayers:
             frame["volume_id"] = self.volume_id[index]
             frame["layer_id"] = self.layer_id[index]
             frames.append(frame)
-        return pd.concat(frames)
+        table: pd.DataFrame = pd.concat(frames)
+        return table
 
     def intersect(
         self, track: Trajectory, layer: np.ndarray, s_lo: np.ndarray, s_hi: np.ndarray

@@ -1,6 +1,7 @@
 """TrackingBERT: a BERT encoder over detector-module tokens, with its two pre-training heads.
 
-Read top to bottom (nanoGPT style): config, outputs, embeddings, attention, block, heads, model.
+Read top to bottom (nanoGPT style): outputs, embeddings, attention, block, heads, model; the
+config (``TrackingBertConfig``) lives beside it in ``config.py``.
 The encoder is a post-LayerNorm BERT, numerically the same as ``transformers.BertModel`` with
 exact GELU (``tests/models/test_hf_parity.py``). It works on the real (unpadded) tokens only
 (``TokenLayout``, ``layout.py``); with labels, its last block computes only what the heads read.
@@ -28,99 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tracklm import config as config_lib
 from tracklm.data.masking import IGNORE_INDEX
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models import cpu_kernels, hub
+from tracklm.models.config import TrackingBertConfig as TrackingBertConfig  # re-exported
 from tracklm.models.cpu_kernels import Dropout, DropoutRng
 from tracklm.models.layout import TokenLayout
-from tracklm.presets import load_preset
 
 AttentionBackend = Literal["packed", "eager", "sdpa"]
 ATTENTION_BACKENDS: dict[str, AttentionBackend] = {"auto": "packed", "packed": "packed", "eager": "eager", "sdpa": "sdpa"}  # fmt: skip
 """The ``attention`` names ``TrackingBert`` takes, and the backend each selects (``auto``: the
 default)."""
 DROPOUT_RNGS: dict[str, DropoutRng] = {"sfc64": "sfc64", "torch": "torch"}
-
-
-# ----------------------------------------------------------------------------- config
-@dataclass
-class TrackingBertConfig:
-    """Everything that defines a TrackingBERT architecture (saved as ``config.json``).
-
-    Attributes
-    ----------
-    vocab_size : v, number of tokens (special tokens + modules); set from the dataset's vocabulary.
-    hidden_size : d, width of the token representations.
-    num_layers : number of encoder blocks.
-    num_heads : attention heads; must divide ``hidden_size``.
-    intermediate_size : f, width of the feed-forward layer.
-    max_length : number of positions the model knows (19 for pairs of up to 8 hits).
-    dropout : dropout on embeddings and on each block's residual branches.
-    attention_dropout : dropout on the attention probabilities.
-    position_embedding : ``"learned"`` (a trained table) or ``"sinusoidal"`` (fixed, not saved).
-    type_vocab_size : number of segments (2: track A, track B).
-    layer_norm_eps : LayerNorm epsilon (1e-12 as in BERT).
-    initializer_range : standard deviation of the normal initialisation.
-    pad_token_id : id of ``[PAD]``; its embedding starts at zero and receives no input gradient.
-    """
-
-    vocab_size: int = 4010
-    hidden_size: int = 64
-    num_layers: int = 12
-    num_heads: int = 8
-    intermediate_size: int = 512
-    max_length: int = 19
-    dropout: float = 0.05
-    attention_dropout: float = 0.05
-    position_embedding: Literal["learned", "sinusoidal"] = "learned"
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    pad_token_id: int = 0
-
-    def __post_init__(self) -> None:
-        sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
-                 "max_length", "type_vocab_size")  # fmt: skip
-        for name, value in ((name, getattr(self, name)) for name in sizes):
-            if value < 1:
-                raise InputError(f"model config: {name} must be at least 1, got {value}")
-        d, h, p = self.hidden_size, self.num_heads, self.position_embedding
-        problems = [
-            (d % h != 0, f"hidden_size {d} is not divisible by num_heads {h}"),
-            (p not in ("learned", "sinusoidal"), f"position_embedding {p!r} is not 'learned' or 'sinusoidal'"),
-            (not 0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}"),
-            (not 0.0 <= self.attention_dropout < 1.0,
-             f"attention_dropout must lie in [0, 1), got {self.attention_dropout}"),
-            (not 0 <= self.pad_token_id < self.vocab_size,
-             f"pad_token_id {self.pad_token_id} outside the vocabulary"),
-        ]  # fmt: skip
-        for failed, problem in problems:
-            if failed:
-                raise InputError(f"model config: {problem}")
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TrackingBertConfig:
-        """A built-in architecture (``src/tracklm/presets/model/NAME.yaml``): ``tiny`` (tests),
-        ``small`` (quick runs) or ``paper`` (arXiv:2402.10239).
-
-        Parameters
-        ----------
-        name : preset name; an unknown one raises ``InputError`` listing the known ones.
-        overrides : fields to change, e.g. ``vocab_size=len(vocab)``; unknown names raise ``InputError``.
-        """
-        keys = load_preset("model", name, option="model")
-        return config_lib.from_dict(cls, {**keys, **overrides}, where=f"model preset {name}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-friendly data."""
-        return config_lib.to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> TrackingBertConfig:
-        """Build a config from a mapping; unknown keys and wrong types raise ``InputError``."""
-        return config_lib.from_dict(cls, data, where=where)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -325,7 +246,7 @@ class PairHead(nn.Module):
     def classify(self, cls: Tensor) -> Tensor:
         """(b, d) hidden states at ``[CLS]`` -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
         pooled = torch.tanh(self.pooler(cls))  # (b, d)
-        logits = self.classifier(pooled)  # (b, num_outputs)
+        logits: Tensor = self.classifier(pooled)  # (b, num_outputs)
         return logits.squeeze(-1) if self.num_outputs == 1 else logits
 
 

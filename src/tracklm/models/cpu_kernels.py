@@ -86,7 +86,7 @@ def packed_attention_applies(x: Tensor, training: bool) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_autocast_enabled("cpu")
-        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        and not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # type: ignore[no-untyped-call]
     )
 
 

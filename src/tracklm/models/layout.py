@@ -44,7 +44,7 @@ class TokenLayout:
         """
         layout = cls(batch=batch, width=width)
         if attention_mask is not None:
-            tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+            tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # type: ignore[no-untyped-call]
             if tracing or not bool(attention_mask.all()):
                 layout.real = attention_mask.reshape(-1).nonzero().squeeze(1)  # (n,)
                 layout.key_mask = attention_mask[:, None, None, :]  # (b, 1, 1, t)

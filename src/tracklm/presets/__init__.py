@@ -51,5 +51,7 @@ def load_preset(kind: str, name: str, option: str = "--preset") -> dict[str, Any
         raise InputError(
             f"{option}: unknown {kind} preset {name!r} (choose from {', '.join(names)})"
         )
-    with resources.as_file(resources.files(__package__).joinpath(kind, f"{name}.yaml")) as path:
+    with resources.as_file(
+        resources.files(__package__).joinpath(kind).joinpath(f"{name}.yaml")
+    ) as path:
         return config_lib.read_yaml(path)

@@ -98,7 +98,7 @@ def project_2d(embeddings: np.ndarray, method: str = "pca", seed: int = 0) -> np
         return centred @ vt[:2].T
     if method == "umap":
         try:
-            import umap  # type: ignore[import-not-found]
+            import umap
         except ImportError:
             raise InputError(
                 "--projection umap: umap-learn is not installed (pip install umap-learn)"

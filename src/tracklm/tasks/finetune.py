@@ -86,7 +86,7 @@ def freeze(encoder: TrackingBert) -> None:
 
 
 # ----------------------------------------------------------------------------- examples
-def sample_tracks(dataset: PreparedDataset, split: str, n: int | None, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+def sample_tracks(dataset: PreparedDataset, split: str, n: int | None, rng: np.random.Generator):
     """At most ``n`` tracks of ``split``, drawn without replacement (all, in order, if n is None)."""
     tracks = dataset.split(split)
     total = len(tracks)
@@ -113,7 +113,7 @@ def check_width(examples: Examples, max_length: int, task: str, split: str) -> N
         )
 
 
-class _ExampleBatches(Dataset):  # type: ignore[type-arg]
+class _ExampleBatches(Dataset):
     """Index with a list of rows -> one batch dict of tensors (used with a BatchSampler)."""
 
     def __init__(self, examples: Examples) -> None:
@@ -126,7 +126,7 @@ class _ExampleBatches(Dataset):  # type: ignore[type-arg]
         return self.examples.batch(np.asarray(rows))
 
 
-def example_loader(examples: Examples, batch_size: int, shuffle: bool, seed: int) -> DataLoader:  # type: ignore[type-arg]
+def example_loader(examples: Examples, batch_size: int, shuffle: bool, seed: int) -> DataLoader:
     data = _ExampleBatches(examples)
     if shuffle:
         sampler: Any = RandomSampler(data, generator=torch.Generator().manual_seed(seed))

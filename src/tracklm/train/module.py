@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from tracklm.data.batches import PairBatches, StepSampler, step_loader
 from tracklm.data.masking import IGNORE_INDEX
@@ -77,7 +78,8 @@ class PretrainModule(pl.LightningModule):
         )
         step = self.trainer.global_step
         # Only on the steps the loggers write: self.log costs as much as a tiny model's forward.
-        if (step + 1) % self.trainer.log_every_n_steps == 0:
+        # (set on the Trainer at run time, unknown to its type stubs)
+        if (step + 1) % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
             metrics = {"train/loss": out.loss.detach(), "train/mlm_loss": out.mlm_loss.detach()}
             if out.pair_loss is not None:
                 metrics["train/pair_loss"] = out.pair_loss.detach()
@@ -110,7 +112,7 @@ class PretrainModule(pl.LightningModule):
         """Training throughput of this rank so far (pairs per second of training wall time)."""
         return self._train_pairs / self._train_seconds if self._train_seconds > 0 else float("nan")
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         betas = (float(self.config.adam_betas[0]), float(self.config.adam_betas[1]))
         optimizer, schedule = build_optimizer(
             self.model,
@@ -197,7 +199,12 @@ class PretrainData(pl.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
         c = self.config
-        common = {"pairing": c.pairing, "pair_task": c.pair_task, "rank": rank, "world_size": world}
+        common: dict[str, Any] = {
+            "pairing": c.pairing,
+            "pair_task": c.pair_task,
+            "rank": rank,
+            "world_size": world,
+        }
         self.train_batches = PairBatches(
             self.data / "train", self.vocab, batch_size=c.batch_size, seed=self.seed,
             mask_schedule=c.mask_schedule, **common,

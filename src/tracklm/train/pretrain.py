@@ -389,7 +389,9 @@ def _parse_devices(devices: str | int) -> str | int:
     return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
-def _precision(precision: str, accelerator: str) -> str:
+def _precision(precision: str, accelerator: str) -> Any:
+    """Lightning's precision name (``auto``: bf16-mixed on CUDA, 32-true elsewhere); Lightning
+    itself checks a name given in the config."""
     if precision != "auto":
         return precision
     cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())

@@ -1,0 +1,92 @@
+"""``TrackingBertConfig``: everything that defines a TrackingBERT architecture.
+
+Kept beside the model (``bert.py``) as HF keeps ``configuration_bert.py``: the config is read by
+code that needs no torch (presets, model directories, the command line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tracklm import config as config_lib
+from tracklm.errors import InputError
+from tracklm.presets import load_preset
+
+
+@dataclass
+class TrackingBertConfig:
+    """Everything that defines a TrackingBERT architecture (saved as ``config.json``).
+
+    Attributes
+    ----------
+    vocab_size : v, number of tokens (special tokens + modules); set from the dataset's vocabulary.
+    hidden_size : d, width of the token representations.
+    num_layers : number of encoder blocks.
+    num_heads : attention heads; must divide ``hidden_size``.
+    intermediate_size : f, width of the feed-forward layer.
+    max_length : number of positions the model knows (19 for pairs of up to 8 hits).
+    dropout : dropout on embeddings and on each block's residual branches.
+    attention_dropout : dropout on the attention probabilities.
+    position_embedding : ``"learned"`` (a trained table) or ``"sinusoidal"`` (fixed, not saved).
+    type_vocab_size : number of segments (2: track A, track B).
+    layer_norm_eps : LayerNorm epsilon (1e-12 as in BERT).
+    initializer_range : standard deviation of the normal initialisation.
+    pad_token_id : id of ``[PAD]``; its embedding starts at zero and receives no input gradient.
+    """
+
+    vocab_size: int = 4010
+    hidden_size: int = 64
+    num_layers: int = 12
+    num_heads: int = 8
+    intermediate_size: int = 512
+    max_length: int = 19
+    dropout: float = 0.05
+    attention_dropout: float = 0.05
+    position_embedding: Literal["learned", "sinusoidal"] = "learned"
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "max_length", "type_vocab_size")  # fmt: skip
+        for name, value in ((name, getattr(self, name)) for name in sizes):
+            if value < 1:
+                raise InputError(f"model config: {name} must be at least 1, got {value}")
+        d, h, p = self.hidden_size, self.num_heads, self.position_embedding
+        problems = [
+            (d % h != 0, f"hidden_size {d} is not divisible by num_heads {h}"),
+            (p not in ("learned", "sinusoidal"), f"position_embedding {p!r} is not 'learned' or 'sinusoidal'"),
+            (not 0.0 <= self.dropout < 1.0, f"dropout must lie in [0, 1), got {self.dropout}"),
+            (not 0.0 <= self.attention_dropout < 1.0,
+             f"attention_dropout must lie in [0, 1), got {self.attention_dropout}"),
+            (not 0 <= self.pad_token_id < self.vocab_size,
+             f"pad_token_id {self.pad_token_id} outside the vocabulary"),
+        ]  # fmt: skip
+        for failed, problem in problems:
+            if failed:
+                raise InputError(f"model config: {problem}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> TrackingBertConfig:
+        """A built-in architecture (``src/tracklm/presets/model/NAME.yaml``): ``tiny`` (tests),
+        ``small`` (quick runs) or ``paper`` (arXiv:2402.10239).
+
+        Parameters
+        ----------
+        name : preset name; an unknown one raises ``InputError`` listing the known ones.
+        overrides : fields to change, e.g. ``vocab_size=len(vocab)``; unknown names raise ``InputError``.
+        """
+        keys = load_preset("model", name, option="model")
+        return config_lib.from_dict(cls, {**keys, **overrides}, where=f"model preset {name}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-friendly data."""
+        return config_lib.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "model config") -> TrackingBertConfig:
+        """Build a config from a mapping; unknown keys and wrong types raise ``InputError``."""
+        return config_lib.from_dict(cls, data, where=where)
