@@ -10,7 +10,6 @@ import pytest
 from matplotlib.figure import Figure
 
 from tracklm.detector.geometry import Detector
-from tracklm.detector.geometry import Detector
 from tracklm.errors import InputError
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.embed import (
