@@ -242,6 +242,41 @@ def run_prepare(
     The manifest written to ``out/manifest.json``.
     """
     events = Path(events)
+    chosen, event_ids = _check_options(events, selection, order, workers)
+    split = split_events(event_ids, val_fraction, test_fraction, seed)
+    geometry = resolve_detector(events, detector)
+    job = _EventJob(events, geometry, chosen.vocab(geometry), chosen, order)
+    config = {
+        "selection": chosen.to_dict(),
+        "order": order,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "tolerant": tolerant,
+    }
+    with atomic_output_dir(out) as tmp:
+        job.vocab.save(tmp / "vocab.json")
+        modules_table(job.vocab, geometry).to_parquet(tmp / "modules.parquet", index=False)
+        written = _write_splits(tmp, job, event_ids, split, workers, tolerant)
+        manifest = _write_prepare_manifest(tmp, job, written, config)
+    logger.info(
+        "prepared %s tracks (train/val/test) from %d events into %s%s",
+        "/".join(str(written.n_tracks[name]) for name in SPLITS),
+        sum(len(ids) for ids in written.events.values()),
+        out,
+        f"; skipped {len(written.skipped)} bad events" if written.skipped else "",
+    )
+    return manifest
+
+
+def _check_options(
+    events: Path, selection: str, order: str, workers: int
+) -> tuple[Selection, list[int]]:
+    """The selection called ``selection`` and the event ids found in ``events``.
+
+    Raises ``InputError`` naming the option for an unknown selection or order, fewer than one
+    worker, or an events directory without events.
+    """
     chosen = get_selection(selection)
     if order not in ORDERS:
         raise InputError(f"--order: unknown order {order!r} (choose from {', '.join(ORDERS)})")
@@ -250,80 +285,111 @@ def run_prepare(
     event_ids = list_events(events)
     if not event_ids:
         raise InputError(f"{events}: no events (no eventNNNNNNNNN-hits.csv[.gz] files)")
-    split = split_events(event_ids, val_fraction, test_fraction, seed)
-    split_of = {event_id: name for name, ids in split.items() for event_id in ids}
-    geometry = resolve_detector(events, detector)
-    vocab = chosen.vocab(geometry)
-    job = _EventJob(events, geometry, vocab, chosen, order)
+    return chosen, event_ids
 
-    written: dict[str, list[int]] = {name: [] for name in SPLITS}
-    skipped: list[dict[str, Any]] = []
-    input_files: dict[str, dict[str, Any]] = {}
-    with atomic_output_dir(out) as tmp:
-        vocab.save(tmp / "vocab.json")
-        modules_table(vocab, geometry).to_parquet(tmp / "modules.parquet", index=False)
-        with contextlib.ExitStack() as stack:
-            writers = {
-                name: stack.enter_context(SplitWriter(tmp / name, chosen.max_hits))
-                for name in SPLITS
-            }
-            progress = stack.enter_context(
-                tqdm(total=len(event_ids), desc="prepare", unit="event", disable=None)
-            )
-            results = stack.enter_context(
-                contextlib.closing(_results_in_order(job, event_ids, workers))
-            )
-            for result in results:
-                progress.update(1)
-                if result.error is not None:
-                    if not tolerant:
-                        raise InputError(result.error)
-                    logger.warning("skipping event %d: %s", result.event_id, result.error)
-                    skipped.append({"event_id": result.event_id, "reason": result.error})
-                    continue
-                assert result.tracks is not None
-                name = split_of[result.event_id]
-                writers[name].append(result.tracks)
-                written[name].append(result.event_id)
-                input_files.update(result.files)
-            n_tracks = {name: writers[name].n_tracks for name in SPLITS}
-        if skipped and not any(written.values()):
-            raise InputError(
-                f"{events}: all {len(event_ids)} events are bad (first: {skipped[0]['reason']})"
-            )
-        detector_input: dict[str, Any] = {"name": geometry.name}
-        if Path(geometry.name).is_file():
-            detector_input["sha256"] = sha256_file(geometry.name)
-        manifest = write_manifest(
-            tmp,
-            "prepare",
-            n_tracks=n_tracks,
-            events=written,
-            selection=chosen.name,
-            order=order,
-            vocab_sha256=vocab.sha256,
-            max_length=chosen.max_hits,
-            skipped_events=skipped,
-            magnetic_field=events_magnetic_field(events),
-            inputs={
-                "events": str(events.resolve()),
-                "detector": detector_input,
-                "files": input_files,
-            },
-            config={
-                "selection": chosen.to_dict(),
-                "order": order,
-                "val_fraction": val_fraction,
-                "test_fraction": test_fraction,
-                "seed": seed,
-                "tolerant": tolerant,
-            },
+
+@dataclass
+class _WrittenSplits:
+    """What ``_write_splits`` wrote.
+
+    Attributes
+    ----------
+    events : ids of the events written to each split (keys ``SPLITS``), in increasing order.
+    n_tracks : number of tracks written to each split.
+    skipped : ``{"event_id", "reason"}`` of each bad event skipped (``tolerant`` only).
+    input_files : ``{name: {"bytes", "sha256"}}`` of every event file read.
+    """
+
+    events: dict[str, list[int]]
+    n_tracks: dict[str, int]
+    skipped: list[dict[str, Any]]
+    input_files: dict[str, dict[str, Any]]
+
+
+def _write_splits(
+    tmp: Path,
+    job: _EventJob,
+    event_ids: list[int],
+    split: dict[str, list[int]],
+    workers: int,
+    tolerant: bool,
+) -> _WrittenSplits:
+    """Extract the tracks of ``event_ids`` and append each event's to its split in ``tmp``.
+
+    Parameters
+    ----------
+    tmp : the dataset directory being written; ``tmp/train``, ``tmp/val``, ``tmp/test`` are
+        created (``tracklm.io.dataset.SplitWriter``).
+    job : what each event is turned into tracks with.
+    event_ids : the events, in the order they are written.
+    split : event ids of each split (``split_events``).
+    workers : processes reading events (see ``_results_in_order``).
+    tolerant : skip bad events with a warning instead of raising ``InputError``.
+
+    Returns
+    -------
+    What was written; ``InputError`` when every event was bad.
+    """
+    split_of = {event_id: name for name, ids in split.items() for event_id in ids}
+    written = _WrittenSplits({name: [] for name in SPLITS}, {}, [], {})
+    with contextlib.ExitStack() as stack:
+        writers = {
+            name: stack.enter_context(SplitWriter(tmp / name, job.selection.max_hits))
+            for name in SPLITS
+        }
+        progress = stack.enter_context(
+            tqdm(total=len(event_ids), desc="prepare", unit="event", disable=None)
         )
-    logger.info(
-        "prepared %s tracks (train/val/test) from %d events into %s%s",
-        "/".join(str(n_tracks[name]) for name in SPLITS),
-        sum(len(ids) for ids in written.values()),
-        out,
-        f"; skipped {len(skipped)} bad events" if skipped else "",
+        results = stack.enter_context(
+            contextlib.closing(_results_in_order(job, event_ids, workers))
+        )
+        for result in results:
+            progress.update(1)
+            if result.error is not None:
+                if not tolerant:
+                    raise InputError(result.error)
+                logger.warning("skipping event %d: %s", result.event_id, result.error)
+                written.skipped.append({"event_id": result.event_id, "reason": result.error})
+                continue
+            assert result.tracks is not None
+            name = split_of[result.event_id]
+            writers[name].append(result.tracks)
+            written.events[name].append(result.event_id)
+            written.input_files.update(result.files)
+        written.n_tracks = {name: writers[name].n_tracks for name in SPLITS}
+    if written.skipped and not any(written.events.values()):
+        raise InputError(
+            f"{job.events}: all {len(event_ids)} events are bad "
+            f"(first: {written.skipped[0]['reason']})"
+        )
+    return written
+
+
+def _write_prepare_manifest(
+    tmp: Path, job: _EventJob, written: _WrittenSplits, config: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``tmp/manifest.json`` (last, once every other file is there) and return it.
+
+    ``config`` holds the options of ``run_prepare`` that shaped the dataset.
+    """
+    detector_input: dict[str, Any] = {"name": job.detector.name}
+    if Path(job.detector.name).is_file():
+        detector_input["sha256"] = sha256_file(job.detector.name)
+    return write_manifest(
+        tmp,
+        "prepare",
+        n_tracks=written.n_tracks,
+        events=written.events,
+        selection=job.selection.name,
+        order=job.order,
+        vocab_sha256=job.vocab.sha256,
+        max_length=job.selection.max_hits,
+        skipped_events=written.skipped,
+        magnetic_field=events_magnetic_field(job.events),
+        inputs={
+            "events": str(job.events.resolve()),
+            "detector": detector_input,
+            "files": written.input_files,
+        },
+        config=config,
     )
-    return manifest

@@ -217,7 +217,82 @@ def extract_tracks(
     """
     names = {"hits": "hits", "truth": "truth", "particles": "particles", **(sources or {})}
     width = selection.max_hits
+    flight = _hits_in_flight_order(hits, truth, particles, selection, order, names)
+    layout = _TrackLayout.of(flight, selection)
 
+    rows = flight.hit_rows[layout.take]
+    tokens = np.zeros((layout.n_tracks, width), dtype=np.int32)
+    tokens[layout.track, layout.slot] = _encode_modules(hits, rows, vocab, names["hits"])
+    positions = np.zeros((layout.n_tracks, width, 3), dtype=np.float32)
+    positions[layout.track, layout.slot] = flight.xyz_mm[layout.take]
+
+    first_row = flight.particle_row[flight.starts[layout.accepted]]
+    momentum = particles[["px", "py", "pz"]].to_numpy(np.float64)[first_row]
+    pt = np.hypot(momentum[:, 0], momentum[:, 1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eta = np.arcsinh(momentum[:, 2] / pt)
+    return TrackArrays(
+        tokens=tokens,
+        lengths=np.minimum(flight.counts[layout.accepted], width).astype(np.int32),
+        hits=positions,
+        pt=pt.astype(np.float32),
+        eta=eta.astype(np.float32),
+        phi=np.arctan2(momentum[:, 1], momentum[:, 0]).astype(np.float32),
+        charge=particles["q"].to_numpy()[first_row].astype(np.int8),
+        vertex=flight.vertex_mm[first_row].astype(np.float32),
+        event_id=np.full(layout.n_tracks, event_id, dtype=np.int64),
+        particle_id=flight.particle_id[flight.starts[layout.accepted]].astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class _FlightOrderedHits:
+    """The selected hits of one event, grouped by particle id, in flight order in each group.
+
+    Attributes
+    ----------
+    hit_rows : (H,) int, row of each hit in the hits table.
+    particle_id : (H,) int64, the hit's particle (groups in increasing id).
+    particle_row : (H,) int, row of the hit's particle in the particles table.
+    xyz_mm : (H, 3) float64, hit positions in mm.
+    starts : (P,) int, index of the first hit of each particle's group.
+    counts : (P,) int, number of hits in each group.
+    vertex_mm : (N, 3) float64, production vertex of every row of the particles table, in mm.
+    """
+
+    hit_rows: np.ndarray
+    particle_id: np.ndarray
+    particle_row: np.ndarray
+    xyz_mm: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    vertex_mm: np.ndarray
+
+
+def _hits_in_flight_order(
+    hits: pd.DataFrame,
+    truth: pd.DataFrame,
+    particles: pd.DataFrame,
+    selection: Selection,
+    order: str,
+    names: Mapping[str, str],
+) -> _FlightOrderedHits:
+    """Hits of particles (not noise) in ``selection.volumes``, sorted by particle then flight.
+
+    Within a particle, hits are sorted by ``hit_order_key(order)``, ties by hit id.
+
+    Parameters
+    ----------
+    hits, truth, particles : TrackML tables of one event.
+    selection : its ``volumes`` choose the hits.
+    order : one of ``ORDERS``.
+    names : file name of each table (``"hits"``, ``"truth"``, ``"particles"``) for the
+        ``InputError`` raised when the tables disagree (duplicate ids, unknown hit or particle).
+
+    Returns
+    -------
+    The H selected hits grouped by particle; see ``_FlightOrderedHits``.
+    """
     hit_ids = hits["hit_id"].to_numpy(np.int64)
     hit_rows = _truth_to_hit_rows(hit_ids, truth["hit_id"].to_numpy(np.int64), names)
     particle_of_hit = truth["particle_id"].to_numpy(np.int64)
@@ -229,7 +304,7 @@ def extract_tracks(
     hit_rows = hit_rows[truth_rows]
     pid = particle_of_hit[truth_rows]
 
-    # Production vertex and momentum of each hit's particle.
+    # Production vertex of each hit's particle, for the "vertex" order.
     particle_ids = particles["particle_id"].to_numpy(np.int64)
     _check_unique(particle_ids, names["particles"], "particle_id")
     particle_row, known = _lookup(particle_ids, pid)
@@ -243,26 +318,70 @@ def extract_tracks(
     xyz = hits[["x", "y", "z"]].to_numpy(np.float64)[hit_rows]
     key = hit_order_key(xyz, vertex_all[particle_row], order)
 
-    # Group by particle, flight order inside each group.
     sort = np.lexsort((hit_ids[hit_rows], key, pid))
     pid, hit_rows, particle_row, xyz = pid[sort], hit_rows[sort], particle_row[sort], xyz[sort]
     n_hits = pid.size
     starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]]) if n_hits else np.zeros(0, np.int64)
     counts = np.diff(np.r_[starts, n_hits])
-    position = np.arange(n_hits) - np.repeat(starts, counts)
+    return _FlightOrderedHits(hit_rows, pid, particle_row, xyz, starts, counts, vertex_all)
 
-    accepted = counts >= selection.min_hits
-    if not selection.truncate_long:
-        accepted &= counts <= selection.max_hits
-    new_index = np.cumsum(accepted) - 1
-    group = np.repeat(np.arange(starts.size), counts)
-    take = accepted[group] & (position < width)
-    track = new_index[group[take]]
-    slot = position[take]
-    n_tracks = int(accepted.sum())
 
-    rows = hit_rows[take]
-    tokens = np.zeros((n_tracks, width), dtype=np.int32)
+@dataclass(frozen=True)
+class _TrackLayout:
+    """Which particle groups become tracks, and where each of their hits goes.
+
+    Attributes
+    ----------
+    accepted : (P,) bool, whether each particle's group is kept as a track.
+    take : (H,) bool, whether each hit is stored (its track is kept and it is within L).
+    track : (T,) int, track index of each stored hit (T = ``take.sum()``).
+    slot : (T,) int, position of each stored hit in its track, in [0, L).
+    n_tracks : number of kept tracks.
+    """
+
+    accepted: np.ndarray
+    take: np.ndarray
+    track: np.ndarray
+    slot: np.ndarray
+    n_tracks: int
+
+    @staticmethod
+    def of(flight: _FlightOrderedHits, selection: Selection) -> _TrackLayout:
+        """Apply ``selection``'s hit-count rule to the groups of ``flight``."""
+        starts, counts = flight.starts, flight.counts
+        position = np.arange(flight.particle_id.size) - np.repeat(starts, counts)
+        accepted = counts >= selection.min_hits
+        if not selection.truncate_long:
+            accepted &= counts <= selection.max_hits
+        new_index = np.cumsum(accepted) - 1
+        group = np.repeat(np.arange(starts.size), counts)
+        take = accepted[group] & (position < selection.max_hits)
+        return _TrackLayout(
+            accepted=accepted,
+            take=take,
+            track=new_index[group[take]],
+            slot=position[take],
+            n_tracks=int(accepted.sum()),
+        )
+
+
+def _encode_modules(
+    hits: pd.DataFrame, rows: np.ndarray, vocab: ModuleVocab, source: str
+) -> np.ndarray:
+    """Token of the module each of the given hits lies on.
+
+    Parameters
+    ----------
+    hits : TrackML hits table (``volume_id``, ``layer_id``, ``module_id``).
+    rows : (T,) int, rows of ``hits`` to encode.
+    vocab : module vocabulary.
+    source : file name of ``hits``, for the ``InputError`` raised (on the lowest such row) when
+        a module is not in ``vocab``.
+
+    Returns
+    -------
+    (T,) int32 token ids.
+    """
     ids = [hits[c].to_numpy()[rows] for c in ("volume_id", "layer_id", "module_id")]
     encoded = vocab.encode(*ids, unknown="unk")
     unknown = np.flatnonzero(encoded == vocab.unk_id)
@@ -270,27 +389,7 @@ def extract_tracks(
         first = int(unknown[np.argmin(rows[unknown])])
         triple = tuple(int(a[first]) for a in ids)
         raise InputError(
-            f"{names['hits']}: row {int(rows[first]) + 1}: module {triple} (volume, layer, module) "
+            f"{source}: row {int(rows[first]) + 1}: module {triple} (volume, layer, module) "
             "is not in the vocabulary"
         )
-    tokens[track, slot] = encoded
-    positions = np.zeros((n_tracks, width, 3), dtype=np.float32)
-    positions[track, slot] = xyz[take]
-
-    first_row = particle_row[starts[accepted]]
-    momentum = particles[["px", "py", "pz"]].to_numpy(np.float64)[first_row]
-    pt = np.hypot(momentum[:, 0], momentum[:, 1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eta = np.arcsinh(momentum[:, 2] / pt)
-    return TrackArrays(
-        tokens=tokens,
-        lengths=np.minimum(counts[accepted], width).astype(np.int32),
-        hits=positions,
-        pt=pt.astype(np.float32),
-        eta=eta.astype(np.float32),
-        phi=np.arctan2(momentum[:, 1], momentum[:, 0]).astype(np.float32),
-        charge=particles["q"].to_numpy()[first_row].astype(np.int8),
-        vertex=vertex_all[first_row].astype(np.float32),
-        event_id=np.full(n_tracks, event_id, dtype=np.int64),
-        particle_id=pid[starts[accepted]].astype(np.int64),
-    )
+    return encoded

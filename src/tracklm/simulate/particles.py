@@ -67,7 +67,7 @@ def truncated_lognormal(
 
 def _species(
     rng: np.random.Generator, n: int, fractions: dict[int, float], positive_fraction: float
-):  # type: ignore[no-untyped-def]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """PDG codes (signed by charge), charges and masses of n particles."""
     codes = np.array(list(fractions))
     kind = codes[rng.choice(len(codes), size=n, p=np.array(list(fractions.values())))]
@@ -144,18 +144,25 @@ def generate_secondaries(
 ) -> tuple[ParticleSet, np.ndarray]:
     """Secondaries spawned on the propagated primaries.
 
+    The steps, in the order they draw from ``rng``: how many secondaries (Poisson), which are
+    decays, the radius each is born at, the parents (``_draw_parents``), the birth points
+    (``_birth_points``: a parent's crossing, or a point on its helix for decays), then direction
+    and pT (``_secondary_momenta``) and species.
+
     Parameters
     ----------
     rng : random generator.
-    primaries : the primaries (already propagated).
-    crossing_particle : (C,) primary index of each material crossing, sorted.
-    crossing_position_mm, crossing_momentum_gev : (C, 3) where each crossing happened and with what momentum.
-    crossing_layer : (C,) layer index of the crossing (the secondary is born in it).
+    primaries : the P primaries (already propagated).
+    crossing_particle : (C,) int, primary index of each material crossing, sorted.
+    crossing_position_mm : (C, 3) float, where each crossing happened, in mm.
+    crossing_momentum_gev : (C, 3) float, the primary's momentum at the crossing, in GeV.
+    crossing_layer : (C,) int, layer index of the crossing (the secondary is born in it).
     config : the simulation config.
 
     Returns
     -------
-    The secondaries, and (S,) the layer each was born on (-1 for decays, born in vacuum).
+    secondaries : the S secondaries (``parent`` indexes ``primaries``).
+    born_layer : (S,) int64, the layer each was born on (-1 for decays, born in vacuum).
     """
     n_primary = len(primaries)
     fraction = config.secondary_fraction
@@ -166,57 +173,198 @@ def generate_secondaries(
     if n_secondary == 0 or candidates.size == 0:
         return _empty_set(), np.zeros(0, dtype=np.int64)
 
-    mom = primaries.momentum_gev[candidates]
-    eta = np.arcsinh(mom[:, 2] / np.hypot(mom[:, 0], mom[:, 1]))
-    weight = np.exp(-np.abs(eta) / config.secondary_parent_eta_scale)
-    weight /= weight.sum()
     is_decay = rng.uniform(size=n_secondary) < config.decay_fraction
-    radius_target = np.exp(
+    radius_target_mm = _secondary_radii(rng, n_secondary, config)
+    crossing_radius_mm = np.hypot(crossing_position_mm[:, 0], crossing_position_mm[:, 1])
+    parent = _draw_parents(
+        rng,
+        primaries,
+        candidates,
+        crossing_particle,
+        crossing_radius_mm,
+        radius_target_mm,
+        is_decay,
+        config,
+    )
+    chosen = _nearest_crossing(crossing_particle, crossing_radius_mm, parent, radius_target_mm)
+    origin_mm, parent_direction, born_layer = _birth_points(
+        rng,
+        primaries,
+        parent,
+        is_decay,
+        crossing_position_mm[chosen],
+        crossing_momentum_gev[chosen],
+        crossing_layer[chosen],
+        config,
+    )
+    momentum_gev = _secondary_momenta(rng, parent_direction, config)
+    pdg, charge, mass = _secondary_species(rng, n_secondary, config)
+    secondaries = ParticleSet(
+        vertex_mm=origin_mm,
+        momentum_gev=momentum_gev,
+        charge=charge,
+        pdg=pdg,
+        mass_gev=mass,
+        collision=primaries.collision[parent],
+        parent=parent.astype(np.int64),
+    )
+    return secondaries, born_layer.astype(np.int64)
+
+
+def _secondary_radii(rng: np.random.Generator, n: int, config: SimulationConfig) -> np.ndarray:
+    """(n,) transverse radii in mm the secondaries should be born at.
+
+    Drawn log-linearly between the quantiles ``config.secondary_radius_quantiles_mm`` at the
+    cumulative levels ``config.secondary_radius_levels``.
+    """
+    return np.exp(
         np.interp(
-            rng.uniform(size=n_secondary),
+            rng.uniform(size=n),
             config.secondary_radius_levels,
             np.log(config.secondary_radius_quantiles_mm),
         )
     )
-    crossing_radius = np.hypot(crossing_position_mm[:, 0], crossing_position_mm[:, 1])
-    reach = np.zeros(n_primary)
-    np.maximum.at(reach, crossing_particle, crossing_radius)
+
+
+def _draw_parents(
+    rng: np.random.Generator,
+    primaries: ParticleSet,
+    candidates: np.ndarray,
+    crossing_particle: np.ndarray,
+    crossing_radius_mm: np.ndarray,
+    radius_target_mm: np.ndarray,
+    is_decay: np.ndarray,
+    config: SimulationConfig,
+) -> np.ndarray:
+    """Parent primary of each secondary, weighted towards the central ones.
+
+    Parameters
+    ----------
+    rng : random generator.
+    primaries : the P primaries.
+    candidates : (K,) int, the primaries with at least one crossing, increasing.
+    crossing_particle : (C,) int, primary index of each crossing, sorted.
+    crossing_radius_mm : (C,) float, transverse radius of each crossing, in mm.
+    radius_target_mm : (S,) float, the radius each secondary should be born at, in mm.
+    is_decay : (S,) bool, whether each secondary is a decay product.
+    config : the simulation config (``secondary_parent_eta_scale``).
+
+    Returns
+    -------
+    (S,) int, index into ``primaries`` of each secondary's parent.
+    """
+    mom = primaries.momentum_gev[candidates]
+    eta = np.arcsinh(mom[:, 2] / np.hypot(mom[:, 0], mom[:, 1]))
+    weight = np.exp(-np.abs(eta) / config.secondary_parent_eta_scale)
+    weight /= weight.sum()
+    reach_mm = np.zeros(len(primaries))
+    np.maximum.at(reach_mm, crossing_particle, crossing_radius_mm)
     # Interaction secondaries need a parent that got as far out as the drawn radius (parents
     # stop, curl or leave early); redraw the parent a few times, then keep the last draw.
-    parent = candidates[rng.choice(candidates.size, size=n_secondary, p=weight)]
+    parent = candidates[rng.choice(candidates.size, size=radius_target_mm.size, p=weight)]
     for _ in range(_PARENT_DRAWS):
-        redraw = np.flatnonzero(~is_decay & (reach[parent] < 0.8 * radius_target))
+        redraw = np.flatnonzero(~is_decay & (reach_mm[parent] < 0.8 * radius_target_mm))
         if redraw.size == 0:
             break
         parent[redraw] = candidates[rng.choice(candidates.size, size=redraw.size, p=weight)]
+    return parent
 
-    # Interaction secondaries: the parent's crossing closest in log radius to the drawn radius.
+
+def _nearest_crossing(
+    crossing_particle: np.ndarray,
+    crossing_radius_mm: np.ndarray,
+    parent: np.ndarray,
+    radius_target_mm: np.ndarray,
+) -> np.ndarray:
+    """Each secondary's birth crossing: its parent's crossing closest in log radius to the target.
+
+    Parameters
+    ----------
+    crossing_particle : (C,) int, primary index of each crossing, sorted.
+    crossing_radius_mm : (C,) float, transverse radius of each crossing, in mm.
+    parent : (S,) int, parent primary of each secondary; each has at least one crossing.
+    radius_target_mm : (S,) float, the radius each secondary should be born at, in mm.
+
+    Returns
+    -------
+    (S,) int, index of the chosen crossing (into the C crossings).
+    """
     first = np.searchsorted(crossing_particle, parent, side="left")
     count = np.searchsorted(crossing_particle, parent, side="right") - first
     width = int(count.max())
     slots = first[:, None] + np.arange(width)[None, :]
     valid = np.arange(width)[None, :] < count[:, None]
     slots = np.where(valid, slots, first[:, None])
-    radius = crossing_radius[slots]
+    radius = crossing_radius_mm[slots]
     distance = np.where(
-        valid, np.abs(np.log(np.maximum(radius, 1e-3) / radius_target[:, None])), np.inf
+        valid, np.abs(np.log(np.maximum(radius, 1e-3) / radius_target_mm[:, None])), np.inf
     )
-    chosen = slots[np.arange(n_secondary), np.argmin(distance, axis=1)]
-    origin = crossing_position_mm[chosen].copy()
-    parent_direction = crossing_momentum_gev[chosen].copy()
-    born_layer = crossing_layer[chosen].copy()
+    return slots[np.arange(parent.size), np.argmin(distance, axis=1)]
 
-    # Decays: on the parent's (unscattered) helix at a small radius, inside the beam pipe.
+
+def _birth_points(
+    rng: np.random.Generator,
+    primaries: ParticleSet,
+    parent: np.ndarray,
+    is_decay: np.ndarray,
+    crossing_position_mm: np.ndarray,
+    crossing_momentum_gev: np.ndarray,
+    crossing_layer: np.ndarray,
+    config: SimulationConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each secondary is born, its parent's direction there, and the layer it is born on.
+
+    Interaction secondaries are born at their chosen crossing; decays on the parent's
+    (unscattered) helix at a small radius, inside the beam pipe.
+
+    Parameters
+    ----------
+    rng : random generator (draws the decay radii).
+    primaries : the P primaries.
+    parent : (S,) int, parent primary of each secondary.
+    is_decay : (S,) bool, whether each secondary is a decay product.
+    crossing_position_mm : (S, 3) float, position of each secondary's chosen crossing, in mm.
+    crossing_momentum_gev : (S, 3) float, the parent's momentum there, in GeV.
+    crossing_layer : (S,) int, layer of the chosen crossing.
+    config : the simulation config (decay radius scale, beam pipe radius, field).
+
+    Returns
+    -------
+    origin_mm : (S, 3) float, the birth points, in mm.
+    parent_direction : (S, 3) float, unit vectors along the parent's momentum at birth.
+    born_layer : (S,) int, the layer of birth, -1 for decays.
+    """
+    origin_mm = crossing_position_mm.copy()
+    parent_direction = crossing_momentum_gev.copy()
+    born_layer = crossing_layer.copy()
     decays = np.flatnonzero(is_decay)
     if decays.size:
-        decay_radius = 1.0 + rng.exponential(config.decay_radius_scale_mm, decays.size)
-        decay_radius = np.minimum(decay_radius, 0.9 * config.beam_pipe_radius_mm)
-        origin[decays], parent_direction[decays] = _point_at_radius(
-            primaries, parent[decays], decay_radius, config.magnetic_field_tesla
+        decay_radius_mm = 1.0 + rng.exponential(config.decay_radius_scale_mm, decays.size)
+        decay_radius_mm = np.minimum(decay_radius_mm, 0.9 * config.beam_pipe_radius_mm)
+        origin_mm[decays], parent_direction[decays] = _point_at_radius(
+            primaries, parent[decays], decay_radius_mm, config.magnetic_field_tesla
         )
         born_layer[decays] = -1
     parent_direction /= np.linalg.norm(parent_direction, axis=1)[:, None]
+    return origin_mm, parent_direction, born_layer
 
+
+def _secondary_momenta(
+    rng: np.random.Generator, parent_direction: np.ndarray, config: SimulationConfig
+) -> np.ndarray:
+    """Momenta of secondaries emitted near their parent's direction, with a soft pT spectrum.
+
+    Parameters
+    ----------
+    rng : random generator.
+    parent_direction : (S, 3) float, unit vectors along each parent's momentum at birth.
+    config : the simulation config (opening angle, secondary pT spectrum, ``pt_min_gev``).
+
+    Returns
+    -------
+    (S, 3) float, momentum of each secondary at production, in GeV.
+    """
+    n_secondary = len(parent_direction)
     angle = np.abs(rng.normal(0.0, config.secondary_opening_angle_rad, n_secondary))
     azimuth = rng.uniform(-np.pi, np.pi, n_secondary)
     direction = _rotate_towards(parent_direction, angle, azimuth)
@@ -228,33 +376,30 @@ def generate_secondaries(
         config.secondary_pt_log_sigma,
         config.pt_min_gev,
     )
-    momentum = direction * (pt / sin_theta)[:, None]
+    return direction * (pt / sin_theta)[:, None]
+
+
+def _secondary_species(
+    rng: np.random.Generator, n: int, config: SimulationConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PDG codes, charges and masses (GeV) of n secondaries: pions, protons and electrons.
+
+    Returns
+    -------
+    pdg, charge : (n,) int64. mass_gev : (n,) float.
+    """
     pion = 1.0 - config.secondary_proton_fraction - config.secondary_electron_fraction
-    pdg, charge, mass = _species(
-        rng,
-        n_secondary,
-        {
-            PION: pion,
-            PROTON: config.secondary_proton_fraction,
-            POSITRON: config.secondary_electron_fraction,
-        },
-        config.positive_fraction,
-    )
-    secondaries = ParticleSet(
-        vertex_mm=origin,
-        momentum_gev=momentum,
-        charge=charge,
-        pdg=pdg,
-        mass_gev=mass,
-        collision=primaries.collision[parent],
-        parent=parent.astype(np.int64),
-    )
-    return secondaries, born_layer.astype(np.int64)
+    fractions = {
+        PION: pion,
+        PROTON: config.secondary_proton_fraction,
+        POSITRON: config.secondary_electron_fraction,
+    }
+    return _species(rng, n, fractions, config.positive_fraction)
 
 
 def _point_at_radius(
     particles: ParticleSet, index: np.ndarray, radius_mm: np.ndarray, field_tesla: float
-):  # type: ignore[no-untyped-def]
+) -> tuple[np.ndarray, np.ndarray]:
     """Point (n, 3) and momentum (n, 3) where particles ``index`` first reach ``radius_mm`` (no material)."""
     vertex = particles.vertex_mm[index]
     mom = particles.momentum_gev[index]
