@@ -178,6 +178,7 @@ def benchmark_train_step(
     threads: int,
     switches: dict[str, Any] | None = None,
     against: dict[str, Any] | None = None,
+    dropout: float | None = None,
 ) -> dict[str, Any]:
     """Time training steps of TrackingBert and of BertForPreTraining with the same config.
 
@@ -191,6 +192,7 @@ def benchmark_train_step(
         ``prune_last_block``); the library's defaults when None.
     against : switches of a second TrackingBert (``ours_alt``) timed alongside, e.g.
         ``{"attention": "eager"}``; None for none.
+    dropout : both dropout rates of the model (e.g. 0 as in the demo recipe); the preset's if None.
 
     Returns
     -------
@@ -202,7 +204,8 @@ def benchmark_train_step(
     configure_torch()  # flush subnormals: process-wide, so ours and the HF peer alike
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = TrackingBertConfig.preset(preset, vocab_size=VOCAB_SIZE, max_length=WIDTH)
+    rates = {} if dropout is None else {"dropout": dropout, "attention_dropout": dropout}
+    config = TrackingBertConfig.preset(preset, vocab_size=VOCAB_SIZE, max_length=WIDTH, **rates)
     batch = make_batch(batch_size)
     ours = TrackingBert(config, **switches)
     peer = hf_peer(config)
@@ -244,6 +247,8 @@ def benchmark_train_step(
     result: dict[str, Any] = {
         "preset": preset,
         "switches": switches,
+        "dropout": config.dropout,
+        "attention_dropout": config.attention_dropout,
         "batch_size": batch_size,
         "threads": threads,
         "steps": steps,
@@ -280,6 +285,9 @@ def main() -> None:
     parser.add_argument("--dropout-rng", default="sfc64", choices=["sfc64", "torch"])
     parser.add_argument("--no-prune-last-block", action="store_true")
     parser.add_argument("--against", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--dropout", type=float, default=None, help="both dropout rates (preset's by default)"
+    )
     args = parser.parse_args()
     switches = {
         "attention": args.attention,
@@ -288,7 +296,7 @@ def main() -> None:
     }
     against = parse_switches(args.against) if args.against else None
     result = benchmark_train_step(
-        args.preset, args.batch_size, args.steps, args.threads, switches, against
+        args.preset, args.batch_size, args.steps, args.threads, switches, against, args.dropout
     )
     print(json.dumps(result, indent=2))
 
