@@ -10,6 +10,7 @@ on one core); ``toy_data`` prepares them as ``tracklm prepare`` does, with the d
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,14 @@ def real_event_dir(trackml_data: Path) -> Path:
     if not (path / "event000000001-hits.csv.gz").is_file():
         pytest.skip(f"real TrackML event not found in {path}")
     return path
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Two shared cores: one torch thread per process is faster and keeps runs deterministic."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

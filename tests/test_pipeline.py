@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from tracklm.cli import main
 from tracklm.io.dataset import open_dataset
@@ -37,11 +36,8 @@ def manifest_of(directory: Path, stage: str) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """One thread per process in this module (the conftest fixture)."""
 
 
 @pytest.mark.slow  # about 30 s on one core

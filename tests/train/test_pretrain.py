@@ -41,12 +41,8 @@ early_stopping_patience: 50
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: one thread per process is faster and keeps runs deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_torch_thread):
+    """One thread per process in this module (the conftest fixture)."""
 
 
 @pytest.fixture(scope="module")
