@@ -11,8 +11,8 @@ def configure_torch() -> None:
     """Flush subnormal floats to zero on the CPU.
 
     Training drives some weights, gradients and Adam moments into the subnormal range, where x86
-    CPUs compute tens of times slower: the ``small`` preset measured 110-240 pairs/s without this
-    and about 2,700 with it on 2 cores. Subnormals carry no information a float32 model needs.
+    CPUs compute tens of times slower (``docs/performance.md`` has the figures). Subnormals carry
+    no information a float32 model needs.
     A no-op on GPUs, whose kernels flush subnormals anyway.
     """
     torch.set_flush_denormal(True)

@@ -42,7 +42,7 @@ from tracklm.tracking.helix import HelixFit, fit_helix
 
 _PACK = np.int64(1 << 21)  # token ids and layer indices stay far below 2**21
 # Beam spot (transverse, longitudinal sigma, mm) used as a pseudo-point by the helix fits: the
-# luminous region is about 0.04 mm x 6 mm wide (GEOMETRY.md); the transverse value is loosened
+# luminous region is about 0.04 mm x 6 mm wide in TrackML; the transverse value is loosened
 # for particles produced a little off the beam line, z to cover the spread of vertices.
 BEAM_SIGMA_MM = (1.0, 10.0)
 HIT_SIGMA_MM = 0.1  # a measured pixel hit: resolution and multiple scattering, roughly

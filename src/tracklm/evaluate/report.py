@@ -1,7 +1,7 @@
 """``tracklm evaluate``: masked-module evaluation of a model beside physics baselines, and a report.
 
-Writes a report directory (atomically) with ``metrics.json`` (schema in ARCHITECTURE.md, plus
-extra keys), ``report.md``, ``predictions.parquet`` (every single-hit prediction with its distance
+Writes a report directory (atomically) with ``metrics.json`` (the evaluation schema, whose
+keys ``tests/evaluate/test_report.py`` checks), ``report.md``, ``predictions.parquet`` (every single-hit prediction with its distance
 to the truth, model and baselines), PNG plots and ``manifest.json``.
 
 ``evaluate_masked_modules`` does the work in named steps (``evaluation_pairs``, ``fit_baselines``,

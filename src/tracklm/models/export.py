@@ -29,7 +29,8 @@ weights of the exported copy. The last block computes only the positions asked f
 position in the ``full`` graph, gathered rather than unpacked by a scatter) and the b ``[CLS]``
 tokens. Run ONNX Runtime with subnormals flushed to zero
 (``SessionOptions.add_session_config_entry("session.set_denormal_as_zero", "1")``): a trained
-model's attention weights reach the subnormal range, where ORT's Softmax ran 5x slower.
+model's attention weights reach the subnormal range, where ORT's Softmax runs several times
+slower (``docs/performance.md``).
 
 Both use PyTorch's TorchScript-based ONNX exporter (opset 17), which needs no package beyond
 ``onnx``.
