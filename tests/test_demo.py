@@ -45,7 +45,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
     monkeypatch.setattr("tracklm.data.prepare.run_prepare", prepare)
     monkeypatch.setattr("tracklm.train.pretrain.run_pretrain", pretrain)
     monkeypatch.setattr("tracklm.evaluate.report.run_evaluate", evaluate)
-    monkeypatch.setattr("tracklm.evaluate.report.headline_table", lambda metrics: "table")
+    monkeypatch.setattr("tracklm.evaluate.markdown.headline_table", lambda metrics: "table")
     return calls
 
 

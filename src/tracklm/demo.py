@@ -94,7 +94,7 @@ def run_demo(
     minutes : wall-clock budget of pre-training in minutes.
     config : demo settings (events, pile-up, preset, ...).
     """
-    from tracklm.evaluate.report import headline_table
+    from tracklm.evaluate.markdown import headline_table
 
     config = config or DemoConfig()
     if minutes <= 0:

@@ -26,13 +26,13 @@ from tracklm._fs import atomic_output_dir, write_json
 from tracklm.data.batches import input_width
 from tracklm.data.sequences import EncodedInputs, encode_pairs
 from tracklm.detector.frames import ModuleFrames
+from tracklm.detector.geometry import Detector
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.evaluate import metrics as M
 from tracklm.evaluate import plots
 from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
-from tracklm.evaluate.markdown import headline_table as headline_table  # used by demo.py
 from tracklm.evaluate.markdown import report_markdown
 from tracklm.evaluate.masked import (
     PROTOCOLS,
@@ -218,8 +218,6 @@ def module_bounds(dataset: PreparedDataset) -> ModuleFrames:
     name = (dataset.manifest.get("inputs") or {}).get("detector", {}).get("name")
     if name:
         try:
-            from tracklm.detector.geometry import Detector
-
             return Detector.load(name).frames_by_token(dataset.modules, len(dataset.vocab))
         except Exception as exc:  # any failure: fall back, and say so
             log.warning("detector %s not usable for module bounds (%s); guessing", name, exc)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -268,8 +268,6 @@ class TrackingBert(nn.Module):
     ----------
     vocab : the ``ModuleVocab`` the model was trained with (set by ``from_pretrained``), or None.
     """
-
-    config_class: ClassVar[type[TrackingBertConfig]] = TrackingBertConfig
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from tracklm._fs import atomic_output_file
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
+from tracklm.models.config import TrackingBertConfig
 
 if TYPE_CHECKING:  # bert.py imports this module
     from tracklm.models.bert import TrackingBert
@@ -109,7 +110,7 @@ def from_pretrained(
 
     Parameters
     ----------
-    cls : the model class (its ``config_class`` reads ``config.json``).
+    cls : the model class, built from the ``TrackingBertConfig`` in ``config.json``.
     directory : the model directory.
     map_location : device for the weights.
     attention : attention backend of the rebuilt model (see ``TrackingBert``).
@@ -136,7 +137,7 @@ def from_pretrained(
         raise InputError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InputError(f"{config_path}: expected a JSON object")
-    config = cls.config_class.from_dict(data, where=str(config_path))
+    config = TrackingBertConfig.from_dict(data, where=str(config_path))
     vocab = ModuleVocab.load(directory / VOCAB_FILE)
     if len(vocab) != config.vocab_size:
         raise InputError(
