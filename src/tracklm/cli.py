@@ -61,8 +61,8 @@ def _non_negative_float(text: str) -> float:
 
 def _fraction(text: str) -> float:
     value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
 
 
@@ -183,6 +183,13 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
         "--max-tracks", type=_positive_int, default=None, help="evaluate at most N tracks"
     )
     p.add_argument("--seed", type=int, default=0, help="seed for pairing tracks (default 0)")
+    p.add_argument(
+        "--baseline-data",
+        type=Path,
+        default=None,
+        help="dataset whose train split the baselines count on (default: the model's training "
+        "data, else this dataset's train split; never the evaluated events)",
+    )
 
 
 def _add_embed(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -110,10 +110,25 @@ def test_split_events_rule() -> None:
     assert split_events([1, 2, 3], 0.0, 0.1, seed=0)["val"] == []
     assert split_events([7], 0.4, 0.4, seed=0) == {"train": [7], "val": [], "test": []}
     assert len(split_events([1, 2, 3, 4], 0.5, 0.45, seed=0)["train"]) == 1  # training keeps one
-    with pytest.raises(InputError, match="--val-fraction \\+ --test-fraction must be below 1"):
-        split_events(ids, 0.5, 0.5, seed=0)
+    with pytest.raises(InputError, match="--val-fraction \\+ --test-fraction must be at most 1"):
+        split_events(ids, 0.5, 0.6, seed=0)
     with pytest.raises(InputError, match="--test-fraction: must be in"):
         split_events(ids, 0.1, -0.1, seed=0)
+    with pytest.raises(InputError, match="--val-fraction: must be in"):
+        split_events(ids, 1.5, 0.0, seed=0)
+
+
+def test_fractions_summing_to_one_leave_training_empty() -> None:
+    """``--test-fraction 1`` makes every event a test event; fractions summing to 1 share them all."""
+    ids = list(range(100, 120))
+    assert split_events(ids, 0.0, 1.0, seed=0) == {"train": [], "val": [], "test": ids}
+    assert split_events(ids, 1.0, 0.0, seed=0) == {"train": [], "val": ids, "test": []}
+    assert split_events([5], 0.0, 1.0, seed=0) == {"train": [], "val": [], "test": [5]}
+    shared = split_events(ids, 0.3, 0.7, seed=1)  # 0.3 + 0.7 is not exactly 1.0 in binary
+    assert [len(shared[name]) for name in SPLITS] == [0, 6, 14]
+    assert sorted(shared["val"] + shared["test"]) == ids
+    three = split_events([1, 2, 3], 0.5, 0.5, seed=0)  # round(1.5) = 2 each: one taken back
+    assert [len(three[name]) for name in SPLITS] == [0, 1, 2]
 
 
 def test_split_by_event_disjoint_and_reproducible(

@@ -9,8 +9,10 @@ dataset is the same as with one worker.
 Event split rule (``split_events``): the sorted event ids are shuffled with
 ``numpy.random.default_rng(seed)``; the first ``n_test`` go to test, the next ``n_val`` to
 validation, the rest to training, where ``n = round(fraction * n_events)``. With at least 3 events
-a split whose fraction is above 0 gets at least one event, and training always keeps at least one.
-Each split lists its events in increasing order.
+a split whose fraction is above 0 gets at least one event, and training keeps at least one unless
+the fractions sum to 1: then training is empty by request (``--test-fraction 1`` makes a whole
+dataset a test set, for evaluating a model trained elsewhere). Each split lists its events in
+increasing order.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 EVENT_PARTS = ("hits", "particles", "truth")
 # Events in flight per worker: enough to keep the pool busy, few enough to bound memory.
 _EVENTS_IN_FLIGHT_PER_WORKER = 2
+# Fractions given in decimal (0.3 + 0.7) need not sum to exactly 1.0 in binary.
+_FRACTION_SLACK = 1e-9
 
 
 def split_events(
@@ -55,7 +59,7 @@ def split_events(
     Parameters
     ----------
     event_ids : event numbers (any order; duplicates are not allowed).
-    val_fraction, test_fraction : fractions of events in [0, 1) whose sum is below 1.
+    val_fraction, test_fraction : fractions of events in [0, 1] whose sum is at most 1.
     seed : seed of the shuffle; the same ids and seed always give the same split.
 
     Returns
@@ -63,11 +67,12 @@ def split_events(
     ``{"train": [...], "val": [...], "test": [...]}``, each sorted.
     """
     for option, value in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise InputError(f"{option}: must be in [0, 1), got {value}")
-    if val_fraction + test_fraction >= 1.0:
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"{option}: must be in [0, 1], got {value}")
+    total = val_fraction + test_fraction
+    if total > 1.0 + _FRACTION_SLACK:
         raise InputError(
-            f"--val-fraction + --test-fraction must be below 1 (got {val_fraction} + {test_fraction})"
+            f"--val-fraction + --test-fraction must be at most 1 (got {val_fraction} + {test_fraction})"
         )
     ids = np.array(sorted(event_ids), dtype=np.int64)
     n = ids.size
@@ -76,10 +81,15 @@ def split_events(
         for name, fraction in (("val", val_fraction), ("test", test_fraction)):
             if fraction > 0:
                 sizes[name] = max(sizes[name], 1)
-    # Training keeps at least one event: take back from the larger of val and test.
-    while n and sizes["val"] + sizes["test"] > n - 1:
+    # Training keeps at least one event unless the user gave it none: take back from the larger
+    # of val and test. With fractions summing to 1, val and test share every event.
+    train_minimum = 0 if total >= 1.0 - _FRACTION_SLACK else 1
+    while n and sizes["val"] + sizes["test"] > n - train_minimum:
         larger = "val" if sizes["val"] >= sizes["test"] else "test"
         sizes[larger] -= 1
+    if not train_minimum:
+        sizes["test"] = n - sizes["val"] if test_fraction > 0 else 0
+        sizes["val"] = n - sizes["test"]
     shuffled = ids[np.random.default_rng(seed).permutation(n)]
     n_test, n_val = sizes["test"], sizes["val"]
     return {

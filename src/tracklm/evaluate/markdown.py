@@ -78,6 +78,8 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
     lines += _findings(metrics)
     lines += _breakdowns(metrics)
     lines += ["", "## Baselines", ""]
+    lines.append(_counted_on(metrics.get("baselines_counted_on")))
+    lines.append("")
     for name, text in metrics["baseline_descriptions"].items():
         lines.append(f"- `{name}`: {text}.")
     lines += ["", "## Plots", ""]
@@ -89,6 +91,18 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _counted_on(record: dict[str, Any] | None) -> str:
+    """The sentence saying which tracks the baselines counted on, or why they are left out."""
+    if not record:
+        return "The baselines counted on the dataset's train split."
+    if record.get("left_out"):
+        return f"**The baselines are left out**: {record.get('reason')}."
+    return (
+        f"The baselines counted on the train split of `{record['data']}` ({record['source']}, "
+        f"{record['n_tracks']} tracks), which holds none of the evaluated events."
+    )
 
 
 def _findings(metrics: dict[str, Any]) -> list[str]:

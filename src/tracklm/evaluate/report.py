@@ -33,6 +33,7 @@ from tracklm.errors import InputError
 from tracklm.evaluate import metrics as M
 from tracklm.evaluate import plots
 from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
+from tracklm.evaluate.counting import counting_split
 from tracklm.evaluate.markdown import report_markdown
 from tracklm.evaluate.masked import (
     PROTOCOLS,
@@ -108,6 +109,7 @@ def run_evaluate(
     max_tracks: int | None = None,
     seed: int = 0,
     batch_size: int = 1024,
+    baseline_data: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate masked-module prediction and the pair task; write the report directory ``out``.
 
@@ -126,6 +128,8 @@ def run_evaluate(
     max_tracks : evaluate a random subset of at most this many tracks (seeded).
     seed : seed of the subset, the pairing and the multi-mask positions.
     batch_size : pairs per forward pass.
+    baseline_data : dataset whose train split the baselines count on (default: the model's
+        training data, else this dataset's train split; see ``tracklm.evaluate.counting``).
 
     Returns
     -------
@@ -146,12 +150,9 @@ def run_evaluate(
         all_tracks = dataset.split(split)
         if len(all_tracks) == 0:
             raise InputError(f"{Path(data) / split}: the split holds no tracks")
-        train = dataset.split("train")
-        if len(train) == 0:
-            raise InputError(f"{Path(data) / 'train'}: no tracks to count the baselines on")
+        counting = counting_split(dataset, split, model, baseline_data)
         selected = _select_tracks(all_tracks, max_tracks, seed)
         tracks = all_tracks.take(selected)
-        train = train.take(slice(None))
         width = input_width(tracks.max_length, "event")
         if width > net.config.max_length:
             raise InputError(
@@ -159,9 +160,10 @@ def run_evaluate(
                 f"the model knows {net.config.max_length}"
             )
         result = evaluate_masked_modules(
-            net, dataset, tracks, train, protocol, seed, width, batch_size
+            net, dataset, tracks, counting.tracks, protocol, seed, width, batch_size
         )
         metrics = result.metrics
+        metrics["baselines_counted_on"] = counting.record()
         metrics["split"] = split
         metrics["model"] = str(model)
         metrics["data"] = str(data)
@@ -174,7 +176,13 @@ def run_evaluate(
             tmp,
             "evaluate",
             inputs={"model": str(model), "data": str(data)},
-            config={"split": split, "protocol": protocol, "max_tracks": max_tracks, "seed": seed},
+            config={
+                "split": split,
+                "protocol": protocol,
+                "max_tracks": max_tracks,
+                "seed": seed,
+                "baseline_data": None if baseline_data is None else str(baseline_data),
+            },
             vocab_sha256=dataset.vocab.sha256,
         )
     log.info("evaluation written to %s", out)
@@ -537,7 +545,7 @@ def evaluate_masked_modules(
     net: TrackingBert,
     dataset: PreparedDataset,
     tracks: TrackArrays,
-    train: TrackArrays,
+    train: TrackArrays | None,
     protocol: str,
     seed: int,
     width: int,
@@ -549,7 +557,8 @@ def evaluate_masked_modules(
     ----------
     net : the model (its vocabulary is the dataset's).
     dataset : the prepared dataset (vocabulary, module table and centres, detector).
-    tracks : the evaluated tracks; ``train`` the train split the baselines count on.
+    tracks : the evaluated tracks; ``train`` the train split the baselines count on (None: no
+        baselines).
     protocol : ``masked`` or ``unmasked``.
     seed : seed of the pairing and the multi-mask positions.
     width : model input width of a pair, ``input_width(tracks.max_length, "event")``.
@@ -560,7 +569,7 @@ def evaluate_masked_modules(
     pair_logits = predict_pair_logits(
         net, encoded.input_ids, encoded.token_type_ids, encoded.attention_mask, batch_size
     )
-    baselines = fit_baselines(dataset, train)
+    baselines = [] if train is None else fit_baselines(dataset, train)
     names = predictor_names(baselines, protocol)
     centres = dataset.module_centres
     pred = predict_single_hits(net, pairs, baselines, centres, protocol, batch_size)

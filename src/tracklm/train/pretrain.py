@@ -85,6 +85,11 @@ def run_pretrain(
     The run directory.
     """
     dataset = open_dataset(data)
+    if len(dataset.split("train")) == 0:
+        raise InputError(
+            f"{dataset.path / 'train'}: the train split holds no tracks (prepared with "
+            "--test-fraction/--val-fraction summing to 1?); pretrain needs training tracks"
+        )
     run = Path(out)
     overrides: dict[str, Any] = {"max_steps": max_steps, "batch_size": batch_size}
     first_process = _process_rank() == 0
@@ -318,6 +323,8 @@ def _write_outputs(
         "pretrain",
         inputs={
             "data": str(dataset.path),
+            # Where evaluate finds the training data again from another directory.
+            "data_absolute": str(dataset.path.resolve()),
             "data_manifest_created": dataset.manifest.get("created"),
         },
         vocab_sha256=dataset.vocab.sha256,
