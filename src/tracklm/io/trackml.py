@@ -1,4 +1,5 @@
-"""TrackML event files: ``eventNNNNNNNNN-{hits,particles,truth,cells}.csv[.gz]``.
+"""TrackML event files: ``eventNNNNNNNNN-{hits,particles,truth,cells}.csv[.gz]``, and the
+challenge's submission files, ``eventNNNNNNNNN-tracks.csv[.gz]`` (part ``tracks``).
 
 Columns and dtypes are fixed (``PART_COLUMNS``); extra columns (``particle_type``, ``weight``) are
 kept when present. Errors name the file and the column or row at fault. Writing is deterministic:
@@ -54,6 +55,8 @@ PART_COLUMNS: dict[str, dict[str, type]] = {
         "tpz": np.float32,
     },
     "cells": {"hit_id": np.int64, "ch0": np.int32, "ch1": np.int32, "value": np.float32},
+    # A track finder's output, in the TrackML submission format (not a part of an event).
+    "tracks": {"event_id": np.int64, "hit_id": np.int64, "track_id": np.int64},
 }
 # Optional columns: read with these dtypes when present.
 OPTIONAL_COLUMNS: dict[str, dict[str, type]] = {
@@ -101,7 +104,8 @@ def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
     """Read one TrackML CSV part with column and value checks.
 
     Raises ``InputError`` naming the file and the missing column, or the first row (1-based data
-    row, as a spreadsheet shows it after the header) with a non-numeric or NaN value.
+    row, as a spreadsheet shows it after the header) with a non-numeric or NaN value, or with a
+    value that is not whole in an integer column.
     """
     path = Path(path)
     if part not in PART_COLUMNS:
@@ -130,6 +134,13 @@ def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
             if bad.size:
                 raise InputError(f"{path}: row {int(bad[0]) + 1}, column {column!r}: not a number")
             values = numeric
+        if np.issubdtype(dtype, np.integer) and not pd.api.types.is_integer_dtype(values):
+            # astype would truncate 12.5 to 12: an id that is not whole is a broken file.
+            fraction = np.flatnonzero(values.to_numpy(np.float64) % 1 != 0)
+            if fraction.size:
+                raise InputError(
+                    f"{path}: row {int(fraction[0]) + 1}, column {column!r}: not an integer"
+                )
         table[column] = values.astype(dtype)
     return table
 
