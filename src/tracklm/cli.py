@@ -35,6 +35,7 @@ _COMMANDS = {
     "finetune": "tracklm.tasks.finetune:run_finetune",
     "export": "tracklm.models.export:run_export",
     "demo": "tracklm.demo:run_demo",
+    "score": "tracklm.score.run:run_score",
 }
 
 
@@ -254,6 +255,29 @@ def _add_demo(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_score(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm score``: options passed by name to ``tracklm.score.run.run_score``."""
+    p = sub.add_parser(
+        "score",
+        parents=[common],
+        help="TrackML score of a track finder's output (submission files)",
+    )
+    p.add_argument("--events", type=Path, required=True, help="TrackML event directory (truth)")
+    p.add_argument(
+        "--tracks",
+        type=Path,
+        required=True,
+        help="directory of eventNNNNNNNNN-tracks.csv files (event_id, hit_id, track_id; 0 = no track)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="score directory")
+    p.add_argument(
+        "--volumes",
+        default="7,8,9",
+        help="evaluated volumes, comma-separated, or 'all' (default 7,8,9: the pixel TrackML "
+        "score, weights recomputed over those hits)",
+    )
+
+
 _VERB_OPTIONS = (
     _add_simulate,
     _add_prepare,
@@ -263,6 +287,7 @@ _VERB_OPTIONS = (
     _add_finetune,
     _add_export,
     _add_demo,
+    _add_score,
 )
 """The sub-commands in the order ``--help`` lists them."""
 
