@@ -151,10 +151,11 @@ class _EventGenerator:
         )
 
     def _true_hits(self, crossings: Crossings, rng: np.random.Generator) -> _TrueHits:
-        """The crossings of modules that leave a hit (``1 - hit_inefficiency``), smeared."""
-        on_module = crossings.row >= 0
-        efficient = rng.uniform(size=int(on_module.sum())) >= self.config.hit_inefficiency
-        keep = np.flatnonzero(on_module)[efficient]
+        """The module crossings that leave a hit, smeared: not grazing (``hit_min_cos_incidence``)
+        and efficient (``1 - hit_inefficiency``)."""
+        seen = (crossings.row >= 0) & (crossings.cos_incidence >= self.config.hit_min_cos_incidence)
+        efficient = rng.uniform(size=int(seen.sum())) >= self.config.hit_inefficiency
+        keep = np.flatnonzero(seen)[efficient]
         particle = crossings.particle[keep]
         rows = crossings.row[keep]
         true_mm = crossings.position_mm[keep]
@@ -293,6 +294,7 @@ def _join(first: Crossings, second: Crossings, offset: int) -> Crossings:
         order=np.concatenate([first.order, second.order]),
         position_mm=np.concatenate([first.position_mm, second.position_mm]),
         momentum_gev=np.concatenate([first.momentum_gev, second.momentum_gev]),
+        cos_incidence=np.concatenate([first.cos_incidence, second.cos_incidence]),
     )
 
 

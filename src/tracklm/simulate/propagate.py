@@ -6,7 +6,10 @@ such as the beam pipe), intersects the helix exactly with the candidate modules 
 (Newton on the module plane), records a crossing for every module whose bounds it passes
 through (two on overlapping neighbours), then scatters (Highland) and loses energy in the
 material it crossed. A particle stops after half a turn in the transverse plane, when it leaves
-the detector (no further layer ahead), or when it is slowed below a minimum momentum.
+the detector (no further layer ahead), when it is slowed below a minimum momentum, or when it
+interacts in the material it crossed (a chance that grows with the path through that material).
+Every crossing records its incidence angle: the hits decide from it whether a grazing crossing
+leaves a hit.
 
 Helix in a field B along +z, transverse path length ``t`` (mm) from the current point:
 ``phi(t) = phi0 + k t`` with curvature ``k = -q * 0.299792458 * B / pT / 1000`` (1/mm, B in T,
@@ -45,6 +48,8 @@ class Crossings:
     order : (C,) flight index of the crossing along its particle (0, 1, ...).
     position_mm : (C, 3) crossing point (on the module plane for modules).
     momentum_gev : (C, 3) momentum at the crossing, before the scattering there.
+    cos_incidence : (C,) |cos| of the angle between the flight direction and the surface normal
+        (1 at normal incidence, near 0 for a grazing crossing).
     """
 
     particle: np.ndarray
@@ -52,6 +57,7 @@ class Crossings:
     order: np.ndarray
     position_mm: np.ndarray
     momentum_gev: np.ndarray
+    cos_incidence: np.ndarray
 
 
 @dataclass
@@ -359,6 +365,7 @@ class Propagator:
                 phi_here,
                 step.cot[i],
                 flight.p[particle],
+                cos_alpha,
             )
         )
 
@@ -394,7 +401,14 @@ class Propagator:
         particle = step.active[j]
         flight.records.append(
             self._record(
-                particle, rows, flight.n_recorded, point, phi_hit, cot[j], flight.p[particle]
+                particle,
+                rows,
+                flight.n_recorded,
+                point,
+                phi_hit,
+                cot[j],
+                flight.p[particle],
+                cos_alpha,
             )
         )
 
@@ -412,9 +426,10 @@ class Propagator:
         stopped = self._apply_material(
             active, new_direction, step.x_over_x0, flight.p, flight.mass, flight.charge, rng
         )
-        crossed = np.flatnonzero(step.n_modules > 0)
-        survive = (1.0 - self.config.interaction_probability_per_module) ** step.n_modules[crossed]
-        stopped[crossed] |= rng.uniform(size=crossed.size) >= survive
+        # Nuclear interactions (and other losses) grow with the material traversed, so a grazing
+        # crossing, whose path through the module is long, ends more particles than a normal one.
+        survive = np.exp(-self.config.interaction_rate_per_x0 * step.x_over_x0)
+        stopped |= rng.uniform(size=active.size) >= survive
         flight.direction[active] = new_direction
         return active[~stopped]
 
@@ -458,6 +473,7 @@ class Propagator:
         phi: np.ndarray,
         cot: np.ndarray,
         p: np.ndarray,
+        cos_incidence: np.ndarray,
     ) -> tuple[np.ndarray, ...]:
         """One step's crossings, with per-particle flight indices (input sorted by particle)."""
         # Rank within each particle's run of crossings in this step.
@@ -469,7 +485,7 @@ class Propagator:
         momentum = p[:, None] * np.stack(
             [np.cos(phi) * sin_theta, np.sin(phi) * sin_theta, cot * sin_theta], axis=1
         )
-        return particle, rows, order, point, momentum
+        return particle, rows, order, point, momentum, cos_incidence
 
     def _apply_material(
         self,
@@ -523,12 +539,16 @@ class Propagator:
                 order=np.zeros(0, dtype=np.int64),
                 position_mm=np.zeros((0, 3)),
                 momentum_gev=np.zeros((0, 3)),
+                cos_incidence=np.zeros(0),
             )
-        particle, rows, order, point, momentum = (np.concatenate(parts) for parts in zip(*records))
+        particle, rows, order, point, momentum, cos_incidence = (
+            np.concatenate(parts) for parts in zip(*records)
+        )
         return Crossings(
             particle=particle.astype(np.int64),
             row=rows.astype(np.int64),
             order=order.astype(np.int64),
             position_mm=point,
             momentum_gev=momentum,
+            cos_incidence=cos_incidence,
         )
