@@ -243,9 +243,9 @@ def test_vocabulary_mismatch_refused(model: TrackingBert, vocab: ModuleVocab, tm
     assert len(other) == len(vocab)
     with pytest.raises(
         InputError,
-        match=f"model vocabulary sha256 {vocab.sha256} differs from dataset's {other.sha256}",
+        match=f"^data/vocab.json: vocabulary sha256 {other.sha256} differs from the model's {vocab.sha256} ",
     ):
-        loaded.check_vocab(other)
+        loaded.check_vocab(other, "data/vocab.json")
 
 
 def test_sinusoidal_positions(vocab: ModuleVocab, tmp_path) -> None:
