@@ -118,8 +118,8 @@ def events_without_hits(directory: str | os.PathLike[str]) -> list[int]:
 def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
     """Read one TrackML CSV part with column and value checks (``tracklm.io.tables``).
 
-    Raises ``InputError`` naming the file and the missing or repeated column, a file without
-    data rows, or the first row (1-based data row, as a spreadsheet shows it after the header)
+    A file with only a header is an empty table (an event may have no hits). Raises
+    ``InputError`` naming the file and the missing or repeated column, or the first row (1-based data row, as a spreadsheet shows it after the header)
     whose value is not a number, not finite, not whole in an integer column, out of the column's
     range, or a negative id or count.
     """
@@ -131,8 +131,6 @@ def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
     missing = [column for column in required if column not in table.columns]
     if missing:
         raise InputError(f"{path}: missing column {missing[0]!r}")
-    if len(table) == 0:
-        raise InputError(f"{path}: no data rows (only a header)")
     columns = {
         **required,
         **{k: v for k, v in OPTIONAL_COLUMNS.get(part, {}).items() if k in table},
