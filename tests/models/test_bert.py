@@ -248,6 +248,18 @@ def test_vocabulary_mismatch_refused(model: TrackingBert, vocab: ModuleVocab, tm
         loaded.check_vocab(other, "data/vocab.json")
 
 
+def test_a_vocabulary_other_than_the_weights_is_refused(
+    model: TrackingBert, vocab: ModuleVocab, tmp_path
+) -> None:
+    model.save_pretrained(tmp_path / "model", vocab)
+    other = make_vocab(volume=9)  # same size, other modules: config.json cannot tell
+    other.save(tmp_path / "model" / "vocab.json")
+    with pytest.raises(
+        InputError, match=r"model/vocab\.json: vocabulary sha256 .* weights were saved with"
+    ):
+        TrackingBert.from_pretrained(tmp_path / "model")
+
+
 def test_sinusoidal_positions(vocab: ModuleVocab, tmp_path) -> None:
     torch.manual_seed(0)
     config = TrackingBertConfig.preset(
