@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -1696,8 +1697,6 @@ def run_case(
     case: Case, inputs: CleanInputs, scratch: Path, invoke: Invoke = invoke_in_process
 ) -> Result:
     """Corrupt a copy of the clean input as ``case`` says, run its verb and classify the result."""
-    import time
-
     work = scratch / "case"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
