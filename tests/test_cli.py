@@ -69,3 +69,11 @@ def test_bad_usage_exits_2_with_one_line(capsys):
         cli.main(["pretrain", "--data", "x"])
     assert stop.value.code == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_reported_by_the_verb(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["export", "--model", "m", "--out", "m.onnx", "--colour", "blue"])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "tracklm export: error: unrecognized arguments: --colour blue"

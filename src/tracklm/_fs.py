@@ -20,6 +20,17 @@ def _umask() -> int:
     return current
 
 
+def make_parent(final: Path) -> None:
+    """Create the directory an output goes into; ``InputError`` naming it where that fails (a
+    file in the way, no permission)."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"{final}: cannot create the output's directory {final.parent} ({exc.strerror})"
+        ) from None
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``path`` that becomes ``path`` only on success.
@@ -37,7 +48,7 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
             final.rmdir()
         else:
             raise InputError(f"{final}: output already exists (choose another --out or remove it)")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     # mkdtemp makes the directory private (0700); the result should get the usual permissions.
     tmp.chmod(0o777 & ~_umask())
@@ -55,7 +66,7 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
 def atomic_output_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary file path beside ``path`` that is renamed to ``path`` on success."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(final)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=final.parent)
     os.close(fd)
     tmp = Path(name)

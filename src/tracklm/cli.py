@@ -293,6 +293,11 @@ _VERB_OPTIONS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``tracklm`` parser and each verb's sub-parser (by verb)."""
     parser = argparse.ArgumentParser(
         prog="tracklm",
         description="Language models for particle tracking: simulate, prepare, pretrain, evaluate, use.",
@@ -304,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_verb in _VERB_OPTIONS:
         add_verb(sub, common)
-    return parser
+    return parser, dict(sub.choices)
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -313,8 +318,11 @@ def _resolve(target: str) -> Callable[..., Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, verbs = _build_parsers()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # The verb's parser reports them, so the message reads "tracklm VERB: error: ...".
+        verbs[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     options = vars(args)
     command = options.pop("command")
     debug = options.pop("debug")

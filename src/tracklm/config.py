@@ -27,6 +27,8 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = path.read_text()
     except OSError as exc:
         raise InputError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (a config is UTF-8 YAML)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -95,7 +97,14 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "config") -> T
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(names))})")
     kwargs = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InputError as exc:
+        # The dataclass's own range checks do not know the file: name it.
+        message = str(exc)
+        if message.startswith(where):
+            raise
+        raise InputError(f"{where}: {message}") from None
 
 
 def merge(base: T, overrides: dict[str, Any], *, where: str = "config") -> T:

@@ -299,6 +299,8 @@ def test_inconsistent_tables_name_file_and_row() -> None:
     moved.loc[1, "hit_id"] = 77
     with pytest.raises(InputError, match=r"^t\.csv: row 2: hit_id 77 is not in h\.csv"):
         extract_tracks(hits, moved, particles, vocab, TOY_SELECTION, sources=names)
+    with pytest.raises(InputError, match=rf"^t\.csv: no rows, but h\.csv holds {len(hits)} hits$"):
+        extract_tracks(hits, truth.iloc[:0], particles, vocab, TOY_SELECTION, sources=names)
     doubled = pd.concat([particles, particles])
     with pytest.raises(
         InputError, match=r"^p\.csv: row 2, column 'particle_id': duplicate value 5"

@@ -143,3 +143,30 @@ def test_duplicate_module_in_file(real_table, tmp_path):
         InputError, match=r"dup\.csv: module \(7(\.0)?, 2(\.0)?, 4(\.0)?\) is listed twice"
     ):
         Detector.from_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "problem"),
+    [
+        ("module_hv", 0.0, r"row 4, column 'module_hv': 0 is not > 0"),
+        ("pitch_v", -0.05, r"row 4, column 'pitch_v': -0\.05 is not > 0"),
+        ("module_id", 2.5, r"row 4, column 'module_id': 2\.5 is not a whole number"),
+        ("cx", np.inf, r"row 4, column 'cx': inf is not a finite number"),
+        ("rot_xu", 0.0, r"row 4: the rotation \(rot_xu \.\.\. rot_zw\) is not orthonormal"),
+    ],
+)
+def test_impossible_modules_are_refused(real_table, tmp_path, column, value, problem):
+    table = real_table.head(10).copy()
+    table[column] = table[column].astype(float)
+    table.loc[3, column] = value
+    path = tmp_path / "bad.csv"
+    table.to_csv(path, index=False)
+    with pytest.raises(InputError, match=rf"bad\.csv: {problem}$"):
+        Detector.from_csv(path)
+
+
+def test_one_pitch_layout_at_a_time(real_table, tmp_path):
+    path = tmp_path / "both.csv"
+    real_table.head(5).assign(pitchX=0.05).to_csv(path, index=False)
+    with pytest.raises(InputError, match=r"both\.csv: both 'pitchX' and 'pitch_u' columns"):
+        Detector.from_csv(path)

@@ -105,3 +105,58 @@ def test_open_dataset_checks_the_vocabulary_hash(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(InputError, match=r"manifest\.json: missing"):
         open_dataset(tmp_path)
+
+
+def _copy(toy_data: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(toy_data, tmp_path / "data"))
+
+
+def test_open_dataset_refuses_a_manifest_that_disagrees_with_the_arrays(
+    toy_data: Path, tmp_path: Path
+) -> None:
+    data = _copy(toy_data, tmp_path)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["n_tracks"]["val"] += 1
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        InputError, match=r"manifest\.json: n_tracks\.val is \d+, but .*val/lengths\.npy holds"
+    ):
+        open_dataset(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "edit", "problem"),
+    [
+        (
+            "tokens",
+            lambda a: np.where(a == a.max(), 10**6, a),
+            r"tokens\.npy: track \d+: token id 1000000 outside",
+        ),
+        ("lengths", lambda a: a + 1, r"lengths\.npy: track \d+: length 9 outside \[0, 8\]"),
+        ("pt", lambda a: a[:-1], r"pt\.npy: shape \(\d+,\), expected"),
+        ("charge", lambda a: a.astype(np.float64), r"charge\.npy: dtype float64, expected int8"),
+    ],
+)
+def test_open_dataset_refuses_arrays_that_do_not_fit(
+    toy_data: Path, tmp_path: Path, field: str, edit, problem: str
+) -> None:
+    data = _copy(toy_data, tmp_path)
+    path = data / "train" / f"{field}.npy"
+    np.save(path, edit(np.load(path)))
+    with pytest.raises(InputError, match=problem):
+        open_dataset(data)
+
+
+def test_open_dataset_refuses_a_module_table_that_is_not_the_vocabulary(
+    toy_data: Path, tmp_path: Path
+) -> None:
+    data = _copy(toy_data, tmp_path)
+    modules = pd.read_parquet(data / "modules.parquet")
+    modules.iloc[1:].to_parquet(data / "modules.parquet", index=False)
+    with pytest.raises(InputError, match=r"modules\.parquet: the module table does not match"):
+        open_dataset(data)
+    (data / "modules.parquet").write_bytes(b"PAR1 cut")
+    with pytest.raises(InputError, match=r"modules\.parquet: unreadable"):
+        open_dataset(data)

@@ -243,9 +243,21 @@ def test_vocabulary_mismatch_refused(model: TrackingBert, vocab: ModuleVocab, tm
     assert len(other) == len(vocab)
     with pytest.raises(
         InputError,
-        match=f"model vocabulary sha256 {vocab.sha256} differs from dataset's {other.sha256}",
+        match=f"^data/vocab.json: vocabulary sha256 {other.sha256} differs from the model's {vocab.sha256} ",
     ):
-        loaded.check_vocab(other)
+        loaded.check_vocab(other, "data/vocab.json")
+
+
+def test_a_vocabulary_other_than_the_weights_is_refused(
+    model: TrackingBert, vocab: ModuleVocab, tmp_path
+) -> None:
+    model.save_pretrained(tmp_path / "model", vocab)
+    other = make_vocab(volume=9)  # same size, other modules: config.json cannot tell
+    other.save(tmp_path / "model" / "vocab.json")
+    with pytest.raises(
+        InputError, match=r"model/vocab\.json: vocabulary sha256 .* weights were saved with"
+    ):
+        TrackingBert.from_pretrained(tmp_path / "model")
 
 
 def test_sinusoidal_positions(vocab: ModuleVocab, tmp_path) -> None:

@@ -150,7 +150,7 @@ BAD_SUBMISSIONS = {
     ),
     "fractional track id": (
         lambda t: t.assign(track_id=t["track_id"].astype(float).where(t.index != 6, 1.5)),
-        "row 7, column 'track_id': not an integer",
+        "row 7, column 'track_id': 1.5 is not a whole number",
     ),
     "missing column": (lambda t: t.drop(columns="track_id"), "missing column 'track_id'"),
 }

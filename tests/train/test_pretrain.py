@@ -175,6 +175,19 @@ def test_refuses_existing_output_other_vocabulary_and_unknown_keys(
         run_pretrain(other, run, resume=True, accelerator="cpu")
 
 
+def test_a_refused_new_run_leaves_no_directory(data, tmp_path, short_config):
+    overrides = tmp_path / "heads.yaml"
+    overrides.write_text("model_overrides: {num_heads: 3}\n")  # 3 does not divide the width
+    with pytest.raises(InputError, match=r"heads\.yaml: model_overrides: .*not divisible"):
+        run_pretrain(data, tmp_path / "a", config=overrides, accelerator="cpu")
+    # found once the trainer and the data are set up, after the run directory was made
+    with pytest.raises(InputError, match=r"--batch-size"):
+        run_pretrain(data, tmp_path / "b", config=short_config, batch_size=10**6, accelerator="cpu")
+    with pytest.raises(InputError, match=r"--accelerator abacus, .*: Lightning refused them"):
+        run_pretrain(data, tmp_path / "c", config=short_config, accelerator="abacus")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.yaml", "short.yaml"]
+
+
 def test_max_time_stops_training_and_still_writes_the_model(data, tmp_path, short_config):
     run = run_pretrain(data, tmp_path / "run", config=short_config, max_time=0.0, accelerator="cpu")
     metrics = json.loads((run / "metrics.json").read_text())

@@ -38,7 +38,13 @@ from tracklm.detector.geometry import Detector
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.io.dataset import SPLITS, SplitWriter, TrackArrays, modules_table
-from tracklm.io.trackml import event_path, list_events, read_part
+from tracklm.io.trackml import (
+    event_path,
+    event_prefix,
+    events_without_hits,
+    list_events,
+    read_part,
+)
 from tracklm.manifest import sha256_file, write_manifest
 from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
@@ -295,6 +301,12 @@ def _check_options(
     event_ids = list_events(events)
     if not event_ids:
         raise InputError(f"{events}: no events (no eventNNNNNNNNN-hits.csv[.gz] files)")
+    orphans = events_without_hits(events)
+    if orphans:
+        raise InputError(
+            f"{events / event_prefix(orphans[0])}-hits.csv[.gz]: missing hits file for event "
+            f"{orphans[0]} (its other parts are there)"
+        )
     return chosen, event_ids
 
 

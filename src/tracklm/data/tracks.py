@@ -168,7 +168,15 @@ def _check_unique(values: np.ndarray, source: str, column: str) -> None:
 def _truth_to_hit_rows(
     hit_ids: np.ndarray, truth_hit_ids: np.ndarray, names: Mapping[str, str]
 ) -> np.ndarray:
-    """Row of ``hits`` for every truth row (TrackML files share their order; checked otherwise)."""
+    """Row of ``hits`` for every truth row (TrackML files share their order; checked otherwise).
+
+    Hits without a truth row are left out by the caller, but a truth file without rows for an
+    event that has hits is a lost file, not an event without truth: ``InputError``.
+    """
+    if truth_hit_ids.size == 0 and hit_ids.size:
+        raise InputError(
+            f"{names['truth']}: no rows, but {names['hits']} holds {hit_ids.size} hits"
+        )
     _check_unique(truth_hit_ids, names["truth"], "hit_id")
     if np.array_equal(hit_ids, truth_hit_ids):
         return np.arange(hit_ids.size)

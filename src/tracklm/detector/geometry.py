@@ -27,6 +27,18 @@ from tracklm.detector.table import (
     module_keys,
 )
 from tracklm.errors import InputError
+from tracklm.io.tables import numeric_column, read_table
+
+# Checks of the columns beyond "a finite number": (dtype, minimum, minimum excluded).
+_COLUMN_RULES: dict[str, tuple[type, float | None, bool]] = {
+    **{column: (np.int32, 0, False) for column in ID_COLUMNS},
+    **{column: (np.float64, 0, True) for column in ("module_t", "module_maxhu", "module_hv")},
+    "module_minhu": (np.float64, 0, False),  # 0 would be a triangle: odd, not impossible
+    "pitch_u": (np.float64, 0, True),
+    "pitch_v": (np.float64, 0, True),
+}
+# |R^T R - I| allowed: TrackML stores the rotations to 6 significant digits (errors near 1e-6).
+_ROTATION_TOLERANCE = 1e-3
 
 __all__ = [
     "ID_COLUMNS",
@@ -65,29 +77,34 @@ class Detector:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> Detector:
-        """Read a TrackML ``detectors.csv`` (``pitch_u/pitch_v`` or ``pitchX/pitchY`` layout)."""
+        """Read a TrackML ``detectors.csv`` (``pitch_u/pitch_v`` or ``pitchX/pitchY`` layout).
+
+        Raises ``InputError`` naming the file (and the row and column where there is one) for a
+        missing or repeated column, a file without modules, a value that is not a finite number
+        (or not a whole non-negative number for an id), a module without size (thickness,
+        half-lengths or pitches not above 0) and a rotation that is not orthonormal. A module
+        listed twice is refused when the ``Detector`` is built.
+        """
         path = Path(path)
-        try:
-            table = pd.read_csv(path, engine="pyarrow")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such detector file") from None
-        except Exception as exc:
-            raise InputError(f"{path}: cannot read as CSV ({str(exc).splitlines()[0]})") from None
+        table = read_table(path, what="detector file")
+        for alias, name in PITCH_ALIASES.items():
+            if alias in table.columns and name in table.columns:
+                raise InputError(
+                    f"{path}: both {alias!r} and {name!r} columns (one pitch layout only)"
+                )
         table = table.rename(columns=PITCH_ALIASES)
         missing = [column for column in TRACKML_COLUMNS if column not in table.columns]
         if missing:
             raise InputError(f"{path}: missing column {missing[0]!r}")
-        table = table[list(TRACKML_COLUMNS)]
+        if len(table) == 0:
+            raise InputError(f"{path}: no modules (only a header)")
+        table = table[list(TRACKML_COLUMNS)].copy()
         for column in TRACKML_COLUMNS:
-            values = pd.to_numeric(table[column], errors="coerce")
-            bad = np.flatnonzero(values.isna().to_numpy())
-            if bad.size:
-                raise InputError(f"{path}: row {int(bad[0]) + 1}, column {column!r}: not a number")
-            table[column] = values
-        for column in ID_COLUMNS:
-            table[column] = table[column].astype(np.int32)
-        for column in TRACKML_COLUMNS[3:]:
-            table[column] = table[column].astype(np.float64)
+            dtype, minimum, strict = _COLUMN_RULES.get(column, (np.float64, None, False))
+            table[column] = numeric_column(
+                table, column, dtype, path, minimum=minimum, strict=strict
+            )
+        _check_rotations(table, path)
         return cls(table, name=str(path))
 
     @classmethod
@@ -184,6 +201,17 @@ class Detector:
         """Whether each point (N, 3) lies on its module ``rows`` (N,): within the bounds and the
         sensor thickness, plus ``tolerance_mm`` (``ModuleFrames.contains``)."""
         return self.frames.contains(rows, xyz, tolerance_mm)
+
+
+def _check_rotations(table: pd.DataFrame, path: Path) -> None:
+    """Refuse a module whose rotation columns (u, v, w axes) are not orthonormal."""
+    rotations = table[list(ROTATION_COLUMNS)].to_numpy(np.float64).reshape(-1, 3, 3)
+    error = np.abs(np.einsum("nij,nik->njk", rotations, rotations) - np.eye(3)).max(axis=(1, 2))
+    bad = np.flatnonzero(error > _ROTATION_TOLERANCE)
+    if bad.size:
+        raise InputError(
+            f"{path}: row {int(bad[0]) + 1}: the rotation (rot_xu ... rot_zw) is not orthonormal"
+        )
 
 
 @functools.cache

@@ -93,7 +93,7 @@ class ModuleVocab:
             vocab = cls(np.asarray(data["modules"]), tuple(data["special_tokens"]))
         except FileNotFoundError:
             raise InputError(f"{path}: no vocabulary file") from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OSError, InputError) as exc:
             raise InputError(f"{path}: not a tracklm vocabulary ({exc})") from None
         if data.get("sha256") != vocab.sha256:
             raise InputError(f"{path}: recorded sha256 does not match the vocabulary's content")

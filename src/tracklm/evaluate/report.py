@@ -146,7 +146,7 @@ def run_evaluate(
     with atomic_output_dir(out) as tmp:
         net = _load_model(model)
         dataset = open_dataset(data)
-        net.check_vocab(dataset.vocab)
+        net.check_vocab(dataset.vocab, str(dataset.path / "vocab.json"))
         all_tracks = dataset.split(split)
         if len(all_tracks) == 0:
             raise InputError(f"{Path(data) / split}: the split holds no tracks")

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
@@ -187,9 +188,64 @@ def load_split(directory: str | os.PathLike[str], *, mmap: bool = True) -> Track
             arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
         except FileNotFoundError:
             raise InputError(f"{path}: missing (not a tracklm dataset split?)") from None
-        except ValueError as exc:
-            raise InputError(f"{path}: unreadable ({exc})") from None
+        except (ValueError, OSError, EOFError) as exc:
+            # a cut file: numpy cannot map the bytes its header promises (or read the header)
+            raise InputError(f"{path}: unreadable ({_first_line(exc)})") from None
     return TrackArrays(**arrays)
+
+
+def check_split(directory: str | os.PathLike[str], vocab_size: int) -> TrackArrays:
+    """Open one split and check that its arrays agree with each other and with the vocabulary.
+
+    Parameters
+    ----------
+    directory : the split's directory.
+    vocab_size : number of tokens of the dataset's vocabulary (tokens must lie below it).
+
+    Returns
+    -------
+    The split, memory-mapped.
+
+    Raises
+    ------
+    InputError
+        Naming the file whose dtype or shape differs from the layout (``TrackArrays``) or whose
+        tokens or lengths are out of range.
+    """
+    directory = Path(directory)
+    tracks = load_split(directory)
+    n, width = len(tracks), tracks.tokens.shape[-1] if tracks.tokens.ndim == 2 else -1
+    shapes = {"tokens": (n, width), "hits": (n, width, 3), "vertex": (n, 3)}
+    for name, dtype in TrackArrays.DTYPES.items():
+        array = getattr(tracks, name)
+        path = directory / f"{name}.npy"
+        if array.dtype != np.dtype(dtype):
+            raise InputError(f"{path}: dtype {array.dtype}, expected {np.dtype(dtype)}")
+        expected = shapes.get(name, (n,))
+        if array.shape != expected:
+            raise InputError(
+                f"{path}: shape {array.shape}, expected {expected} "
+                f"({n} tracks in lengths.npy, tracks of up to {width} hits)"
+            )
+    if n:
+        _check_range(tracks.tokens, 0, vocab_size - 1, directory / "tokens.npy", "token id")
+        _check_range(tracks.lengths, 0, width, directory / "lengths.npy", "length")
+    return tracks
+
+
+def _check_range(values: np.ndarray, low: int, high: int, path: Path, what: str) -> None:
+    """Refuse an array with a value outside [low, high] (naming the first such track)."""
+    smallest, largest = int(values.min()), int(values.max())
+    if smallest < low or largest > high:
+        outside = (values < low) | (values > high)
+        track = int(np.flatnonzero(outside.reshape(len(values), -1).any(axis=1))[0])
+        value = smallest if smallest < low else largest
+        raise InputError(f"{path}: track {track}: {what} {value} outside [{low}, {high}]")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass
@@ -226,7 +282,13 @@ class PreparedDataset:
 
 
 def open_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
-    """Open a dataset directory; errors name the missing or unreadable file."""
+    """Open a dataset directory and check that its files agree with each other.
+
+    Raises ``InputError`` naming the missing, unreadable or disagreeing file: the manifest, the
+    vocabulary (its hash against the manifest's), ``modules.parquet`` (against the vocabulary)
+    and each split present (``check_split``: dtypes, shapes, track counts against the manifest,
+    token ids and lengths in range).
+    """
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"{root}: no such dataset directory")
@@ -235,16 +297,57 @@ def open_dataset(path: str | os.PathLike[str]) -> PreparedDataset:
         manifest = json.loads(manifest_path.read_text())
     except FileNotFoundError:
         raise InputError(f"{manifest_path}: missing (not a tracklm dataset?)") from None
-    except json.JSONDecodeError:
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         raise InputError(f"{manifest_path}: not valid JSON") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{manifest_path}: expected a JSON object")
     vocab = ModuleVocab.load(root / "vocab.json")
     if manifest.get("vocab_sha256") not in (None, vocab.sha256):
         raise InputError(f"{manifest_path}: vocab_sha256 does not match vocab.json")
-    try:
-        modules = pd.read_parquet(root / "modules.parquet")
-    except FileNotFoundError:
-        raise InputError(f"{root / 'modules.parquet'}: missing") from None
+    modules = _read_modules(root / "modules.parquet", vocab)
+    counts = manifest.get("n_tracks")
+    max_length = manifest.get("max_length")
+    for name in SPLITS:
+        expected = counts.get(name) if isinstance(counts, dict) else None
+        if not (root / name).is_dir() and expected is None:
+            continue
+        tracks = check_split(root / name, len(vocab))
+        if expected is not None and len(tracks) != expected:
+            raise InputError(
+                f"{manifest_path}: n_tracks.{name} is {expected!r}, but "
+                f"{root / name / 'lengths.npy'} holds {len(tracks)} tracks"
+            )
+        if max_length is not None and tracks.max_length != max_length:
+            raise InputError(
+                f"{manifest_path}: max_length is {max_length!r}, but {root / name / 'tokens.npy'} "
+                f"holds tracks of up to {tracks.max_length} hits"
+            )
     return PreparedDataset(path=root, manifest=manifest, vocab=vocab, modules=modules)
+
+
+MODULE_COLUMNS = ("token", "volume_id", "layer_id", "module_id", "cx", "cy", "cz")
+
+
+def _read_modules(path: Path, vocab: ModuleVocab) -> pd.DataFrame:
+    """``modules.parquet``, checked to list the vocabulary's modules in token order."""
+    try:
+        modules = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: unreadable ({_first_line(exc)})") from None
+    missing = [column for column in MODULE_COLUMNS if column not in modules.columns]
+    if missing:
+        raise InputError(f"{path}: missing column {missing[0]!r}")
+    tokens = np.arange(vocab.num_special, len(vocab))
+    ids = modules[["volume_id", "layer_id", "module_id"]].to_numpy()
+    if (
+        len(modules) != len(tokens)
+        or not np.array_equal(modules["token"].to_numpy(), tokens)
+        or not np.array_equal(ids, vocab.modules)
+    ):
+        raise InputError(f"{path}: the module table does not match vocab.json")
+    return modules
 
 
 def modules_table(vocab: ModuleVocab, detector: Any) -> pd.DataFrame:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from tracklm.errors import InputError
+from tracklm.io.tables import numeric_column, read_table
 
 PARTS = ("hits", "particles", "truth", "cells")
 
@@ -64,7 +65,13 @@ OPTIONAL_COLUMNS: dict[str, dict[str, type]] = {
     "truth": {"weight": np.float32},
 }
 
+# Ids and counts: a negative value is a corrupted file, never data.
+NON_NEGATIVE_COLUMNS = frozenset(
+    {"hit_id", "particle_id", "volume_id", "layer_id", "module_id", "nhits", "ch0", "ch1"}
+)
+
 _EVENT_FILE = re.compile(r"^event(\d{9})-hits\.csv(\.gz)?$")
+_PART_FILE = re.compile(r"^event(\d{9})-(particles|truth|cells)\.csv(\.gz)?$")
 
 
 @dataclass
@@ -100,24 +107,29 @@ def list_events(directory: str | os.PathLike[str]) -> list[int]:
     return sorted(ids)
 
 
-def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
-    """Read one TrackML CSV part with column and value checks.
+def events_without_hits(directory: str | os.PathLike[str]) -> list[int]:
+    """Sorted ids of the events in ``directory`` that have other parts but no hits file.
 
-    Raises ``InputError`` naming the file and the missing column, or the first row (1-based data
-    row, as a spreadsheet shows it after the header) with a non-numeric or NaN value, or with a
-    value that is not whole in an integer column.
+    ``list_events`` does not count them (an event is its hits file); a reader that needs every
+    part refuses them, since a lost hits file would otherwise drop the event silently.
+    """
+    root = Path(directory)
+    ids = {int(m.group(1)) for path in root.iterdir() if (m := _PART_FILE.match(path.name))}
+    return sorted(ids - set(list_events(root)))
+
+
+def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
+    """Read one TrackML CSV part with column and value checks (``tracklm.io.tables``).
+
+    A file with only a header is an empty table (an event may have no hits). Raises
+    ``InputError`` naming the file and the missing or repeated column, or the first row (1-based data row, as a spreadsheet shows it after the header)
+    whose value is not a number, not finite, not whole in an integer column, out of the column's
+    range, or a negative id or count.
     """
     path = Path(path)
     if part not in PART_COLUMNS:
         raise ValueError(f"unknown event part {part!r}")
-    try:
-        table = pd.read_csv(path, engine="pyarrow")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (EOFError, OSError, gzip.BadGzipFile) as exc:
-        raise InputError(f"{path}: unreadable or truncated ({exc})") from None
-    except Exception as exc:  # pyarrow parse errors carry the row in their message
-        raise InputError(f"{path}: cannot parse CSV ({str(exc).splitlines()[0]})") from None
+    table = read_table(path)
     required = PART_COLUMNS[part]
     missing = [column for column in required if column not in table.columns]
     if missing:
@@ -127,21 +139,8 @@ def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:
         **{k: v for k, v in OPTIONAL_COLUMNS.get(part, {}).items() if k in table},
     }
     for column, dtype in columns.items():
-        values = table[column]
-        if not pd.api.types.is_numeric_dtype(values) or values.isna().any():
-            numeric = pd.to_numeric(values, errors="coerce")
-            bad = np.flatnonzero(numeric.isna().to_numpy())
-            if bad.size:
-                raise InputError(f"{path}: row {int(bad[0]) + 1}, column {column!r}: not a number")
-            values = numeric
-        if np.issubdtype(dtype, np.integer) and not pd.api.types.is_integer_dtype(values):
-            # astype would truncate 12.5 to 12: an id that is not whole is a broken file.
-            fraction = np.flatnonzero(values.to_numpy(np.float64) % 1 != 0)
-            if fraction.size:
-                raise InputError(
-                    f"{path}: row {int(fraction[0]) + 1}, column {column!r}: not an integer"
-                )
-        table[column] = values.astype(dtype)
+        minimum = 0 if column in NON_NEGATIVE_COLUMNS else None
+        table[column] = numeric_column(table, column, dtype, path, minimum=minimum)
     return table
 
 

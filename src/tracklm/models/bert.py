@@ -475,9 +475,10 @@ class TrackingBert(nn.Module):
         return self.heads_at(input_ids, token_type_ids, attention_mask, at, pair=False).mlm_logits
 
     # ------------------------------------------------------------------ vocabulary, save, load
-    def check_vocab(self, vocab: ModuleVocab) -> None:
-        """Refuse a dataset vocabulary that differs from the model's own (``hub.check_vocab``)."""
-        hub.check_vocab(self, vocab)
+    def check_vocab(self, vocab: ModuleVocab, where: str = "dataset") -> None:
+        """Refuse a dataset vocabulary that differs from the model's own (``hub.check_vocab``);
+        ``where`` names it in the message."""
+        hub.check_vocab(self, vocab, where)
 
     def save_pretrained(
         self,

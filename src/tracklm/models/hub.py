@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from tracklm._fs import atomic_output_file
 from tracklm.detector.vocab import ModuleVocab
@@ -147,9 +147,17 @@ def from_pretrained(
     if not weights_path.is_file():
         raise InputError(f"{weights_path}: missing")
     try:
-        state = load_file(str(weights_path), device=str(map_location))
+        with safe_open(str(weights_path), framework="pt", device=str(map_location)) as handle:
+            metadata = handle.metadata() or {}
+            state = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"{weights_path}: not a readable safetensors file ({exc})") from None
+    recorded = metadata.get("vocab_sha256")
+    if recorded is not None and recorded != vocab.sha256:
+        raise InputError(
+            f"{directory / VOCAB_FILE}: vocabulary sha256 {vocab.sha256[:12]} differs from the "
+            f"{recorded[:12]} the weights were saved with ({WEIGHTS_FILE})"
+        )
     model = cls(config, attention=attention)
     _check_tensors(state, model.state_dict(), weights_path)
     model.load_state_dict(state)
@@ -158,15 +166,19 @@ def from_pretrained(
     return model.eval()
 
 
-def check_vocab(model: TrackingBert, vocab: ModuleVocab) -> None:
-    """Refuse a dataset vocabulary that differs from the model's own (by SHA-256) or in size."""
+def check_vocab(model: TrackingBert, vocab: ModuleVocab, where: str = "dataset") -> None:
+    """Refuse a dataset vocabulary that differs from the model's own (by SHA-256) or in size.
+
+    ``where`` names the dataset's vocabulary (e.g. its ``vocab.json``) in the message.
+    """
     if model.vocab is not None and model.vocab.sha256 != vocab.sha256:
         raise InputError(
-            f"model vocabulary sha256 {model.vocab.sha256} differs from dataset's {vocab.sha256}"
+            f"{where}: vocabulary sha256 {vocab.sha256} differs from the model's "
+            f"{model.vocab.sha256} (the model was trained on another vocabulary)"
         )
     if len(vocab) != model.config.vocab_size:
         raise InputError(
-            f"model vocab_size {model.config.vocab_size} differs from the dataset vocabulary's {len(vocab)} tokens"
+            f"{where}: {len(vocab)} tokens, but the model's vocab_size is {model.config.vocab_size}"
         )
 
 

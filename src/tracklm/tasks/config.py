@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 from tracklm import config as config_lib
 from tracklm.errors import InputError
@@ -32,7 +33,7 @@ class FinetuneConfig:
     val_tracks : at most this many ``val`` tracks for validation.
     eval_tracks : at most this many ``test`` tracks for the final scores.
     eval_batch_size : sequences per forward pass when scoring.
-    accelerator : Lightning accelerator (``auto``, ``cpu``, ``gpu``).
+    accelerator : Lightning accelerator (``auto``, ``cpu``, ``gpu``, ``cuda``, ``mps``, ``tpu``).
     """
 
     batch_size: int = 256
@@ -45,7 +46,7 @@ class FinetuneConfig:
     val_tracks: int = 5000
     eval_tracks: int = 20000
     eval_batch_size: int = 1024
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_steps", "val_every", "val_tracks", "eval_tracks",

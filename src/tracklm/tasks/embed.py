@@ -28,7 +28,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy.spatial import cKDTree
 
-from tracklm._fs import atomic_output_file, write_json
+from tracklm._fs import atomic_output_file, make_parent, write_json
 from tracklm.detector.geometry import Detector
 from tracklm.errors import InputError
 from tracklm.io.dataset import modules_table
@@ -229,6 +229,18 @@ def run_embed(
         "n_modules": len(frame),
         **neighbour_statistics(vectors, centres, k, radius_mm, seed),
     }
+    figure = None
+    if plot is not None:
+        # Everything that can fail runs before the first file is written (no partial output).
+        figure = embedding_figure(
+            project_2d(vectors, projection, seed),
+            frame["volume_id"].to_numpy(),
+            frame["layer_id"].to_numpy(),
+            f"module embeddings ({projection})",
+        )
+    for path in (out, plot):
+        if path is not None:
+            make_parent(Path(path))
     with atomic_output_file(out) as tmp:
         frame.to_parquet(tmp, index=False, engine="pyarrow")
     write_json(out.with_suffix(".json"), stats)
@@ -244,14 +256,7 @@ def run_embed(
         stats["random_fraction"],
         stats["chance_fraction"],
     )
-    if plot is not None:
-        points = project_2d(vectors, projection, seed)
-        figure = embedding_figure(
-            points,
-            frame["volume_id"].to_numpy(),
-            frame["layer_id"].to_numpy(),
-            f"module embeddings ({projection})",
-        )
+    if plot is not None and figure is not None:
         with atomic_output_file(plot) as tmp:
             figure.savefig(tmp, format="png", dpi=120)
     return stats

@@ -31,6 +31,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
@@ -412,7 +413,7 @@ def open_inputs(
     """The encoder of ``mode`` (``load_encoder``), the dataset (same vocabulary) and its context."""
     encoder = load_encoder(model, mode, seed)
     dataset = open_dataset(data)
-    encoder.check_vocab(dataset.vocab)
+    encoder.check_vocab(dataset.vocab, str(dataset.path / "vocab.json"))
     return encoder, dataset, TaskContext.from_dataset(dataset)
 
 
@@ -489,20 +490,14 @@ def train_head(
     val_history, final_val_loss), and the device the encoder and head were left on.
     """
     module = FinetuneModule(spec, encoder, head, mode, settings, steps)
-    trainer = pl.Trainer(
-        max_steps=steps,
-        # Lightning types the minutes as int; it accepts fractions
-        max_time={"minutes": max_time} if max_time is not None else None,  # type: ignore[dict-item]
-        accelerator=settings.accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=sys.stderr.isatty(),
-        val_check_interval=settings.val_every,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-    )
+    try:
+        trainer = _trainer(settings, steps, max_time)
+    except (ValueError, TypeError, MisconfigurationException) as exc:
+        text = str(exc).strip().splitlines()
+        raise InputError(
+            f"accelerator {settings.accelerator!r} (FinetuneConfig): Lightning refused it "
+            f"({text[0] if text else type(exc).__name__})"
+        ) from None
     started = time.perf_counter()
     trainer.fit(
         module,
@@ -527,6 +522,24 @@ def train_head(
         "final_val_loss": float(final_val[0]["val_loss"]) if final_val else None,
     }
     return record, device
+
+
+def _trainer(settings: FinetuneConfig, steps: int, max_time: float | None) -> pl.Trainer:
+    """The Lightning ``Trainer`` of a fine-tuning run (one device, no logger or checkpoints)."""
+    return pl.Trainer(
+        max_steps=steps,
+        # Lightning types the minutes as int; it accepts fractions
+        max_time={"minutes": max_time} if max_time is not None else None,  # type: ignore[dict-item]
+        accelerator=settings.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        val_check_interval=settings.val_every,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
 
 
 def score_references(

@@ -48,7 +48,8 @@ class PretrainConfig:
     early_stopping_patience : validations without improvement of ``val/loss`` before stopping;
         None turns early stopping off.
     num_workers : DataLoader worker processes building batches.
-    precision : Lightning precision; ``auto`` means ``bf16-mixed`` on CUDA and ``32-true`` on CPU.
+    precision : Lightning precision (one of the names Lightning accepts); ``auto`` means
+        ``bf16-mixed`` on CUDA and ``32-true`` on CPU.
     """
 
     model: Literal["tiny", "small", "paper"] = "tiny"
@@ -70,7 +71,10 @@ class PretrainConfig:
     checkpoint_every: int = 1000
     early_stopping_patience: int | None = 10
     num_workers: int = 2
-    precision: str = "auto"
+    precision: Literal[
+        "auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+        "64-true", "64", "transformer-engine", "transformer-engine-float16",
+    ] = "auto"  # fmt: skip
 
     def __post_init__(self) -> None:
         if not isinstance(self.model_overrides, dict):

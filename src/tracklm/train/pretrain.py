@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -103,28 +105,52 @@ def run_pretrain(
     else:
         cfg = load_pretrain_config(preset, config, overrides)
         checkpoint = None
-        # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
-        if first_process:
-            if run.exists() and (not run.is_dir() or any(run.iterdir())):
-                raise InputError(
-                    f"--out: {run} already exists and is not empty (use --resume to continue it)"
-                )
+    # Refuse bad model_overrides now, before a new run directory exists.
+    try:
+        _model_config(
+            cfg,
+            vocab_size=len(dataset.vocab),
+            width=input_width(dataset.split("train").max_length, cfg.pairing),
+        )
+    except InputError as exc:
+        source = config if config is not None else f"--preset {preset}"
+        raise InputError(f"{source}: model_overrides: {exc}") from None
+    new_run = not resume and first_process
+    # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
+    if new_run:
+        if run.exists() and (not run.is_dir() or any(run.iterdir())):
+            raise InputError(
+                f"--out: {run} already exists and is not empty (use --resume to continue it)"
+            )
+        try:
             run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(
+                f"--out {run}: cannot create the run directory ({exc.strerror})"
+            ) from None
+    try:
+        if new_run:
             write_json(run / RUN_FILE, _run_record(dataset, cfg, seed))
-    return train(
-        dataset,
-        run,
-        cfg,
-        seed=seed,
-        checkpoint=checkpoint,
-        max_time=max_time,
-        trainer_options={
-            "devices": _parse_devices(devices),
-            "num_nodes": num_nodes,
-            "strategy": strategy,
-            "accelerator": accelerator,
-        },
-    )
+        return train(
+            dataset,
+            run,
+            cfg,
+            seed=seed,
+            checkpoint=checkpoint,
+            max_time=max_time,
+            trainer_options={
+                "devices": _parse_devices(devices),
+                "num_nodes": num_nodes,
+                "strategy": strategy,
+                "accelerator": accelerator,
+            },
+        )
+    except InputError:
+        # Bad input found once training was set up: a new run leaves no directory behind (an
+        # interrupted run keeps its checkpoints for --resume; only input errors land here).
+        if new_run:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 def train(
@@ -243,6 +269,21 @@ def _build_trainer(
     run: Path, config: PretrainConfig, options: dict[str, Any], callbacks: list[Callback]
 ) -> pl.Trainer:
     """The Lightning ``Trainer`` of the run: step-based validation, clipping, CSV/TensorBoard logs."""
+    try:
+        return _trainer(run, config, options, callbacks)
+    except (ValueError, TypeError, MisconfigurationException) as exc:
+        settings = ", ".join(f"--{key.replace('_', '-')} {value}" for key, value in options.items())
+        raise InputError(f"{settings}: Lightning refused them ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _trainer(
+    run: Path, config: PretrainConfig, options: dict[str, Any], callbacks: list[Callback]
+) -> pl.Trainer:
     return pl.Trainer(
         **options,
         precision=_precision(config.precision, options["accelerator"]),
@@ -371,8 +412,10 @@ def _resumed_settings(
         raise InputError(
             f"--resume: {record_path} not found (not a tracklm pretrain run)"
         ) from None
-    except json.JSONDecodeError:
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8
         raise InputError(f"{record_path}: not valid JSON") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{record_path}: expected a JSON object")
     if record.get("vocab_sha256") != dataset.vocab.sha256:
         raise InputError(
             f"{dataset.path / 'vocab.json'}: vocabulary sha256 {dataset.vocab.sha256[:12]} differs from "
