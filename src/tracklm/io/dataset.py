@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
+from tracklm.io.native import read_parquet
 from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
 SPLITS = ("train", "val", "test")
@@ -331,7 +332,7 @@ MODULE_COLUMNS = ("token", "volume_id", "layer_id", "module_id", "cx", "cy", "cz
 def _read_modules(path: Path, vocab: ModuleVocab) -> pd.DataFrame:
     """``modules.parquet``, checked to list the vocabulary's modules in token order."""
     try:
-        modules = pd.read_parquet(path)
+        modules = read_parquet(path)
     except FileNotFoundError:
         raise InputError(f"{path}: missing") from None
     except (OSError, ValueError, pa.ArrowException) as exc:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import os
 import zlib
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tracklm.errors import InputError
+from tracklm.io.native import read_csv_bytes
 
 
 def read_table(path: str | os.PathLike[str], *, what: str = "file") -> pd.DataFrame:
@@ -60,7 +60,7 @@ def read_table(path: str | os.PathLike[str], *, what: str = "file") -> pd.DataFr
         raise InputError(f"{path}: empty file (no header)")
     _check_header(path, data)
     try:
-        table: pd.DataFrame = pd.read_csv(io.BytesIO(data), engine="pyarrow")
+        table = read_csv_bytes(data)
     except Exception as exc:  # pyarrow parse errors carry the row in their message
         raise InputError(f"{path}: cannot parse CSV ({_first_line(exc)})") from None
     return table
