@@ -3,7 +3,8 @@
 Run directory::
 
     RUN/run.json            the resolved config, seed, dataset and vocabulary hash (for --resume)
-    RUN/checkpoints/last.ckpt   Lightning checkpoint, every ``checkpoint_every`` steps and at the end
+    RUN/checkpoints/last.ckpt   Lightning checkpoint, every ``checkpoint_every`` steps and at the end,
+                            replaced in one rename (``train/checkpoint.py``)
     RUN/logs/               CSV logs (and TensorBoard logs where tensorboard is installed)
     RUN/model/              the final model (``TrackingBert.from_pretrained``), written atomically
     RUN/metrics.json        final validation metrics and training throughput
@@ -11,7 +12,10 @@ Run directory::
 
 ``--resume`` continues from ``checkpoints/last.ckpt`` with the step count, learning-rate schedule,
 optimiser state and data order of the interrupted run; an uninterrupted run and an interrupted
-and resumed one of the same length give the same weights.
+and resumed one of the same length give the same weights. A run killed at any moment (SIGKILL
+included) loses at most the steps since its last checkpoint: ``run.json``, the checkpoint, the
+model, ``metrics.json`` and the manifest each appear or are replaced in one rename, so none is
+ever half-written (the CSV logs grow as training goes; a resumed run logs to a new version).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.train.checkpoint import AtomicCheckpointIO
 from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
 from tracklm.train.module import PretrainData, PretrainModule
 
@@ -123,14 +128,15 @@ def run_pretrain(
                 f"--out: {run} already exists and is not empty (use --resume to continue it)"
             )
         try:
-            run.mkdir(parents=True, exist_ok=True)
+            # The run directory appears with its run.json: a kill at any moment leaves either no
+            # run (start it again) or one that --resume continues.
+            with atomic_output_dir(run) as tmp:
+                write_json(tmp / RUN_FILE, _run_record(dataset, cfg, seed))
         except OSError as exc:
             raise InputError(
                 f"--out {run}: cannot create the run directory ({exc.strerror})"
             ) from None
     try:
-        if new_run:
-            write_json(run / RUN_FILE, _run_record(dataset, cfg, seed))
         return train(
             dataset,
             run,
@@ -298,6 +304,7 @@ def _trainer(
         log_every_n_steps=max(1, min(50, config.val_every // 5)),
         use_distributed_sampler=False,
         default_root_dir=run,
+        plugins=[AtomicCheckpointIO()],
     )
 
 
