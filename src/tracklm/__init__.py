@@ -8,7 +8,14 @@ Heavy submodules (torch) are imported lazily, so ``import tracklm`` stays cheap.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+if os.environ.get("TRACKLM_THREAD_INVARIANT", "") == "1":
+    # Intel MKL, behind torch's CPU matrix products, reads this once, at its first call. In its
+    # strict reproducible mode a product gives the same bits with any number of threads, so that
+    # training on the CPU does too (tracklm.models.cpu_kernels.THREAD_INVARIANT).
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
 

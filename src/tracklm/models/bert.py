@@ -107,17 +107,19 @@ class Embeddings(nn.Module):
             self.position = nn.Embedding(config.max_length, d)
         else:
             self.register_buffer("sinusoid", sinusoidal_positions(config), persistent=False)
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.norm = cpu_kernels.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.dropout, dropout_rng)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor, layout: TokenLayout) -> Tensor:
         """(b, t) ids and segments -> (n, d) embedded real tokens."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         table: Tensor = self.position.weight if self.position is not None else self.sinusoid
+        # F.embedding rather than table[...]: its gradient is faster to accumulate, and in an
+        # order that does not depend on the thread count (cpu_kernels.THREAD_INVARIANT).
         x = (
             self.token(layout.pack(input_ids))
             + self.segment(layout.pack(token_type_ids))
-            + table[layout.pack(positions)]
+            + F.embedding(layout.pack(positions), table)
         )  # (n, d)
         out: Tensor = self.dropout(self.norm(x))
         return out
@@ -196,9 +198,9 @@ class Block(nn.Module):
     ) -> None:
         super().__init__()
         self.attention = SelfAttention(config, attention, dropout_rng)
-        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention_norm = cpu_kernels.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.feed_forward = FeedForward(config)
-        self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.output_norm = cpu_kernels.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.dropout, dropout_rng)
 
     def forward(self, x: Tensor, layout: TokenLayout, rows: Tensor | None = None) -> Tensor:
@@ -221,7 +223,7 @@ class MaskedModuleHead(nn.Module):
     def __init__(self, config: TrackingBertConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = cpu_kernels.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 
     def forward(self, hidden: Tensor, token_embedding: Tensor) -> Tensor:

@@ -1,10 +1,22 @@
-"""CPU training fast paths of TrackingBERT: packed attention with its own backward, cheap dropout.
+"""CPU training paths of TrackingBERT: packed attention with its own backward, cheap dropout, and
+a LayerNorm whose gradients do not depend on the thread count.
 
-Both compute what the plain ops in ``tracklm.models.bert`` compute (up to float rounding; the
-dropout masks come from another random stream) and are checked against them in
+The first two compute what the plain ops in ``tracklm.models.bert`` compute (up to float
+rounding; the dropout masks come from another random stream) and are checked against them in
 ``tests/models/test_fast_paths.py``. ``TrackingBert(config, attention="sdpa" | "eager")`` and
 ``TrackingBert(config, dropout_rng="torch")`` turn them off, e.g. to measure what they buy with
 ``benchmarks/bench_train_step.py``.
+
+Training on the CPU repeats itself bit for bit at a given number of threads. With
+``TRACKLM_THREAD_INVARIANT=1`` in the environment (``THREAD_INVARIANT``) it also gives the same
+weights with any number of threads, at a cost (``docs/reliability.md``). Three kinds of kernel
+round differently with the thread count, each by adding per-thread partial results: torch's
+fused LayerNorm backward (weight and bias gradients), its softmax backward
+(``_softmax_backward_data``) and MKL's matrix products that split their inner dimension (the
+tokens of a weight gradient, the vocabulary of the decoder's input gradient) between threads.
+In that mode ``LayerNorm`` and ``PackedAttention.backward`` avoid the first two and
+``tracklm/__init__.py`` asks MKL for its strict reproducible mode (``MKL_CBWR=AUTO,STRICT``),
+which must be set before MKL's first call.
 
 Shape legend: ``b`` batch, ``t`` tokens, ``n`` real tokens, ``d`` hidden, ``h`` heads, ``e`` head
 size (d / h).
@@ -13,6 +25,7 @@ size (d / h).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +36,8 @@ from torch import Tensor, nn
 from tracklm.models.layout import TokenLayout
 
 DropoutRng = Literal["sfc64", "torch"]
+THREAD_INVARIANT = os.environ.get("TRACKLM_THREAD_INVARIANT", "") == "1"
+"""Whether CPU training uses kernels whose results do not depend on the thread count."""
 _DROPOUT_STEPS = 1 << 16  # the fast dropout draws 16-bit uniform integers
 
 
@@ -109,7 +124,9 @@ class PackedAttention(torch.autograd.Function):
     Written out with its own backward it makes one per-head copy of q, k, v (which the backward
     reuses), folds the 1/sqrt(e) scale and the key mask into ``baddbmm``, reads transposed
     operands in place, and saves no intermediate that autograd would recompute. The backward
-    calls torch's private ``_softmax_backward_data`` (the softmax gradient kernel autograd uses).
+    calls torch's private ``_softmax_backward_data`` (the softmax gradient kernel autograd uses),
+    or, with ``THREAD_INVARIANT``, writes that gradient out (torch's kernel rounds differently
+    with the number of threads; the written-out one costs a few percent of a step).
 
     Inputs: qkv (n, 3d); layout; h heads; keep (b*h, t, t) dropout multiplier or None.
     """
@@ -149,7 +166,12 @@ class PackedAttention(torch.autograd.Function):
         grad_weights = torch.bmm(grad_y, v.transpose(1, 2))  # (b*h, t, t)
         if keep is not None:
             grad_weights.mul_(keep)
-        grad_scores = torch._softmax_backward_data(grad_weights, probs, -1, probs.dtype)
+        if THREAD_INVARIANT:
+            # probs * (g - sum(g * probs)), each row summed whole by one thread
+            dot = (grad_weights * probs).sum(dim=-1, keepdim=True)  # (b*h, t, 1)
+            grad_scores = grad_weights.sub_(dot).mul_(probs)
+        else:
+            grad_scores = torch._softmax_backward_data(grad_weights, probs, -1, probs.dtype)
         scale = e**-0.5
         torch.baddbmm(grad_grid[0], grad_scores, k, beta=0.0, alpha=scale, out=grad_grid[0])  # dq
         torch.baddbmm(
@@ -170,3 +192,56 @@ def packed_attention(
     """
     out: Tensor = PackedAttention.apply(qkv, layout, num_heads, keep)  # type: ignore[no-untyped-call]
     return out
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` whose CPU gradients, with ``THREAD_INVARIANT``, do not depend on the
+    number of threads.
+
+    torch's fused CPU backward sums the weight and bias gradients in per-thread partial sums, so
+    they round differently with one thread and with two. With ``THREAD_INVARIANT``, where
+    gradients flow on the CPU in float32 (eager mode, no autocast), ``LayerNormFunction`` keeps
+    the fused kernels for the output and the input gradient (both computed row by row) and sums
+    the weight and bias gradients column by column instead (twice the time of the fused
+    backward). Same parameters and state-dict keys as ``nn.LayerNorm``; otherwise, the fused
+    kernel.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            not THREAD_INVARIANT
+            or self.weight is None
+            or self.bias is None
+            or len(self.normalized_shape) != 1
+            or not torch.is_grad_enabled()
+            or not packed_attention_applies(x, training=True)
+        ):
+            return super().forward(x)
+        out: Tensor = LayerNormFunction.apply(x, self.weight, self.bias, self.eps)  # type: ignore[no-untyped-call]
+        return out
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """LayerNorm over the last dimension of (..., d) ``x``: torch's kernels for the output and the
+    input gradient, column sums for the (d,) weight and bias gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        out, mean, rstd = torch.native_layer_norm(x, weight.shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        (grad_out,) = grad_outputs
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        d = x.shape[-1]
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.native_layer_norm_backward(
+                grad_out, x, weight.shape, mean, rstd, weight, bias, [True, False, False]
+            )[0]
+        grad_rows = grad_out.reshape(-1, d)  # (rows, d)
+        normalized = (x.reshape(-1, d) - mean.reshape(-1, 1)).mul_(rstd.reshape(-1, 1))
+        # Sums over rows with d outputs: torch gives each column to one thread.
+        return grad_x, (grad_rows * normalized).sum(0), grad_rows.sum(0), None
