@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tracklm._fs import atomic_output_dir
+from tracklm._workers import exit_with_parent
 from tracklm.data.tracks import ORDERS, Selection, check_modules, extract_tracks, get_selection
 from tracklm.detector.geometry import Detector
 from tracklm.detector.vocab import ModuleVocab
@@ -165,6 +166,7 @@ _WORKER_JOB: _EventJob | None = None
 
 def _init_worker(job: _EventJob) -> None:
     global _WORKER_JOB
+    exit_with_parent()
     _WORKER_JOB = job
 
 

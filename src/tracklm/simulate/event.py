@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tracklm._fs import atomic_output_dir
+from tracklm._workers import exit_with_parent
 from tracklm.config import to_dict
 from tracklm.detector.geometry import Detector
 from tracklm.detector.locator import ModuleLocator
@@ -355,6 +356,11 @@ def _init_worker(detector: Detector, config: SimulationConfig) -> None:
     _WORKER["generator"] = _generator(detector, config)
 
 
+def _init_pool_worker(detector: Detector, config: SimulationConfig) -> None:
+    exit_with_parent()
+    _init_worker(detector, config)
+
+
 def _write_one(directory: Path, event_id: int, seed: int) -> int:
     event = _WORKER["generator"].generate(_event_rng(seed, event_id))
     write_event(directory, event_id, hits=event.hits, particles=event.particles, truth=event.truth)
@@ -383,7 +389,7 @@ def _write_events(
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(workers, len(event_ids)),
             mp_context=context,
-            initializer=_init_worker,
+            initializer=_init_pool_worker,
             initargs=(geometry, config),
         ) as pool:
             futures = [pool.submit(_write_one, directory, event_id, seed) for event_id in event_ids]
