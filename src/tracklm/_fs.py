@@ -82,7 +82,7 @@ def remove_stale_temporaries(final: str | os.PathLike[str]) -> list[Path]:
     pattern = re.compile(
         rf"^\.{re.escape(final.name)}\.tmp-{re.escape(_host())}-(?P<pid>\d+)-[A-Za-z0-9_]+$"
     )
-    removed = []
+    removed: list[Path] = []
     try:
         siblings = list(final.parent.iterdir())
     except (FileNotFoundError, NotADirectoryError):

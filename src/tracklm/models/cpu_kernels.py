@@ -1,5 +1,5 @@
 """CPU training paths of TrackingBERT: packed attention with its own backward, cheap dropout, and
-a LayerNorm whose gradients do not depend on the thread count.
+a LayerNorm whose gradients can be made independent of the thread count.
 
 The first two compute what the plain ops in ``tracklm.models.bert`` compute (up to float
 rounding; the dropout masks come from another random stream) and are checked against them in
@@ -9,14 +9,16 @@ rounding; the dropout masks come from another random stream) and are checked aga
 
 Training on the CPU repeats itself bit for bit at a given number of threads. With
 ``TRACKLM_THREAD_INVARIANT=1`` in the environment (``THREAD_INVARIANT``) it also gives the same
-weights with any number of threads, at a cost (``docs/reliability.md``). Three kinds of kernel
-round differently with the thread count, each by adding per-thread partial results: torch's
-fused LayerNorm backward (weight and bias gradients), its softmax backward
-(``_softmax_backward_data``) and MKL's matrix products that split their inner dimension (the
-tokens of a weight gradient, the vocabulary of the decoder's input gradient) between threads.
-In that mode ``LayerNorm`` and ``PackedAttention.backward`` avoid the first two and
-``tracklm/__init__.py`` asks MKL for its strict reproducible mode (``MKL_CBWR=AUTO,STRICT``),
-which must be set before MKL's first call.
+weights with any number of threads (``tests/reliability/test_reruns.py``), for about 10%
+(``paper``, batch 256) to 40% (``tiny``, batch 64) more time per step on one thread. Kernels
+that add per-thread partial results round differently with the thread count: torch's fused
+LayerNorm backward (weight and bias gradients), its softmax backward
+(``_softmax_backward_data``), its accumulation of an indexing gradient (``bert.py`` embeds
+positions with ``F.embedding`` instead, always) and MKL's matrix products that split their inner
+dimension between threads (the tokens of every weight gradient, the vocabulary of the decoder's
+input gradient). In that mode ``LayerNorm`` and ``PackedAttention.backward`` avoid torch's two,
+and ``tracklm/__init__.py`` asks MKL for its strict reproducible mode (``MKL_CBWR=AUTO,STRICT``),
+which MKL reads at its first call: set the variable before anything runs a matrix product.
 
 Shape legend: ``b`` batch, ``t`` tokens, ``n`` real tokens, ``d`` hidden, ``h`` heads, ``e`` head
 size (d / h).
