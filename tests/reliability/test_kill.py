@@ -255,19 +255,19 @@ def test_pretrain_killed_five_times_resumes_to_the_uninterrupted_weights(toy_dat
 # ---------------------------------------------------------------------- simulate, prepare
 def test_simulate_killed_halfway_leaves_no_output_and_reruns(tmp_path):
     out, log = tmp_path / "events", tmp_path / "log.txt"
-    args = ["simulate", "--out", str(out), "--events", "8", "--pileup", "5", "--workers", "2"]
+    args = ["simulate", "--out", str(out), "--events", "6", "--pileup", "3", "--workers", "2"]
     process = launch(args, log)
 
     def some_events_written() -> bool:
-        return any(len(list(tmp.glob("event*"))) >= 6 for tmp in tmp_path.glob(".events.tmp-*"))
+        return any(len(list(tmp.glob("event*"))) >= 9 for tmp in tmp_path.glob(".events.tmp-*"))
 
     wait_until(some_events_written, process, log, timeout=120)
     sigkill(process)  # and its two workers end by themselves
     assert not out.exists() and len(temporaries(tmp_path)) == 1
 
-    run_simulate(out, events=8, pileup=5.0)
+    run_simulate(out, events=6, pileup=3.0)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert len([name for name in manifest["files"] if name.startswith("event")]) == 8 * 3
+    assert len([name for name in manifest["files"] if name.startswith("event")]) == 6 * 3
     assert temporaries(tmp_path) == []
 
 
