@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -21,8 +22,11 @@ from torch import nn
 
 from tracklm.data.prepare import run_prepare
 from tracklm.evaluate.report import run_evaluate
+from tracklm.io.trackml import event_path, list_events, read_part
 from tracklm.models import cpu_kernels
 from tracklm.models.layout import TokenLayout
+from tracklm.score.run import run_score
+from tracklm.score.submission import submission_table, write_submission, write_truth_tracks
 from tracklm.simulate.event import run_simulate
 from tracklm.train.pretrain import run_pretrain
 
@@ -81,6 +85,25 @@ def test_evaluate_twice(tiny_model, toy_data, tmp_path):
         run_evaluate(tiny_model, toy_data, report, max_tracks=60, seed=3)
     assert (reports[0] / "metrics.json").read_bytes() == (reports[1] / "metrics.json").read_bytes()
     same_files(*reports)
+
+
+def test_score_twice(toy_events, tmp_path):
+    """A submission that mixes particles (a quarter of the hits moved at random) scores the same."""
+    write_truth_tracks(toy_events, tmp_path / "perfect")
+    rng = np.random.default_rng(5)
+    for event_id in list_events(toy_events):
+        table = read_part(event_path(tmp_path / "perfect", event_id, "tracks"), "tracks")
+        tracks = table["track_id"].to_numpy().copy()
+        moved = rng.random(tracks.size) < 0.25
+        tracks[moved] = rng.choice(tracks, size=int(moved.sum()))
+        write_submission(
+            tmp_path / "mixed", submission_table(event_id, table["hit_id"].to_numpy(), tracks)
+        )
+    scores = [tmp_path / "a", tmp_path / "b"]
+    for out in scores:
+        run_score(toy_events, tmp_path / "mixed", out)
+    assert (scores[0] / "score.json").read_bytes() == (scores[1] / "score.json").read_bytes()
+    assert 0.2 < json.loads((scores[0] / "score.json").read_text())["pixel_trackml_score"] < 0.95
 
 
 def test_training_repeats_exactly_at_one_thread_count(toy_data, tmp_path):
