@@ -19,7 +19,9 @@ and classifies what happened:
 Clean inputs (``CleanInputs.build``, about 10 s on one core): the pixel volumes (7, 8, 9) of the
 real TrackML ``detectors.csv`` when ``../shared/data`` holds it (else of the built-in detector), 4
 events simulated on it at pile-up 1, their prepared dataset, a second dataset over a vocabulary one
-module smaller, an untrained tiny model over the first, and small pretrain and finetune configs.
+module smaller, an untrained tiny model over the first, small pretrain and finetune configs, and
+two track finders' outputs for ``score``: the perfect submission of the events and a noisy one
+(split, merged and left-out tracks, stray hits, a fake track of noise).
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 REAL_DETECTORS = REPO.parent / "shared" / "data" / "trackml" / "detectors.csv"
 
-VERBS = ("simulate", "prepare", "pretrain", "evaluate", "embed", "finetune", "export")
-KINDS = ("events", "geometry", "dataset", "model", "config", "options")
+VERBS = ("simulate", "prepare", "pretrain", "evaluate", "embed", "finetune", "export", "score")
+KINDS = ("events", "geometry", "tracks", "dataset", "model", "config", "options")
 OUT_NAMES = {"embed": "out.parquet", "export": "out.onnx"}
 """Name of the ``--out`` of each verb in a case's directory (a directory unless listed)."""
 
@@ -91,6 +93,8 @@ class CleanInputs:
     data_other : the same events prepared over ``geometry`` less one module no hit lies on.
     model : an untrained tiny model directory over ``data``'s vocabulary.
     pretrain_config, finetune_config : YAML configs of 2-step runs.
+    tracks : the perfect submission of ``events`` (``score --tracks``, one file per event).
+    tracks_noisy : a valid submission of the same events that scores well below 1.
     """
 
     root: Path
@@ -101,6 +105,8 @@ class CleanInputs:
     model: Path
     pretrain_config: Path
     finetune_config: Path
+    tracks: Path
+    tracks_noisy: Path
     twins: dict[str, Path] = field(default_factory=dict)
     _tables: dict[tuple[int, str], pd.DataFrame] = field(default_factory=dict)
 
@@ -114,6 +120,7 @@ class CleanInputs:
         from tracklm.detector.geometry import Detector
         from tracklm.io.dataset import open_dataset
         from tracklm.models.bert import TrackingBert, TrackingBertConfig
+        from tracklm.score.submission import write_truth_tracks
         from tracklm.simulate.event import run_simulate
 
         root.mkdir(parents=True, exist_ok=True)
@@ -126,6 +133,8 @@ class CleanInputs:
             model=root / "model",
             pretrain_config=root / "pretrain.yaml",
             finetune_config=root / "finetune.yaml",
+            tracks=root / "tracks",
+            tracks_noisy=root / "tracks_noisy",
         )
         if (root / "ready").is_file():
             return inputs
@@ -151,8 +160,41 @@ class CleanInputs:
         TrackingBert(config).save_pretrained(inputs.model, vocab)
         inputs.pretrain_config.write_text(yaml.safe_dump(PRETRAIN_CONFIG, sort_keys=False))
         inputs.finetune_config.write_text(yaml.safe_dump(FINETUNE_CONFIG, sort_keys=False))
+        write_truth_tracks(inputs.events, inputs.tracks)
+        inputs._write_noisy_tracks(np.random.default_rng(7))
         (root / "ready").write_text("")
         return inputs
+
+    def _write_noisy_tracks(self, rng: np.random.Generator) -> None:
+        """A submission with a finder's usual faults: each particle's hits one track under a
+        shuffled id, then about a fifth of the tracks split in two, a tenth merged into another,
+        5% of the hits moved to a random track and 5% left out; noise hits half left out, half
+        one fake track."""
+        from tracklm.score.submission import submission_table, write_submission
+
+        for event_id in range(1, 5):
+            truth = self.table(event_id, "truth")
+            particles, track = np.unique(truth.particle_id.to_numpy(), return_inverse=True)
+            ids = rng.permutation(np.arange(1, particles.size + 1)) * 3
+            track = ids[track.reshape(-1)]
+            noise = truth.particle_id.to_numpy() == 0
+            track[noise] = np.where(rng.random(noise.sum()) < 0.5, 0, 1)  # 1: the fake track
+            n = len(track)
+            next_id = int(ids.max()) + 1
+            for particle_track in np.unique(track[~noise]):
+                rows = np.flatnonzero(track == particle_track)
+                draw = rng.random()
+                if draw < 0.2 and rows.size >= 2:
+                    track[rows[rows.size // 2 :]] = next_id
+                    next_id += 1
+                elif draw < 0.3:
+                    track[rows] = ids[int(rng.integers(ids.size))]
+            moved = rng.random(n) < 0.05
+            track[moved] = rng.choice(ids, int(moved.sum()))
+            track[rng.random(n) < 0.05] = 0
+            write_submission(
+                self.tracks_noisy, submission_table(event_id, truth.hit_id.to_numpy(), track)
+            )
 
     def table(self, event_id: int, part: str) -> pd.DataFrame:
         """A clean event table (read once)."""
@@ -167,8 +209,8 @@ class CleanInputs:
         """The clean command line of ``verb`` writing ``out``; ``paths`` replace clean inputs.
 
         Keys of ``paths``: ``events``, ``detector`` (prepare: none by default), ``data``,
-        ``model``, ``config``, ``task`` (finetune, default ``pt``) and ``extra`` (options
-        appended).
+        ``model``, ``config``, ``task`` (finetune, default ``pt``), ``tracks`` (score, default
+        the perfect submission) and ``extra`` (options appended).
         """
         get = paths.get
         if verb == "simulate":
@@ -193,6 +235,9 @@ class CleanInputs:
             argv += ["--config", get("config", self.finetune_config)]
         elif verb == "export":
             argv = ["export", "--model", get("model", self.model), "--out", out]
+        elif verb == "score":
+            argv = ["score", "--events", get("events", self.events)]
+            argv += ["--tracks", get("tracks", self.tracks), "--out", out]
         else:
             raise ValueError(f"unknown verb {verb!r}")
         return [str(a) for a in [*argv, *get("extra", [])]]
@@ -364,7 +409,8 @@ class TableRules:
 
 
 def table_rules(part: str) -> TableRules:
-    """The rules of an event part (``hits``, ``particles``, ``truth``) or of ``geometry``."""
+    """The rules of an event part (``hits``, ``particles``, ``truth``), of a submission
+    (``tracks``: integers only) or of ``geometry``."""
     from tracklm.detector.table import ID_COLUMNS, TRACKML_COLUMNS
     from tracklm.io.trackml import NON_NEGATIVE_COLUMNS, PART_COLUMNS
 
@@ -379,7 +425,9 @@ def table_rules(part: str) -> TableRules:
         )
     columns = PART_COLUMNS[part]
     integer = {c: np.dtype(t).name for c, t in columns.items() if np.dtype(t).kind == "i"}
-    fractional = {"hits": ("x", "y"), "particles": ("px", "py"), "truth": ("tx", "tpx")}[part]
+    fractional = {"hits": ("x", "y"), "particles": ("px", "py"), "truth": ("tx", "tpx")}.get(
+        part, ()
+    )
     return TableRules(
         required=tuple(columns),
         integer=integer,
@@ -400,11 +448,19 @@ class Target:
 
 
 def csv_target(ctx: Context, kind: str) -> Target:
-    """An events part (kind ``events``) or a detector file (``geometry``) to corrupt.
+    """An events part (kind ``events``), a detector file (``geometry``) or a submission file
+    (``tracks``) to corrupt.
 
     A detector file is the ``--detector`` of ``simulate`` or ``prepare``, or (``prepare``) the
-    ``detectors.csv`` of the events directory.
+    ``detectors.csv`` of the events directory. A submission file is one event's in a copy of the
+    perfect or the noisy clean submission, gzip-compressed (``.csv.gz``) one time in three.
     """
+    if kind == "tracks":
+        source = ctx.choice([ctx.inputs.tracks, ctx.inputs.tracks_noisy])
+        tracks = ctx.copy(source, "tracks")
+        path = tracks / f"event{int(ctx.rng.integers(1, 5)):09d}-tracks.csv"
+        target = Target(path, "tracks", ctx.argv(tracks=tracks), {"tracks": source})
+        return gzipped(target) if ctx.rng.random() < 1 / 3 else target
     if kind == "geometry":
         if ctx.verb == "prepare" and ctx.rng.random() < 0.5:
             events = ctx.copy(ctx.inputs.events, "events")
@@ -415,6 +471,17 @@ def csv_target(ctx: Context, kind: str) -> Target:
     event_id, part = int(ctx.rng.integers(1, 5)), ctx.choice(EVENT_PARTS)
     path = events / f"event{event_id:09d}-{part}.csv.gz"
     return Target(path, part, ctx.argv(events=events), {})
+
+
+def gzipped(target: Target) -> Target:
+    """The target with its file replaced by its gzip-compressed ``.gz`` twin (a no-op when it is
+    compressed already)."""
+    if target.path.suffix == ".gz":
+        return target
+    path = target.path.with_name(target.path.name + ".gz")
+    write_file(path, target.path.read_bytes())
+    target.path.unlink()
+    return Target(path, target.part, target.argv, target.twin)
 
 
 def _error(target: Target) -> Setup:
@@ -430,14 +497,24 @@ def _cell(ctx: Context, table: CsvText, columns: Sequence[str]) -> tuple[int, in
     return int(ctx.rng.integers(len(table.rows))), table.column(ctx.choice(list(columns)))
 
 
-# ------------------------------------------------------------- CSV corruptions (events, geometry)
-CSV_VERBS = {"events": ("prepare",), "geometry": ("simulate", "prepare")}
+# ------------------------------------------------------ CSV corruptions (events, geometry, tracks)
+CSV_VERBS = {
+    "events": ("prepare",),
+    "geometry": ("simulate", "prepare"),
+    "tracks": ("score",),
+}
+CSV_KIND_WEIGHT = {"events": 1.0, "geometry": 1.0, "tracks": 0.5}
+"""Weight of each kind's copy of a CSV corruption, relative to the corruption's own."""
 
 
 def csv_mutation(
-    *, benign: bool = False, weight: float = 1.0, kinds: Sequence[str] = ("events", "geometry")
+    *,
+    benign: bool = False,
+    weight: float = 1.0,
+    kinds: Sequence[str] = ("events", "geometry", "tracks"),
 ) -> Callable[[Callable[[Context, Target], Setup]], Callable[[Context, Target], Setup]]:
-    """Register a corruption of a CSV table as one mutation per input kind."""
+    """Register a corruption of a CSV table as one mutation per input kind (weighted by
+    ``CSV_KIND_WEIGHT``)."""
 
     def register(
         corrupt: Callable[[Context, Target], Setup],
@@ -448,23 +525,26 @@ def csv_mutation(
                 return corrupt(ctx, csv_target(ctx, kind))
 
             apply.__name__ = corrupt.__name__
-            mutation(kind, CSV_VERBS[kind], benign=benign, weight=weight)(apply)
+            scaled = weight * CSV_KIND_WEIGHT[kind]
+            mutation(kind, CSV_VERBS[kind], benign=benign, weight=scaled)(apply)
         return corrupt
 
     return register
 
 
-@csv_mutation(kinds=("events",))
+@csv_mutation(kinds=("events", "tracks"))
 def cut_gzip(ctx: Context, target: Target) -> Setup:
     """The gzip stream cut at a random byte."""
+    target = gzipped(target)
     data = target.path.read_bytes()
     target.path.write_bytes(data[: int(ctx.rng.integers(len(data)))])
     return _error(target)
 
 
-@csv_mutation(kinds=("events",))
+@csv_mutation(kinds=("events", "tracks"))
 def corrupt_gzip(ctx: Context, target: Target) -> Setup:
     """One byte of the compressed data or of the gzip trailer changed."""
+    target = gzipped(target)
     data = bytearray(target.path.read_bytes())
     where = int(ctx.rng.integers(10, len(data)))
     data[where] ^= int(ctx.rng.integers(1, 256))
@@ -534,7 +614,7 @@ def duplicate_column(ctx: Context, target: Target) -> Setup:
     return _error(target)
 
 
-@csv_mutation()
+@csv_mutation(kinds=("events", "geometry"))
 def swap_names(ctx: Context, target: Target) -> Setup:
     """The names of an integer column and a float column swapped (the values stay)."""
     rules = table_rules(target.part)
@@ -669,6 +749,11 @@ def no_final_newline(ctx: Context, target: Target) -> Setup:
 
 
 # ------------------------------------------------------------------ event-specific corruptions
+EVENT_VERBS = ("prepare", "score")
+"""The verbs that read whole events (the CSV corruptions, read by the same reader, run through
+``prepare`` alone; these check how the parts agree, which each verb does on its own)."""
+
+
 def _event_part(ctx: Context, part: str | None = None) -> tuple[Target, int]:
     events = ctx.copy(ctx.inputs.events, "events")
     event_id = int(ctx.rng.integers(1, 5))
@@ -677,14 +762,14 @@ def _event_part(ctx: Context, part: str | None = None) -> tuple[Target, int]:
     return Target(path, part, ctx.argv(events=events), {}), event_id
 
 
-@mutation("events", ["prepare"], weight=0.5)
+@mutation("events", EVENT_VERBS, weight=0.5)
 def _missing_part(ctx: Context) -> Setup:
     target, _ = _event_part(ctx)
     target.path.unlink()
     return Setup(target.argv, blame=(str(target.path.with_suffix("")),))
 
 
-@mutation("events", ["prepare"], benign=True, weight=0.3)
+@mutation("events", EVENT_VERBS, benign=True, weight=0.3)
 def _uncompressed_part(ctx: Context) -> Setup:
     """A part stored as plain ``.csv`` instead of ``.csv.gz``."""
     target, _ = _event_part(ctx)
@@ -693,7 +778,7 @@ def _uncompressed_part(ctx: Context) -> Setup:
     return _benign(target)
 
 
-@mutation("events", ["prepare"])
+@mutation("events", EVENT_VERBS)
 def _duplicate_id(ctx: Context) -> Setup:
     """A hit id (hits, truth) or particle id (particles) given to a second row."""
     target, _ = _event_part(ctx)
@@ -705,7 +790,7 @@ def _duplicate_id(ctx: Context) -> Setup:
     return _error(target)
 
 
-@mutation("events", ["prepare"])
+@mutation("events", EVENT_VERBS)
 def _dangling_reference(ctx: Context) -> Setup:
     """Truth naming a hit the hits file lacks, or a particle the particles file lacks: a row
     removed from hits or particles, or a truth id changed to one that does not exist."""
@@ -809,6 +894,208 @@ def _shuffled_modules(ctx: Context) -> Setup:
     target, table = _geometry_table(ctx)
     table.rows = [table.rows[i] for i in ctx.rng.permutation(len(table.rows))]
     write_file(target.path, table.text())
+    return _benign(target)
+
+
+# ------------------------------------------------------------ submission-specific corruptions
+EVALUATED_SUBSETS = ("8", "7,9", "7,8", "8,9", "9")
+"""``--volumes`` proper subsets of the clean events' volumes (7, 8, 9), each with hits in every
+event."""
+
+
+def _tracks_table(ctx: Context) -> tuple[Target, CsvText, int]:
+    """A submission file to corrupt, its text and its event id."""
+    target = csv_target(ctx, "tracks")
+    return target, CsvText.read(target.path), int(target.path.name[5:14])
+
+
+def _volume_of_rows(ctx: Context, table: CsvText, event_id: int) -> np.ndarray:
+    """The volume of the hit of every row of a (clean) submission table."""
+    hits = ctx.inputs.table(event_id, "hits")
+    volume = dict(zip(hits.hit_id.tolist(), hits.volume_id.tolist(), strict=True))
+    index = table.column("hit_id")
+    return np.array([volume[int(fields[index])] for fields in table.rows])
+
+
+@mutation("tracks", ["score"])
+def _unknown_hit(ctx: Context) -> Setup:
+    """A row naming a hit the event does not have (beyond its ids, 0, or far beyond)."""
+    target, table, event_id = _tracks_table(ctx)
+    top = int(ctx.inputs.table(event_id, "hits").hit_id.max())
+    value = ctx.choice([top + 1, top + 1000, 0, 10**15])
+    row = table.rows[int(ctx.rng.integers(len(table.rows)))]
+    if ctx.rng.random() < 0.5:
+        row[table.column("hit_id")] = str(value)
+    else:  # an added row
+        table.rows.insert(int(ctx.rng.integers(len(table.rows) + 1)), [row[0], str(value), "1"])
+    write_file(target.path, table.text())
+    return _error(target)
+
+
+@mutation("tracks", ["score"], weight=1.5)
+def _hit_twice(ctx: Context) -> Setup:
+    """A hit in two rows: a row repeated, the hit added to another track, or another row's
+    hit id overwritten with it."""
+    target, table, _ = _tracks_table(ctx)
+    a, b = (int(i) for i in ctx.rng.choice(len(table.rows), 2, replace=False))
+    how = ctx.choice(["repeat", "other_track", "overwrite"])
+    hit, track = table.column("hit_id"), table.column("track_id")
+    if how == "overwrite":
+        table.rows[b][hit] = table.rows[a][hit]
+    else:
+        copy = list(table.rows[a])
+        if how == "other_track":
+            copy[track] = table.rows[b][track] if table.rows[b][track] != copy[track] else "999"
+        table.rows.insert(int(ctx.rng.integers(len(table.rows) + 1)), copy)
+    write_file(target.path, table.text())
+    return _error(target)
+
+
+@mutation("tracks", ["score"])
+def _missing_hit(ctx: Context) -> Setup:
+    """Rows of evaluated hits removed (one to three), or every row of one track."""
+    target, table, _ = _tracks_table(ctx)
+    if ctx.rng.random() < 0.5:
+        track = table.column("track_id")
+        gone = ctx.choice(table.rows)[track]
+        table.rows = [fields for fields in table.rows if fields[track] != gone]
+    else:
+        drop = set(ctx.rng.choice(len(table.rows), int(ctx.rng.integers(1, 4)), replace=False))
+        table.rows = [fields for i, fields in enumerate(table.rows) if i not in drop]
+    write_file(target.path, table.text())
+    return _error(target)
+
+
+@mutation("tracks", ["score"], weight=0.5)
+def _missing_tracks_file(ctx: Context) -> Setup:
+    target = csv_target(ctx, "tracks")
+    target.path.unlink()
+    uncompressed = target.path.with_suffix("") if target.path.suffix == ".gz" else target.path
+    return Setup(target.argv, blame=(str(uncompressed),))
+
+
+@mutation("tracks", ["score"], weight=0.5)
+def _stray_tracks_file(ctx: Context) -> Setup:
+    """A submission file for an event that EVENTS does not have."""
+    target = csv_target(ctx, "tracks")
+    other = ctx.choice([0, 5, 17, 123456789])
+    suffix = ".gz" if target.path.suffix == ".gz" else ""
+    stray = target.path.with_name(f"event{other:09d}-tracks.csv{suffix}")
+    table = CsvText.read(target.path)
+    for fields in table.rows:
+        fields[table.column("event_id")] = str(other)
+    write_file(stray, table.text())
+    return Setup(target.argv, blame=(str(stray),))
+
+
+@mutation("tracks", ["score"])
+def _event_id_disagrees(ctx: Context) -> Setup:
+    """The event_id column naming another event than the file name: in one row, in every row,
+    or two events' files swapped."""
+    target, table, event_id = _tracks_table(ctx)
+    how = ctx.choice(["one", "all", "swap"])
+    if how == "swap":
+        other = int(ctx.choice([e for e in range(1, 5) if e != event_id]))
+        stem = target.path.parent / f"event{other:09d}-tracks.csv"
+        path = next(p for p in (stem.with_name(stem.name + ".gz"), stem) if p.is_file())
+        theirs = CsvText.read(path).text()
+        write_file(path, table.text())
+        write_file(target.path, theirs)
+        return Setup(target.argv, blame=(str(target.path), str(path)))
+    value = str(ctx.choice([e for e in (0, 1, 2, 3, 4, 99) if e != event_id]))
+    index = table.column("event_id")
+    rows = table.rows if how == "all" else [ctx.choice(table.rows)]
+    for fields in rows:
+        fields[index] = value
+    write_file(target.path, table.text())
+    return _error(target)
+
+
+@mutation("tracks", ["score"], weight=0.5)
+def _not_a_tracks_dir(ctx: Context) -> Setup:
+    """--tracks naming a file, or a directory without submission files (only stray ones)."""
+    path = ctx.work / "tracks"
+    if ctx.rng.random() < 0.5:
+        path.write_text("event_id,hit_id,track_id\n")
+    else:
+        path.mkdir()
+        (path / "README.txt").write_text("no tracks here\n")
+    return Setup(ctx.argv(tracks=path), blame=(str(path),))
+
+
+@mutation("tracks", ["score"], weight=0.5)
+def _finder_manifest_unreadable(ctx: Context) -> Setup:
+    """TRACKS/manifest.json (the finder's timing) cut, binary, or a list."""
+    target = csv_target(ctx, "tracks")
+    manifest = target.path.parent / "manifest.json"
+    how = ctx.choice(["cut", "binary", "list"])
+    if how == "cut":
+        manifest.write_text('{"seconds_per_event": 0.')
+    elif how == "binary":
+        manifest.write_bytes(b"\xff\xfe\x00{")
+    else:
+        manifest.write_text("[0.5]")
+    return Setup(target.argv, blame=(str(manifest),))
+
+
+@mutation("tracks", ["score"], benign=True, weight=0.5)
+def _shuffled_rows(ctx: Context) -> Setup:
+    target, table, _ = _tracks_table(ctx)
+    table.rows = [table.rows[i] for i in ctx.rng.permutation(len(table.rows))]
+    write_file(target.path, table.text())
+    return _benign(target)
+
+
+@mutation("tracks", ["score"], benign=True, weight=0.5)
+def _renumbered_tracks(ctx: Context) -> Setup:
+    """Every track of a file given another id (0, no track, stays 0): the score is the same."""
+    target, table, _ = _tracks_table(ctx)
+    index = table.column("track_id")
+    old = sorted({fields[index] for fields in table.rows} - {"0"})
+    high = ctx.choice([10**4, 2**31, 2**63 - 1])
+    new: dict[str, None] = {}
+    while len(new) < len(old):
+        new[str(int(ctx.rng.integers(1, high, endpoint=True)))] = None
+    renamed = dict(zip(old, new, strict=True))
+    for fields in table.rows:
+        fields[index] = renamed.get(fields[index], "0")
+    write_file(target.path, table.text())
+    return _benign(target)
+
+
+@mutation("tracks", ["score"], benign=True, weight=0.6)
+def _other_volumes_rows(ctx: Context) -> Setup:
+    """Scoring some volumes only: rows of the hits of the other volumes removed, or given any
+    track (those of evaluated hits included): ignored either way."""
+    target, table, event_id = _tracks_table(ctx)
+    volumes = ctx.choice(EVALUATED_SUBSETS)
+    outside = ~np.isin(_volume_of_rows(ctx, table, event_id), [int(v) for v in volumes.split(",")])
+    how = ctx.choice(["absent", "reassigned", "some_absent"])
+    track = table.column("track_id")
+    tracks = [fields[track] for fields in table.rows]
+    keep = []
+    for fields, out in zip(table.rows, outside, strict=True):
+        if out and (how == "absent" or (how == "some_absent" and ctx.rng.random() < 0.5)):
+            continue
+        if out and how != "absent":
+            fields[track] = ctx.choice([*tracks, "0", "424242"])
+        keep.append(fields)
+    table.rows = keep
+    write_file(target.path, table.text())
+    extra = ["--volumes", volumes]
+    argv = ctx.argv(tracks=target.path.parent, extra=extra)
+    return Setup(argv, benign=True, twin={**target.twin, "extra": extra})
+
+
+@mutation("tracks", ["score"], benign=True, weight=0.3)
+def _finder_manifest(ctx: Context) -> Setup:
+    """TRACKS/manifest.json recording the finder's time, and files no reader looks at."""
+    target = csv_target(ctx, "tracks")
+    record = {"stage": "find", "seconds_per_event": 0.25, "seconds_per_stage": {"embed": 0.1}}
+    (target.path.parent / "manifest.json").write_text(json.dumps(record))
+    (target.path.parent / "README.txt").write_text("found on a Tuesday\n")
+    backup = target.path.with_name("event000000001-tracks.csv.bak")
+    backup.write_text("not,a,submission\n")
     return _benign(target)
 
 
@@ -1368,6 +1655,17 @@ BAD_OPTIONS: dict[str, list[tuple[list[str], str]]] = {
         (["--task", "vertexing"], "--task"),
     ],
     "export": [(["--format", "tflite"], "--format")],
+    "score": [
+        (["--volumes", "pixels"], "--volumes"),
+        (["--volumes", "7,,8"], "--volumes"),
+        (["--volumes", "-7"], "--volumes"),
+        (["--volumes", ""], "--volumes"),
+        (["--volumes", "7.5"], "--volumes"),
+        (["--volumes", "7;8;9"], "--volumes"),
+        (["--volumes", "all,7"], "--volumes"),
+        (["--volumes", "99"], "--volumes"),  # a volume no event has a hit in
+        (["--volumes", "99999999999999999999"], "--volumes"),
+    ],
 }
 
 
@@ -1386,6 +1684,7 @@ REQUIRED_OPTIONS = {
     "embed": ("--model", "--out"),
     "finetune": ("--task", "--model", "--data", "--out"),
     "export": ("--model", "--out"),
+    "score": ("--events", "--tracks", "--out"),
 }
 
 
@@ -1408,6 +1707,7 @@ INPUT_OPTIONS = {
     "embed": ("model",),
     "finetune": ("model", "data", "config"),
     "export": ("model",),
+    "score": ("events", "tracks"),
 }
 
 
@@ -1423,7 +1723,7 @@ def _input_missing(ctx: Context) -> Setup:
     return Setup(ctx.argv(**{key: path}), blame=(str(path),))
 
 
-@mutation("options", ("simulate", "prepare", "pretrain", "evaluate", "finetune"))
+@mutation("options", ("simulate", "prepare", "pretrain", "evaluate", "finetune", "score"))
 def _out_exists(ctx: Context) -> Setup:
     """--out an existing directory that is not empty: refused, and left as it was."""
     ctx.out.mkdir()
@@ -1463,6 +1763,13 @@ def _out_under_a_file(ctx: Context) -> Setup:
     argv = ctx.argv()
     argv[argv.index("--out") + 1] = str(out)
     return Setup(argv, blame=(str(blocker),))
+
+
+@mutation("options", ["score"], benign=True, weight=0.3)
+def _volumes_respelled(ctx: Context) -> Setup:
+    """The default volumes (7, 8, 9) spelled otherwise: same score."""
+    volumes = ctx.choice(["9,8,7", " 7, 8 ,9 ", "7,8,9,8", "07,8,9", "8,7,9"])
+    return Setup(ctx.argv(extra=["--volumes", volumes]), benign=True)
 
 
 @mutation("options", ["embed"], weight=0.3)
@@ -1606,6 +1913,9 @@ def compare_outputs(verb: str, got: Path, expected: Path) -> str:
         return _compare_json(got.with_suffix(".json"), expected.with_suffix(".json"))
     if verb == "export":
         return "" if got.read_bytes() == expected.read_bytes() else "ONNX files differ"
+    if verb == "score":
+        # everything but the finder's time (TRACKS/manifest.json), itself an input
+        return _compare_json(got / "score.json", expected / "score.json", skip=_FINDER_TIME)
     if verb == "pretrain":
         return _compare_files(
             got / "model", expected / "model", skip=("README.md", "model.safetensors")
@@ -1627,8 +1937,14 @@ def _stable(value: Any) -> Any:
     return value
 
 
-def _compare_json(got: Path, expected: Path) -> str:
+_FINDER_TIME = ("seconds_per_event",)
+
+
+def _compare_json(got: Path, expected: Path, skip: Sequence[str] = ()) -> str:
     a, b = (_stable(json.loads(p.read_text())) for p in (got, expected))
+    for key in skip:
+        a.pop(key, None)
+        b.pop(key, None)
     return "" if a == b else f"{got.name} differs from the clean input's"
 
 

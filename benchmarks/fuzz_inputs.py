@@ -4,14 +4,16 @@ Each case copies a clean input, corrupts it (``benchmarks/fuzz_cases.py`` holds 
 runs the verb and checks the result: a corrupted input must end with exit status 2, one error
 line naming the file or option at fault, no traceback and no output left behind; a harmless
 change (extra columns, CRLF, a byte-order mark, the Codalab pitch columns, a reformatted config
-or model config, stray files) must give exactly the clean input's outputs.
+or model config, stray files, a submission's rows shuffled or tracks renumbered) must give exactly
+the clean input's outputs.
 
 The mix: a mutation is drawn by weight, then one of the verbs that read its input, uniformly.
-The 1,000 cases of seed 0 are 25% TrackML event files (read by ``prepare``), 24% detector files
-(``simulate``, ``prepare``), 20% prepared datasets (``pretrain``, ``evaluate``, ``finetune``), 12%
-model directories (``evaluate``, ``embed``, ``finetune``, ``export``), 9% configs (``pretrain``,
-``finetune``) and 11% options of every verb, over 81 mutations; 12% are benign. The script prints
-the mix it runs on stderr and records it in the report.
+The 1,000 cases of seed 0 are 20% TrackML event files (read by ``prepare``; how their parts agree
+by ``score`` too), 21% detector files (``simulate``, ``prepare``), 16% submission files
+(``score``), 16% prepared datasets (``pretrain``, ``evaluate``, ``finetune``), 11% model
+directories (``evaluate``, ``embed``, ``finetune``, ``export``), 7% configs (``pretrain``,
+``finetune``) and 10% options of every verb, over 112 mutations; 14% are benign, 19% run
+``score``. The script prints the mix it runs on stderr and records it in the report.
 
 Usage::
 

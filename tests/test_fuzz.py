@@ -2,12 +2,14 @@
 handled cleanly, and the harness itself must tell a clean result from a broken one.
 
 ``benchmarks/fuzz_inputs.py --cases 1000`` runs the full draw; here a sample of ``SAMPLE`` cases
-from the same mix runs in the default suite (about 30 s on one core).
+from the same mix runs in the default suite (about 45 s on one core; 17 of them ``score``'s, whose
+benign cases each write a report with figures).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +17,7 @@ from types import ModuleType
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-SAMPLE = 120
+SAMPLE = 100
 SAMPLE_SEED = 2024
 
 # Lightning 2.6 + torch 2.13: Lightning builds a torch pytree LeafSpec, which torch now deprecates.
@@ -159,3 +161,18 @@ def test_a_benign_case_that_fails_is_a_failure(inputs, scratch: Path) -> None:
     case = fuzz.Case("prepare", "events", "crlf_line_endings", 3)
     result = fuzz.run_case(case, inputs, scratch, _fake(2, "tracklm prepare: error: x: bad\n"))
     assert not result.clean and "benign" in result.reason
+
+
+def test_score_cases_compare_everything_but_the_finder_time(inputs, scratch: Path) -> None:
+    result = fuzz.run_case(fuzz.Case("score", "tracks", "renumbered_tracks", 3), inputs, scratch)
+    assert result.clean and result.exit == 0, result.reason
+
+    def score(tracks: Path) -> Path:
+        twin = {"tracks": tracks, "task": "pt"}  # the key run_case caches the twin under
+        return fuzz.twin_output(inputs, "score", twin, fuzz.invoke_in_process)
+
+    perfect, noisy = score(inputs.tracks), score(inputs.tracks_noisy)
+    assert fuzz.compare_outputs("score", perfect, perfect) == ""
+    assert "score.json differs" in fuzz.compare_outputs("score", noisy, perfect)
+    noisy_score = json.loads((noisy / "score.json").read_text())["pixel_trackml_score"]
+    assert 0.3 < noisy_score < 0.95  # a submission with faults to find, not a random one

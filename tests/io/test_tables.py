@@ -77,6 +77,20 @@ def test_files_without_data_are_refused(tmp_path: Path, data: str | bytes, probl
         read_part(path, "hits")
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (HITS + "3,1,2\n", "row 3: 3 fields, the header has 7"),
+        (HITS.replace("\n2,", "\n\n2,0,", 1), "row 2: 8 fields, the header has 7"),
+        (HITS.rstrip("\n").rsplit(",", 3)[0], "row 2: 4 fields, the header has 7"),  # cut short
+    ],
+)
+def test_a_row_of_another_width_is_named(tmp_path: Path, text: str, problem: str) -> None:
+    # blank lines are skipped, as the reader skips them
+    with pytest.raises(InputError, match=rf"hits\.csv: {problem} \(cannot parse CSV\)$"):
+        read_part(_hits(tmp_path, text), "hits")
+
+
 def test_a_header_alone_is_an_empty_table(tmp_path: Path) -> None:
     hits = read_part(_hits(tmp_path, HITS.splitlines()[0] + "\n"), "hits")  # an event without hits
     assert len(hits) == 0 and hits["hit_id"].dtype == np.int64 and hits["x"].dtype == np.float32

@@ -153,6 +153,11 @@ BAD_SUBMISSIONS = {
         "row 7, column 'track_id': 1.5 is not a whole number",
     ),
     "missing column": (lambda t: t.drop(columns="track_id"), "missing column 'track_id'"),
+    # DBSCAN's "no cluster" label: scored, it would be one large track
+    "negative track id": (
+        lambda t: t.assign(track_id=t["track_id"].where(t.index != 4, -1)),
+        "row 5, column 'track_id': -1 is not >= 0",
+    ),
 }
 
 
@@ -177,6 +182,9 @@ def test_bad_submission_ends_with_one_line_naming_the_file(
         ("no tracks file", "no tracks file for event"),
         ("tracks of another event", "is not in"),
         ("bad volumes", "--volumes"),
+        ("volume ids out of range", "--volumes: expected volume ids from 0 to"),
+        ("volumes without hits", "no hit in --volumes 99"),
+        ("lost hits file", "missing hits file for event"),
     ],
 )
 def test_missing_or_stray_tracks_files_and_bad_options(
@@ -189,8 +197,15 @@ def test_missing_or_stray_tracks_files_and_bad_options(
     elif case == "tracks of another event":
         stray = pd.read_csv(_tracks_file(tracks, event_id)).assign(event_id=event_id + 1)
         write_submission(tracks, stray)
+    elif case == "lost hits file":  # its tracks file must not read as another event's
+        event_path(events, event_id, "hits").unlink()
     else:
-        extra = ["--volumes", "7,pixel"]
+        volumes = {
+            "bad volumes": "7,pixel",
+            "volume ids out of range": "7,99999999999",
+            "volumes without hits": "99",
+        }
+        extra = ["--volumes", volumes[case]]
     code, err = _score_cli(capsys, events, tracks, tmp_path / "score", *extra)
     assert code == 2 and err.count("\n") == 1 and expected in err, err
     assert not (tmp_path / "score").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import os
 import zlib
 from pathlib import Path
@@ -61,14 +62,34 @@ def read_table(path: str | os.PathLike[str], *, what: str = "file") -> pd.DataFr
     _check_header(path, data)
     try:
         table = read_csv_bytes(data)
-    except Exception as exc:  # pyarrow parse errors carry the row in their message
-        raise InputError(f"{path}: cannot parse CSV ({_first_line(exc)})") from None
+    except Exception as exc:  # pyarrow's parse errors quote the row, but do not number it
+        raise InputError(f"{path}: {_parse_problem(data, exc)}") from None
     return table
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _parse_problem(data: bytes, exc: BaseException) -> str:
+    """Why ``data`` does not parse as CSV: the first data row (counted from 1 after the header,
+    blank lines skipped as the reader skips them) with another number of fields than the header,
+    else the parser's own message."""
+    rows = csv.reader(io.StringIO(data.decode("utf-8-sig", errors="replace"), newline=""))
+    try:
+        width = len(next(rows, []))
+        number = 0
+        for fields in rows:
+            if not fields:
+                continue
+            number += 1
+            if len(fields) != width:
+                count = f"{len(fields)} field{'s' if len(fields) != 1 else ''}"
+                return f"row {number}: {count}, the header has {width} (cannot parse CSV)"
+    except csv.Error:
+        pass
+    return f"cannot parse CSV ({_first_line(exc)})"
 
 
 def _check_header(path: Path, data: bytes) -> None:

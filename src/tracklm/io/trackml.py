@@ -65,9 +65,22 @@ OPTIONAL_COLUMNS: dict[str, dict[str, type]] = {
     "truth": {"weight": np.float32},
 }
 
-# Ids and counts: a negative value is a corrupted file, never data.
+# Ids and counts: a negative value is a corrupted file, never data. A submission's track_id is
+# no exception: 0 marks a hit left out of every track, and a negative "no track" label (DBSCAN's
+# -1) would otherwise be scored as one large track.
 NON_NEGATIVE_COLUMNS = frozenset(
-    {"hit_id", "particle_id", "volume_id", "layer_id", "module_id", "nhits", "ch0", "ch1"}
+    {
+        "hit_id",
+        "particle_id",
+        "volume_id",
+        "layer_id",
+        "module_id",
+        "nhits",
+        "ch0",
+        "ch1",
+        "event_id",
+        "track_id",
+    }
 )
 
 _EVENT_FILE = re.compile(r"^event(\d{9})-hits\.csv(\.gz)?$")
@@ -116,6 +129,17 @@ def events_without_hits(directory: str | os.PathLike[str]) -> list[int]:
     root = Path(directory)
     ids = {int(m.group(1)) for path in root.iterdir() if (m := _PART_FILE.match(path.name))}
     return sorted(ids - set(list_events(root)))
+
+
+def check_hits_files(directory: str | os.PathLike[str]) -> None:
+    """Raise ``InputError`` naming the missing hits file of an event that has other parts but
+    none (``events_without_hits``), for readers that need every part of every event."""
+    orphans = events_without_hits(directory)
+    if orphans:
+        raise InputError(
+            f"{Path(directory) / event_prefix(orphans[0])}-hits.csv[.gz]: missing hits file for "
+            f"event {orphans[0]} (its other parts are there)"
+        )
 
 
 def read_part(path: str | os.PathLike[str], part: str) -> pd.DataFrame:

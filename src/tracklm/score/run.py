@@ -39,7 +39,7 @@ from tqdm import tqdm
 from tracklm._fs import atomic_output_dir, write_json
 from tracklm.detector.geometry import PIXEL_VOLUMES
 from tracklm.errors import InputError
-from tracklm.io.trackml import event_path, list_events, read_part
+from tracklm.io.trackml import check_hits_files, event_path, list_events, read_part
 from tracklm.manifest import write_manifest
 from tracklm.score import trackml as T
 from tracklm.score.submission import check_no_stray_files, read_submission, tracks_path
@@ -79,8 +79,10 @@ def parse_volumes(volumes: str | Sequence[int] | None) -> tuple[int, ...] | None
         raise InputError(
             f"--volumes: expected 'all' or volume ids separated by commas, got {volumes!r}"
         ) from None
-    if not parsed or parsed[0] < 0:
-        raise InputError(f"--volumes: expected non-negative volume ids, got {volumes!r}")
+    if not parsed or parsed[0] < 0 or parsed[-1] > np.iinfo(np.int32).max:
+        raise InputError(
+            f"--volumes: expected volume ids from 0 to {np.iinfo(np.int32).max}, got {volumes!r}"
+        )
     return tuple(parsed)
 
 
@@ -166,7 +168,8 @@ def load_evaluated_event(
     if volumes is not None:
         evaluated = np.isin(hits["volume_id"].to_numpy(), volumes)
     if not evaluated.any():
-        raise InputError(f"{paths['hits']}: no hit in volumes {','.join(map(str, volumes or ()))}")
+        where = "at all" if volumes is None else f"in --volumes {','.join(map(str, volumes))}"
+        raise InputError(f"{paths['hits']}: no hit {where}")
     rows = np.flatnonzero(evaluated)
     truth_at = truth_rows[rows]
     particle_id = truth["particle_id"].to_numpy(np.int64)[truth_at]
@@ -344,6 +347,7 @@ def score_events(
     The totals and the display of the first event.
     """
     event_ids = list_events(events)
+    check_hits_files(events)  # an event whose hits file is lost is not one to leave out
     if not event_ids:
         raise InputError(f"{events}: no eventNNNNNNNNN-hits.csv[.gz] files")
     if not Path(tracks).is_dir():

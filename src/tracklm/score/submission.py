@@ -4,7 +4,8 @@ per event, columns ``event_id, hit_id, track_id``, one row per hit.
 Read through the TrackML reader (part ``tracks`` of ``tracklm.io.trackml``) and checked against the
 event: every hit of the evaluated volumes in exactly one row (hits of other volumes may be present
 and are ignored), no hit the event does not have, and an ``event_id`` column that agrees with the
-file name. ``track_id`` 0 marks a hit left out of every track.
+file name. ``track_id`` 0 marks a hit left out of every track; ids are never negative (a
+negative "no track" label would otherwise be scored as one large track).
 """
 
 from __future__ import annotations
