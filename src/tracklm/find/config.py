@@ -1,0 +1,69 @@
+"""``FinderConfig``: every cut and window of the track finders, with its physics name.
+
+One set of defaults, shared by ``--method helix`` and ``--method model`` (the model only adds its
+own weights, ``model_*``). Units: mm, GeV, radians; chi2 values are sums of squared pulls.
+Tuned on simulated pile-up 200 events (``tracklm simulate --seed 11``); nothing depends on the
+exact hit counts of an event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FinderConfig:
+    """Cuts and windows of the seeded helix follower.
+
+    Seeding (triplets on consecutive layers, primaries from the beam line)
+    ---------------------------------------------------------------------
+    seed_pt_min_gev : lowest transverse momentum a seed may have.
+    seed_z0_max_mm : how far from z = 0 along the beam a seed's line may start.
+    seed_residual_mm : window (rphi and along the surface) for the third hit around the crossing
+        of the circle through the beam line and the first two hits, at 1 GeV and a 100 mm step;
+        it grows as multiple scattering does (``ms_mm_gev_per_100mm``).
+    seed_layer_support : a layer triple seeds only if at least this fraction of the sampled
+        trajectories that cross three layers start on it (drops geometric curiosities).
+
+    Extension (helix through the last three layers, nearest hit on the next crossed layer)
+    -------------------------------------------------------------------------------------
+    hit_sigma_mm : floor of the prediction's uncertainty (hit resolution, fit error).
+    ms_mm_gev_per_100mm : multiple-scattering spread of the prediction per GeV^-1 of momentum
+        and per 100 mm of flight (Highland formula for about 1.5% X0 per pixel layer).
+    chi2_max : largest chi2 (two pulls) for a hit to join a track.
+    overlap_chi2_max : the same for a second hit of a layer (the overlapping neighbour module).
+    search_sigmas : half-width of the hit search window in units of the prediction's sigma.
+    max_hits_per_layer : hits one track may take on one layer (each on its own module; the
+        simulator's overlapping disk modules give up to four).
+    max_missed_layers : a track ends after more than this many crossed layers without a hit in a
+        row.
+    max_hits : hits a track may hold (pixel tracks rarely pass 20).
+
+    Ambiguity resolution and output
+    -------------------------------
+    min_hits : shortest track written.
+    chi2_weight : quality = hits - chi2_weight * chi2 / hits; greedy in decreasing quality.
+    max_shared_fraction : a candidate whose hits are more than this fraction already taken is
+        dropped; otherwise it keeps its free hits.
+    passes : seeding rounds; round 1 seeds on the first three crossed layers, later rounds seed
+        with one layer skipped, only on hits no earlier round used.
+    """
+
+    seed_pt_min_gev: float = 0.2
+    seed_z0_max_mm: float = 200.0
+    seed_residual_mm: float = 1.0
+    seed_layer_support: float = 0.005
+
+    hit_sigma_mm: float = 0.1
+    ms_mm_gev_per_100mm: float = 0.25
+    chi2_max: float = 25.0
+    overlap_chi2_max: float = 25.0
+    search_sigmas: float = 5.0
+    max_hits_per_layer: int = 4
+    max_missed_layers: int = 1
+    max_hits: int = 32
+
+    min_hits: int = 3
+    chi2_weight: float = 0.1
+    max_shared_fraction: float = 0.5
+    passes: int = 2

@@ -1,0 +1,107 @@
+"""One event through the finder: seeding rounds, extension, ambiguity resolution.
+
+``find_tracks`` runs the stages shared by both methods; what differs is the ``StepDecider`` that
+picks hits during extension and the quality that orders candidates for the resolution, both
+given by a ``Method``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tracklm.find.config import FinderConfig
+from tracklm.find.extend import (
+    StepDecider,
+    TrackCandidates,
+    add_seed_layer_hits,
+    extend_tracks,
+    helix_decider,
+)
+from tracklm.find.hits import EventHits, HitIndex
+from tracklm.find.layers import FinderLayers
+from tracklm.find.resolve import resolve_greedy, track_quality
+from tracklm.find.seeds import find_seeds
+
+
+@dataclass
+class Method:
+    """What decides: the step decider and the candidates' quality.
+
+    Attributes
+    ----------
+    name : ``helix`` or ``model``.
+    decider : builds the ``StepDecider`` for an event's hits.
+    quality : (candidates, hits) -> (N,) quality for the resolution (larger is better).
+    """
+
+    name: str
+    decider: Callable[[FinderConfig, EventHits], StepDecider]
+    quality: Callable[[TrackCandidates, EventHits, FinderConfig], np.ndarray]
+
+
+def helix_quality(tracks: TrackCandidates, hits: EventHits, config: FinderConfig) -> np.ndarray:
+    """Hits first, then a small chi2 per hit."""
+    return track_quality(tracks.n_hits, tracks.chi2, config.chi2_weight)
+
+
+HELIX = Method("helix", helix_decider, helix_quality)
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over events."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+def find_tracks(
+    hits: EventHits,
+    layers: FinderLayers,
+    config: FinderConfig,
+    method: Method,
+    b_field_t: float,
+    times: StageTimes | None = None,
+) -> np.ndarray:
+    """Tracks of one event.
+
+    Returns
+    -------
+    (N,) int64 track id of every hit (1, 2, ... in order of acceptance; 0 for none).
+    """
+    times = times if times is not None else StageTimes()
+    taken = np.zeros(len(hits), dtype=bool)
+    track_id = np.zeros(len(hits), dtype=np.int64)
+    next_id = 1
+    decide = method.decider(config, hits)
+    for round_index in range(min(config.passes, len(layers.seed_triples))):
+        start = time.perf_counter()
+        index = HitIndex(hits, layers, available=~taken)
+        seeds = find_seeds(
+            hits, index, layers, layers.seed_triples[round_index], config, b_field_t
+        )
+        times.add("seed", time.perf_counter() - start)
+        start = time.perf_counter()
+        tracks = TrackCandidates.from_seeds(seeds, hits, config.max_hits)
+        tracks = add_seed_layer_hits(tracks, hits, index, layers, config, decide, b_field_t)
+        tracks = extend_tracks(tracks, hits, index, layers, config, decide, b_field_t)
+        tracks = extend_tracks(
+            tracks, hits, index, layers, config, decide, b_field_t, backward=True
+        )
+        times.add("extend", time.perf_counter() - start)
+        start = time.perf_counter()
+        quality = method.quality(tracks, hits, config)
+        accepted = resolve_greedy(
+            tracks.hits, tracks.n_hits, quality, taken, config.min_hits, config.max_shared_fraction
+        )
+        for track in accepted:
+            track_id[track] = next_id
+            next_id += 1
+        times.add("resolve", time.perf_counter() - start)
+    return track_id

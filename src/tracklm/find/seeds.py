@@ -1,0 +1,271 @@
+"""Triplet seeds: three hits on three layers a particle from the beam line crosses in turn.
+
+For each seeding layer triple (``FinderLayers.seed_triples``), doublets join a hit of the first
+layer with the hits of the second that a particle from the beam line (|z0| below
+``seed_z0_max_mm``, pT above ``seed_pt_min_gev``) could reach; the circle through the beam line
+and the doublet, with the straight line in (s, z), predicts the crossing with the third layer,
+and the hit there with the smallest chi2 (multiple scattering sets the window) completes the
+seed. Vectorised over all hits of a layer at once.
+
+Lengths in mm, momenta in GeV, field in tesla. Curvatures are signed, 1/mm, positive for a
+counter-clockwise turn seen from +z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tracklm.find.config import FinderConfig
+from tracklm.find.hits import EventHits, HitIndex
+from tracklm.find.layers import FinderLayers
+from tracklm.tracking.constants import GEV_PER_TESLA_METRE
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """S seeds.
+
+    Attributes
+    ----------
+    hits : (S, 3) int64 hit indices, in flight order.
+    chi2 : (S,) chi2 of the third hit against the prediction from the first two.
+    """
+
+    hits: np.ndarray
+    chi2: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.hits.shape[0])
+
+    @classmethod
+    def empty(cls) -> Seeds:
+        return cls(np.zeros((0, 3), np.int64), np.zeros(0))
+
+    @classmethod
+    def concatenate(cls, parts: list[Seeds]) -> Seeds:
+        if not parts:
+            return cls.empty()
+        return cls(np.concatenate([p.hits for p in parts]), np.concatenate([p.chi2 for p in parts]))
+
+
+def arc_length_mm(curvature: np.ndarray, radius_mm: np.ndarray) -> np.ndarray:
+    """Transverse arc length from the beam line to radius ``radius_mm`` on circles through it."""
+    half = np.clip(curvature * radius_mm / 2.0, -1.0, 1.0)
+    safe = np.where(np.abs(half) > 1e-9, half, 1.0)
+    factor = np.where(np.abs(half) > 1e-9, np.arcsin(safe) / safe, 1.0)
+    result: np.ndarray = radius_mm * factor
+    return result
+
+
+def momentum_scale(
+    curvature: np.ndarray, cot_theta: np.ndarray, b_field_t: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(pT, p) in GeV of circles of signed ``curvature`` (1/mm) and slopes ``cot_theta``."""
+    pt = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / np.maximum(np.abs(curvature), 1e-7)
+    return pt, pt * np.sqrt(1.0 + cot_theta**2)
+
+
+def prediction_sigmas(
+    config: FinderConfig,
+    is_barrel: bool | np.ndarray,
+    step_mm: np.ndarray,
+    pt_gev: np.ndarray,
+    cot_theta: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(across, along) uncertainties (mm) of a crossing predicted ``step_mm`` of transverse arc
+    length ahead: a floor plus multiple scattering, which grows with the flight length and falls
+    with momentum; along a barrel it is stretched by 1 / sin(theta), along a disk by
+    1 / |cos(theta)|."""
+    stretch = np.sqrt(1.0 + cot_theta**2)
+    p = pt_gev * stretch
+    scatter = config.ms_mm_gev_per_100mm * (np.abs(step_mm) * stretch / 100.0) / p
+    across = np.hypot(config.hit_sigma_mm, scatter)
+    along_scale = np.where(is_barrel, stretch, stretch / np.maximum(np.abs(cot_theta), 1e-3))
+    along = np.hypot(config.hit_sigma_mm, scatter * along_scale)
+    return across, along
+
+
+def _doublets(
+    hits: EventHits,
+    index: HitIndex,
+    layers: FinderLayers,
+    first: np.ndarray,
+    layer_b: int,
+    config: FinderConfig,
+    max_curvature: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (hit of the first layer, hit of ``layer_b``) a beam-line particle could make."""
+    xyz_a, r_a, phi_a = hits.xyz_mm[first], hits.r_mm[first], hits.phi[first]
+    z_a = xyz_a[:, 2]
+    z0 = config.seed_z0_max_mm
+    r_lo, r_hi = layers.r_min_mm[layer_b], layers.r_max_mm[layer_b]
+    # Azimuth turned between the two radii, at the largest curvature, plus slack for the vertex.
+    bend = np.maximum(
+        np.abs(np.arcsin(np.clip(max_curvature * r_hi / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)),
+        np.abs(np.arcsin(np.clip(max_curvature * r_lo / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)),
+    )
+    dphi = bend + 0.01
+    if layers.is_barrel[layer_b]:
+        ends = [z0v + (z_a - z0v) * r / r_a for z0v in (-z0, z0) for r in (r_lo, r_hi)]
+        u_lo = np.minimum.reduce(ends) - 1.0
+        u_hi = np.maximum.reduce(ends) + 1.0
+    else:
+        ends = []
+        valid = np.ones(len(first), bool)
+        for z0v in (-z0, z0):
+            for zb in (layers.z_min_mm[layer_b], layers.z_max_mm[layer_b]):
+                lever = z_a - z0v
+                ok = (np.abs(lever) > 1e-3) & (np.sign(lever) == np.sign(zb - z0v))
+                valid &= ok
+                ends.append(r_a * (zb - z0v) / np.where(ok, lever, 1.0))
+        u_lo = np.where(valid, np.minimum.reduce(ends) - 1.0, r_lo)
+        u_hi = np.where(valid, np.maximum.reduce(ends) + 1.0, r_hi)
+    query, b = index.window(layer_b, phi_a - dphi, phi_a + dphi, u_lo, u_hi)
+    a = first[query]
+    r_b, z_b = hits.r_mm[b], hits.xyz_mm[b, 2]
+    outward = r_b > hits.r_mm[a] + 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z0_pair = hits.xyz_mm[a, 2] - hits.r_mm[a] * (z_b - hits.xyz_mm[a, 2]) / (r_b - hits.r_mm[a])
+    keep = outward & (np.abs(z0_pair) <= z0)
+    a, b = a[keep], b[keep]
+    curvature = _beamline_curvature(hits.xyz_mm[a], hits.xyz_mm[b])
+    keep = np.abs(curvature) <= max_curvature
+    return a[keep], b[keep]
+
+
+def _beamline_curvature(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Signed curvature (1/mm) of the circles through the beam line (0, 0), a and b (x-y)."""
+    cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
+    lengths = (
+        np.hypot(a[:, 0], a[:, 1]) * np.hypot(b[:, 0], b[:, 1]) * np.hypot(*(b - a)[:, :2].T)
+    )
+    result: np.ndarray = 2.0 * cross / np.maximum(lengths, 1e-12)
+    return result
+
+
+@dataclass(frozen=True)
+class BeamlineHelix:
+    """Helices from the beam line through two hits: azimuth psi0 at the beam line, signed
+    curvature (1/mm), z0 (mm) and cot(theta); ``s_b`` the arc length of the second hit."""
+
+    psi0: np.ndarray
+    curvature: np.ndarray
+    z0_mm: np.ndarray
+    cot_theta: np.ndarray
+    s_b_mm: np.ndarray
+
+    @classmethod
+    def through(cls, a: np.ndarray, b: np.ndarray) -> BeamlineHelix:
+        """Through hits ``a`` and ``b`` (N, 3) (mm), in flight order."""
+        curvature = _beamline_curvature(a, b)
+        r_a, r_b = np.hypot(a[:, 0], a[:, 1]), np.hypot(b[:, 0], b[:, 1])
+        s_a, s_b = arc_length_mm(curvature, r_a), arc_length_mm(curvature, r_b)
+        psi0 = np.arctan2(a[:, 1], a[:, 0]) - np.arcsin(np.clip(curvature * r_a / 2, -1, 1))
+        cot = (b[:, 2] - a[:, 2]) / np.maximum(s_b - s_a, 1e-6)
+        return cls(psi0, curvature, a[:, 2] - cot * s_a, cot, s_b)
+
+    def at_arc(self, s_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(point (N, 3), tangent per unit transverse arc length (N, 3)) at arc lengths ``s_mm``."""
+        k = self.curvature
+        half = k * s_mm / 2.0
+        safe = np.where(np.abs(half) > 1e-9, half, 1.0)
+        r = s_mm * np.where(np.abs(half) > 1e-9, np.sin(safe) / safe, 1.0)
+        phi = self.psi0 + half
+        psi = self.psi0 + k * s_mm
+        point = np.stack([r * np.cos(phi), r * np.sin(phi), self.z0_mm + self.cot_theta * s_mm], 1)
+        tangent = np.stack([np.cos(psi), np.sin(psi), self.cot_theta], 1)
+        return point, tangent
+
+    def crossing(
+        self, layers: FinderLayers, layer: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(point (N, 3), tangent (N, 3), arc length (N,), crosses (N,) bool) with a layer,
+        beyond the second hit and inside the layer's extent."""
+        if layers.is_barrel[layer]:
+            radius = layers.radius_mm[layer]
+            crosses = np.abs(self.curvature * radius / 2.0) < 1.0
+            s = arc_length_mm(self.curvature, np.full_like(self.curvature, radius))
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = (layers.z_mm[layer] - self.z0_mm) / self.cot_theta
+            s = np.where(np.isfinite(s), s, -1.0)
+            crosses = np.abs(self.curvature * s) < np.pi
+        crosses &= s > self.s_b_mm + 1.0
+        point, tangent = self.at_arc(s)
+        r = np.hypot(point[:, 0], point[:, 1])
+        margin = 20.0
+        crosses &= (r >= layers.r_min_mm[layer] - margin) & (r <= layers.r_max_mm[layer] + margin)
+        crosses &= (point[:, 2] >= layers.z_min_mm[layer] - margin) & (
+            point[:, 2] <= layers.z_max_mm[layer] + margin
+        )
+        return point, tangent, s, crosses
+
+
+def find_seeds(
+    hits: EventHits,
+    index: HitIndex,
+    layers: FinderLayers,
+    triples: tuple[tuple[int, int, int], ...],
+    config: FinderConfig,
+    b_field_t: float,
+) -> Seeds:
+    """Triplet seeds on the given layer triples, among the hits in ``index``.
+
+    Parameters
+    ----------
+    hits : the event's hits.
+    index : spatial index of the hits still free.
+    layers : the layers.
+    triples : layer-index triples (first, second, third layer in flight order).
+    config : cuts (``seed_*``, ``chi2_max``, the prediction sigmas).
+    b_field_t : field (tesla) converting curvature to pT.
+
+    Returns
+    -------
+    ``Seeds``: per doublet, the third hit of smallest chi2 (below ``config.chi2_max``).
+    """
+    max_curvature = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / config.seed_pt_min_gev
+    parts = []
+    for layer_a, layer_b, layer_c in triples:
+        first = index.hit_of[layer_a]
+        first = np.unique(first)
+        if first.size == 0:
+            continue
+        a, b = _doublets(hits, index, layers, first, layer_b, config, max_curvature)
+        if a.size == 0:
+            continue
+        helix = BeamlineHelix.through(hits.xyz_mm[a], hits.xyz_mm[b])
+        point, tangent, s_c, crosses = helix.crossing(layers, layer_c)
+        rows = np.flatnonzero(crosses)
+        if rows.size == 0:
+            continue
+        pt, _ = momentum_scale(helix.curvature[rows], helix.cot_theta[rows], b_field_t)
+        sigma_t, sigma_l = prediction_sigmas(
+            config,
+            bool(layers.is_barrel[layer_c]),
+            s_c[rows] - helix.s_b_mm[rows],
+            pt,
+            helix.cot_theta[rows],
+        )
+        found = index.candidates(
+            layer_c,
+            point[rows],
+            tangent[rows],
+            config.search_sigmas * sigma_t,
+            config.search_sigmas * sigma_l,
+        )
+        if found.query.size == 0:
+            continue
+        chi2 = (found.residual_t_mm / sigma_t[found.query]) ** 2 + (
+            found.residual_l_mm / sigma_l[found.query]
+        ) ** 2
+        order = np.lexsort((chi2, found.query))
+        query, hit, chi2 = found.query[order], found.hit[order], chi2[order]
+        best = np.r_[True, query[1:] != query[:-1]] & (chi2 < config.chi2_max)
+        doublet = rows[query[best]]
+        parts.append(
+            Seeds(np.stack([a[doublet], b[doublet], hit[best]], axis=1), chi2[best])
+        )
+    return Seeds.concatenate(parts)
