@@ -8,7 +8,38 @@ exact hit counts of an event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SeedRound:
+    """One round of seeding, extension and resolution, on the hits earlier rounds left free.
+
+    Attributes
+    ----------
+    triples : ``"first"`` (the first three layers a particle crosses), ``"skipped"`` (one of
+        the first four skipped: a missing hit) or ``"consecutive"`` (any three in a row).
+    pt_min_gev : lowest seed pT of the round.
+    min_hits : shortest track the round accepts. Strict early rounds take the clear tracks out,
+        so later, looser rounds see fewer hits and make fewer fakes.
+    beamline : seeds come from the beam line (``find_seeds``); False for particles made inside
+        the detector (``find_free_seeds``).
+    """
+
+    triples: str = "first"
+    pt_min_gev: float = 0.2
+    min_hits: int = 4
+    beamline: bool = True
+
+
+DEFAULT_ROUNDS = (
+    SeedRound("first", 0.5, 5),
+    SeedRound("skipped", 0.5, 5),
+    SeedRound("first", 0.2, 4),
+    SeedRound("skipped", 0.2, 4),
+    SeedRound("first", 0.12, 3),
+    SeedRound("skipped", 0.12, 3),
+)
 
 
 @dataclass(frozen=True)
@@ -17,11 +48,13 @@ class FinderConfig:
 
     Seeding (triplets on consecutive layers, primaries from the beam line)
     ---------------------------------------------------------------------
-    seed_pt_min_gev : lowest transverse momentum a seed may have.
     seed_z0_max_mm : how far from z = 0 along the beam a seed's line may start.
     seed_residual_mm : window (rphi and along the surface) for the third hit around the crossing
         of the circle through the beam line and the first two hits, at 1 GeV and a 100 mm step;
         it grows as multiple scattering does (``ms_mm_gev_per_100mm``).
+    free_seed_d0_max_mm : largest distance of closest approach to the beam line of a seed made
+        without the beam-line constraint (secondaries).
+    free_seed_z0_max_mm : the z0 window of those seeds.
     seed_layer_support : a layer triple seeds only if at least this fraction of the sampled
         trajectories that cross three layers start on it (drops geometric curiosities).
 
@@ -41,29 +74,27 @@ class FinderConfig:
 
     Ambiguity resolution and output
     -------------------------------
-    min_hits : shortest track written.
     chi2_weight : quality = hits - chi2_weight * chi2 / hits; greedy in decreasing quality.
     max_shared_fraction : a candidate whose hits are more than this fraction already taken is
         dropped; otherwise it keeps its free hits.
-    passes : seeding rounds; round 1 seeds on the first three crossed layers, later rounds seed
-        with one layer skipped, only on hits no earlier round used.
+    rounds : the seeding rounds (``SeedRound``), in order.
     """
 
-    seed_pt_min_gev: float = 0.2
+    rounds: tuple[SeedRound, ...] = field(default=DEFAULT_ROUNDS)
     seed_z0_max_mm: float = 200.0
     seed_residual_mm: float = 1.0
     seed_layer_support: float = 0.005
+    free_seed_d0_max_mm: float = 40.0
+    free_seed_z0_max_mm: float = 500.0
 
     hit_sigma_mm: float = 0.1
     ms_mm_gev_per_100mm: float = 0.25
-    chi2_max: float = 25.0
-    overlap_chi2_max: float = 25.0
+    chi2_max: float = 12.0
+    overlap_chi2_max: float = 6.0
     search_sigmas: float = 5.0
     max_hits_per_layer: int = 4
     max_missed_layers: int = 1
     max_hits: int = 32
 
-    min_hits: int = 3
-    chi2_weight: float = 0.1
+    chi2_weight: float = 1.0
     max_shared_fraction: float = 0.5
-    passes: int = 2

@@ -24,7 +24,7 @@ from tracklm.find.extend import (
 from tracklm.find.hits import EventHits, HitIndex
 from tracklm.find.layers import FinderLayers
 from tracklm.find.resolve import resolve_greedy, track_quality
-from tracklm.find.seeds import find_seeds
+from tracklm.find.seeds import find_free_seeds, find_seeds
 
 
 @dataclass
@@ -80,12 +80,12 @@ def find_tracks(
     track_id = np.zeros(len(hits), dtype=np.int64)
     next_id = 1
     decide = method.decider(config, hits)
-    for round_index in range(min(config.passes, len(layers.seed_triples))):
+    for seed_round in config.rounds:
+        triples = layers.seed_triples[seed_round.triples]
         start = time.perf_counter()
         index = HitIndex(hits, layers, available=~taken)
-        seeds = find_seeds(
-            hits, index, layers, layers.seed_triples[round_index], config, b_field_t
-        )
+        seeder = find_seeds if seed_round.beamline else find_free_seeds
+        seeds = seeder(hits, index, layers, triples, seed_round.pt_min_gev, config, b_field_t)
         times.add("seed", time.perf_counter() - start)
         start = time.perf_counter()
         tracks = TrackCandidates.from_seeds(seeds, hits, config.max_hits)
@@ -98,7 +98,12 @@ def find_tracks(
         start = time.perf_counter()
         quality = method.quality(tracks, hits, config)
         accepted = resolve_greedy(
-            tracks.hits, tracks.n_hits, quality, taken, config.min_hits, config.max_shared_fraction
+            tracks.hits,
+            tracks.n_hits,
+            quality,
+            taken,
+            seed_round.min_hits,
+            config.max_shared_fraction,
         )
         for track in accepted:
             track_id[track] = next_id

@@ -37,9 +37,10 @@ class FinderLayers:
     is_barrel : (L,) True for a cylinder (r = ``radius_mm``), False for a disk (z = ``z_mm``).
     radius_mm, z_mm : (L,) mean radius and z of the module centres.
     r_min_mm, r_max_mm, z_min_mm, z_max_mm : (L,) extent of the module outlines.
-    seed_triples : layer-index triples, as the rounds use them: ``seed_triples[0]`` the first
-        three layers a trajectory crosses, ``seed_triples[1]`` those with one of the first four
-        skipped; most used first.
+    seed_triples : layer-index triples by kind, most used first: ``"first"`` the first three
+        layers a trajectory crosses, ``"skipped"`` those with one of the first four skipped (a
+        missing hit), ``"consecutive"`` any three layers crossed in a row (particles made
+        inside the detector start anywhere).
     """
 
     volume_id: np.ndarray
@@ -51,7 +52,7 @@ class FinderLayers:
     r_max_mm: np.ndarray
     z_min_mm: np.ndarray
     z_max_mm: np.ndarray
-    seed_triples: tuple[tuple[tuple[int, int, int], ...], ...]
+    seed_triples: dict[str, tuple[tuple[int, int, int], ...]]
 
     def __len__(self) -> int:
         return int(self.volume_id.shape[0])
@@ -142,22 +143,28 @@ def _sampled_layer_sequences(fields: dict[str, np.ndarray], b_field_t: float) ->
 
 def _seed_triples(
     crossed: list[list[int]], support: float
-) -> tuple[tuple[tuple[int, int, int], ...], ...]:
-    """Layer triples for the seeding rounds, most served first (see ``FinderLayers``)."""
-    first: Counter[tuple[int, int, int]] = Counter()
-    skipped: Counter[tuple[int, int, int]] = Counter()
+) -> dict[str, tuple[tuple[int, int, int], ...]]:
+    """Layer triples by kind (see ``FinderLayers.seed_triples``), most served first."""
+    counters: dict[str, Counter[tuple[int, int, int]]] = {
+        "first": Counter(),
+        "skipped": Counter(),
+        "consecutive": Counter(),
+    }
     n = 0
     for layers in crossed:
         if len(layers) < 3:
             continue
         n += 1
-        first[(layers[0], layers[1], layers[2])] += 1
+        counters["first"][(layers[0], layers[1], layers[2])] += 1
         for a, b, c in ((1, 2, 3), (0, 2, 3), (0, 1, 3), (2, 3, 4)):
             if len(layers) > max(a, b, c):
-                skipped[(layers[a], layers[b], layers[c])] += 1
-    rounds = []
-    for counter in (first, skipped):
-        kept = [t for t, c in counter.most_common() if c >= support * max(n, 1)]
-        rounds.append(tuple(kept))
-    used = set(rounds[0])
-    return (rounds[0], tuple(t for t in rounds[1] if t not in used))
+                counters["skipped"][(layers[a], layers[b], layers[c])] += 1
+        for a in range(len(layers) - 2):
+            counters["consecutive"][(layers[a], layers[a + 1], layers[a + 2])] += 1
+    kept = {
+        kind: tuple(t for t, c in counter.most_common() if c >= support * max(n, 1))
+        for kind, counter in counters.items()
+    }
+    first = set(kept["first"])
+    kept["skipped"] = tuple(t for t in kept["skipped"] if t not in first)
+    return kept

@@ -2,7 +2,7 @@
 
 For each seeding layer triple (``FinderLayers.seed_triples``), doublets join a hit of the first
 layer with the hits of the second that a particle from the beam line (|z0| below
-``seed_z0_max_mm``, pT above ``seed_pt_min_gev``) could reach; the circle through the beam line
+``seed_z0_max_mm``, pT above the round's ``pt_min_gev``) could reach; the circle through the beam line
 and the doublet, with the straight line in (s, z), predicts the crossing with the third layer,
 and the hit there with the smallest chi2 (multiple scattering sets the window) completes the
 seed. Vectorised over all hits of a layer at once.
@@ -93,20 +93,24 @@ def _doublets(
     layers: FinderLayers,
     first: np.ndarray,
     layer_b: int,
-    config: FinderConfig,
+    z0: float,
     max_curvature: float,
+    d0_max_mm: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (hit of the first layer, hit of ``layer_b``) a beam-line particle could make."""
+    """Pairs (hit of the first layer, hit of ``layer_b``), moving outwards, whose straight line in
+    (r, z) starts within ``z0`` mm of z = 0, of a particle passing within ``d0_max_mm`` of the
+    beam line (0: through it, and then the circle through the beam line and both hits must
+    not bend more than ``max_curvature``)."""
     xyz_a, r_a, phi_a = hits.xyz_mm[first], hits.r_mm[first], hits.phi[first]
     z_a = xyz_a[:, 2]
-    z0 = config.seed_z0_max_mm
     r_lo, r_hi = layers.r_min_mm[layer_b], layers.r_max_mm[layer_b]
-    # Azimuth turned between the two radii, at the largest curvature, plus slack for the vertex.
+    # Azimuth turned between the two radii, at the largest curvature, plus slack for the vertex
+    # (and for a track that does not come from the beam line, the angle its offset makes).
     bend = np.maximum(
         np.abs(np.arcsin(np.clip(max_curvature * r_hi / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)),
         np.abs(np.arcsin(np.clip(max_curvature * r_lo / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)),
     )
-    dphi = bend + 0.01
+    dphi = bend + 0.01 + np.arcsin(np.clip(d0_max_mm / r_a, 0.0, 1.0))
     if layers.is_barrel[layer_b]:
         ends = [z0v + (z_a - z0v) * r / r_a for z0v in (-z0, z0) for r in (r_lo, r_hi)]
         u_lo = np.minimum.reduce(ends) - 1.0
@@ -130,6 +134,8 @@ def _doublets(
         z0_pair = hits.xyz_mm[a, 2] - hits.r_mm[a] * (z_b - hits.xyz_mm[a, 2]) / (r_b - hits.r_mm[a])
     keep = outward & (np.abs(z0_pair) <= z0)
     a, b = a[keep], b[keep]
+    if d0_max_mm > 0:
+        return a, b
     curvature = _beamline_curvature(hits.xyz_mm[a], hits.xyz_mm[b])
     keep = np.abs(curvature) <= max_curvature
     return a[keep], b[keep]
@@ -208,6 +214,7 @@ def find_seeds(
     index: HitIndex,
     layers: FinderLayers,
     triples: tuple[tuple[int, int, int], ...],
+    pt_min_gev: float,
     config: FinderConfig,
     b_field_t: float,
 ) -> Seeds:
@@ -219,6 +226,7 @@ def find_seeds(
     index : spatial index of the hits still free.
     layers : the layers.
     triples : layer-index triples (first, second, third layer in flight order).
+    pt_min_gev : lowest seed pT.
     config : cuts (``seed_*``, ``chi2_max``, the prediction sigmas).
     b_field_t : field (tesla) converting curvature to pT.
 
@@ -226,14 +234,16 @@ def find_seeds(
     -------
     ``Seeds``: per doublet, the third hit of smallest chi2 (below ``config.chi2_max``).
     """
-    max_curvature = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / config.seed_pt_min_gev
+    max_curvature = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / pt_min_gev
     parts = []
     for layer_a, layer_b, layer_c in triples:
         first = index.hit_of[layer_a]
         first = np.unique(first)
         if first.size == 0:
             continue
-        a, b = _doublets(hits, index, layers, first, layer_b, config, max_curvature)
+        a, b = _doublets(
+            hits, index, layers, first, layer_b, config.seed_z0_max_mm, max_curvature
+        )
         if a.size == 0:
             continue
         helix = BeamlineHelix.through(hits.xyz_mm[a], hits.xyz_mm[b])
@@ -268,4 +278,115 @@ def find_seeds(
         parts.append(
             Seeds(np.stack([a[doublet], b[doublet], hit[best]], axis=1), chi2[best])
         )
+    return Seeds.concatenate(parts)
+
+
+def circles_through(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Circles through three points per row (x-y of (N, 3) arrays, mm).
+
+    Returns
+    -------
+    centre_x, centre_y, radius : (N,) (radius inf for collinear points).
+    """
+    # Coordinates relative to b keep the arithmetic well conditioned far from the origin.
+    ax, ay = a[:, 0] - b[:, 0], a[:, 1] - b[:, 1]
+    cx, cy = c[:, 0] - b[:, 0], c[:, 1] - b[:, 1]
+    d = 2.0 * (ax * cy - ay * cx)
+    safe = np.where(np.abs(d) > 1e-12, d, 1e-12)
+    a2, c2 = ax * ax + ay * ay, cx * cx + cy * cy
+    ux = (cy * a2 - ay * c2) / safe
+    uy = (ax * c2 - cx * a2) / safe
+    radius = np.where(np.abs(d) > 1e-12, np.hypot(ux, uy), np.inf)
+    return ux + b[:, 0], uy + b[:, 1], radius
+
+
+def find_free_seeds(
+    hits: EventHits,
+    index: HitIndex,
+    layers: FinderLayers,
+    triples: tuple[tuple[int, int, int], ...],
+    pt_min_gev: float,
+    config: FinderConfig,
+    b_field_t: float,
+) -> Seeds:
+    """Triplet seeds of particles made inside the detector (no beam-line constraint).
+
+    The straight line through the first two hits predicts the third layer's crossing; the window
+    there allows for the sagitta of a circle of ``pt_min_gev`` and for multiple scattering. The
+    circle through the three hits must then pass within ``free_seed_d0_max_mm`` of the beam line
+    and bend no more than ``pt_min_gev`` allows; the chi2 is that of the change of slope in
+    (s, z) between the two halves of the seed.
+    """
+    max_curvature = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / pt_min_gev
+    parts = []
+    for layer_a, layer_b, layer_c in triples:
+        first = np.unique(index.hit_of[layer_a])
+        if first.size == 0:
+            continue
+        a, b = _doublets(
+            hits, index, layers, first, layer_b, config.free_seed_z0_max_mm, max_curvature,
+            config.free_seed_d0_max_mm,
+        )  # fmt: skip
+        if a.size == 0:
+            continue
+        xyz_a, xyz_b = hits.xyz_mm[a], hits.xyz_mm[b]
+        chord = xyz_b - xyz_a
+        chord_xy = np.maximum(np.hypot(chord[:, 0], chord[:, 1]), 1e-6)
+        tangent = chord / chord_xy[:, None]
+        if layers.is_barrel[layer_c]:
+            radius = layers.radius_mm[layer_c]
+            along = (xyz_b[:, :2] * tangent[:, :2]).sum(1)
+            disc = along**2 - ((xyz_b[:, :2] ** 2).sum(1) - radius**2)
+            step = -along + np.sqrt(np.maximum(disc, 0.0))
+            crosses = disc > 0
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                step = (layers.z_mm[layer_c] - xyz_b[:, 2]) / tangent[:, 2]
+            crosses = np.isfinite(step)
+            step = np.where(crosses, step, -1.0)
+        crosses &= step > 1.0
+        point = xyz_b + tangent * step[:, None]
+        r = np.hypot(point[:, 0], point[:, 1])
+        margin = 20.0
+        crosses &= (r >= layers.r_min_mm[layer_c] - margin) & (r <= layers.r_max_mm[layer_c] + margin)
+        crosses &= (point[:, 2] >= layers.z_min_mm[layer_c] - margin) & (
+            point[:, 2] <= layers.z_max_mm[layer_c] + margin
+        )
+        rows = np.flatnonzero(crosses)
+        if rows.size == 0:
+            continue
+        cot = tangent[rows, 2]
+        sigma_t, sigma_l = prediction_sigmas(
+            config, bool(layers.is_barrel[layer_c]), step[rows],
+            np.full(rows.size, pt_min_gev), cot,
+        )  # fmt: skip
+        sagitta = max_curvature * step[rows] * (chord_xy[rows] + step[rows]) / 2.0
+        found = index.candidates(
+            layer_c, point[rows], tangent[rows],
+            config.search_sigmas * sigma_t + sagitta, config.search_sigmas * sigma_l,
+        )  # fmt: skip
+        if found.query.size == 0:
+            continue
+        ia, ib, ic = a[rows[found.query]], b[rows[found.query]], found.hit
+        pa, pb, pc = hits.xyz_mm[ia], hits.xyz_mm[ib], hits.xyz_mm[ic]
+        ux, uy, radius = circles_through(pa, pb, pc)
+        d0 = np.abs(np.hypot(ux, uy) - radius)
+        s_ab = 2.0 * radius * np.arcsin(np.clip(np.hypot(*(pb - pa)[:, :2].T) / (2 * radius), 0, 1))
+        s_bc = 2.0 * radius * np.arcsin(np.clip(np.hypot(*(pc - pb)[:, :2].T) / (2 * radius), 0, 1))
+        s_ab = np.where(np.isfinite(radius), s_ab, np.hypot(*(pb - pa)[:, :2].T))
+        s_bc = np.where(np.isfinite(radius), s_bc, np.hypot(*(pc - pb)[:, :2].T))
+        cot_ab = (pb[:, 2] - pa[:, 2]) / np.maximum(s_ab, 1e-6)
+        z_residual = pc[:, 2] - (pb[:, 2] + cot_ab * s_bc)
+        pt = GEV_PER_TESLA_METRE * abs(b_field_t) * radius / 1000.0
+        _, sigma_z = prediction_sigmas(config, True, s_bc, np.maximum(pt, pt_min_gev), cot_ab)
+        chi2 = (z_residual / sigma_z) ** 2
+        ok = (pt >= pt_min_gev) & (d0 <= config.free_seed_d0_max_mm) & (chi2 < config.chi2_max)
+        query, hit, chi2 = found.query[ok], ic[ok], chi2[ok]
+        order = np.lexsort((chi2, query))
+        query, hit, chi2 = query[order], hit[order], chi2[order]
+        best = np.r_[True, query[1:] != query[:-1]] if query.size else query > 0
+        doublet = rows[query[best]]
+        parts.append(Seeds(np.stack([a[doublet], b[doublet], hit[best]], axis=1), chi2[best]))
     return Seeds.concatenate(parts)
