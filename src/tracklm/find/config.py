@@ -39,6 +39,7 @@ DEFAULT_ROUNDS = (
     SeedRound("skipped", 0.2, 4),
     SeedRound("first", 0.12, 3),
     SeedRound("skipped", 0.12, 3),
+    SeedRound("consecutive", 0.2, 4, beamline=False),
 )
 
 
@@ -52,6 +53,9 @@ class FinderConfig:
     seed_residual_mm : window (rphi and along the surface) for the third hit around the crossing
         of the circle through the beam line and the first two hits, at 1 GeV and a 100 mm step;
         it grows as multiple scattering does (``ms_mm_gev_per_100mm``).
+    luminous_fraction, luminous_margin_mm, luminous_min_tracks : after the first round, seeds
+        start only where that round's tracks did (the central fraction of their z0, widened by
+        the margin), when at least that many tracks were found (``finder.luminous_region``).
     free_seed_d0_max_mm : largest distance of closest approach to the beam line of a seed made
         without the beam-line constraint (secondaries).
     free_seed_z0_max_mm : the z0 window of those seeds.
@@ -84,6 +88,9 @@ class FinderConfig:
     seed_z0_max_mm: float = 200.0
     seed_residual_mm: float = 1.0
     seed_layer_support: float = 0.005
+    luminous_fraction: float = 0.99
+    luminous_margin_mm: float = 10.0
+    luminous_min_tracks: int = 100
     free_seed_d0_max_mm: float = 40.0
     free_seed_z0_max_mm: float = 500.0
 

@@ -47,6 +47,7 @@ class TrackCandidates:
     n_hits : (N,) number of hits.
     anchors : (N, 3) the last three anchor hits (one per layer), in the direction of growth.
     seed : (N, 3) the seed's hits, flight order (the anchors to grow backwards from).
+    z0_mm : (N,) the seed's z0.
     visited : (N,) int64 bit mask of the layers crossed so far.
     missed : (N,) crossed layers in a row without a hit.
     chi2 : (N,) summed chi2 of the hits that joined after the seed (plus the seed's).
@@ -57,6 +58,7 @@ class TrackCandidates:
     n_hits: np.ndarray
     anchors: np.ndarray
     seed: np.ndarray
+    z0_mm: np.ndarray
     visited: np.ndarray
     missed: np.ndarray
     chi2: np.ndarray
@@ -78,6 +80,7 @@ class TrackCandidates:
             n_hits=np.full(n, 3, dtype=np.int64),
             anchors=seeds.hits.copy(),
             seed=seeds.hits.copy(),
+            z0_mm=seeds.z0_mm.copy(),
             visited=visited,
             missed=np.zeros(n, dtype=np.int64),
             chi2=seeds.chi2.astype(np.float64).copy(),

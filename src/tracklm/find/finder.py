@@ -61,6 +61,26 @@ class StageTimes:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
+def luminous_region(z0_mm: np.ndarray, config: FinderConfig) -> tuple[float, float] | None:
+    """Where along the beam this event's collisions happened, from the z0 of the first round's
+    tracks: the central ``luminous_fraction`` of them, widened by ``luminous_margin_mm``; None
+    (keep the configured window) when fewer than ``luminous_min_tracks`` tracks say so.
+
+    Later rounds seed only from there: the window of a pile-up 200 event can shrink several-fold
+    (6 mm r.m.s. in the simulator, about 55 mm in TrackML), and with it the combinatorial fakes.
+    """
+    z0 = z0_mm[np.isfinite(z0_mm)]
+    if z0.size < config.luminous_min_tracks:
+        return None
+    tail = (1.0 - config.luminous_fraction) / 2.0
+    lo, hi = np.quantile(z0, [tail, 1.0 - tail])
+    limit = config.seed_z0_max_mm
+    return (
+        max(float(lo) - config.luminous_margin_mm, -limit),
+        min(float(hi) + config.luminous_margin_mm, limit),
+    )
+
+
 def find_tracks(
     hits: EventHits,
     layers: FinderLayers,
@@ -80,12 +100,15 @@ def find_tracks(
     track_id = np.zeros(len(hits), dtype=np.int64)
     next_id = 1
     decide = method.decider(config, hits)
+    z0_range: tuple[float, float] | None = None
     for seed_round in config.rounds:
         triples = layers.seed_triples[seed_round.triples]
         start = time.perf_counter()
         index = HitIndex(hits, layers, available=~taken)
         seeder = find_seeds if seed_round.beamline else find_free_seeds
-        seeds = seeder(hits, index, layers, triples, seed_round.pt_min_gev, config, b_field_t)
+        seeds = seeder(
+            hits, index, layers, triples, seed_round.pt_min_gev, config, b_field_t, z0_range
+        )
         times.add("seed", time.perf_counter() - start)
         start = time.perf_counter()
         tracks = TrackCandidates.from_seeds(seeds, hits, config.max_hits)
@@ -97,7 +120,7 @@ def find_tracks(
         times.add("extend", time.perf_counter() - start)
         start = time.perf_counter()
         quality = method.quality(tracks, hits, config)
-        accepted = resolve_greedy(
+        chosen, accepted = resolve_greedy(
             tracks.hits,
             tracks.n_hits,
             quality,
@@ -108,5 +131,7 @@ def find_tracks(
         for track in accepted:
             track_id[track] = next_id
             next_id += 1
+        if z0_range is None and seed_round.beamline:
+            z0_range = luminous_region(tracks.z0_mm[chosen], config)
         times.add("resolve", time.perf_counter() - start)
     return track_id

@@ -24,7 +24,7 @@ def resolve_greedy(
     taken: np.ndarray,
     min_hits: int,
     max_shared_fraction: float,
-) -> list[np.ndarray]:
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Accept candidates in decreasing quality, each with the hits still free.
 
     Parameters
@@ -38,7 +38,8 @@ def resolve_greedy(
 
     Returns
     -------
-    The accepted tracks, each an int64 array of hit indices, best first.
+    The accepted candidates' indices (best first) and their tracks, each an int64 array of the
+    hit indices it keeps.
     """
     order = np.argsort(-quality, kind="stable")
     order = order[n_hits[order] >= min_hits]
@@ -46,12 +47,16 @@ def resolve_greedy(
     counts = n_hits[order].tolist()
     used = bytearray(taken.astype(np.uint8).tobytes())
     accepted: list[list[int]] = []
-    for row, count in zip(rows, counts):
+    chosen: list[int] = []
+    for candidate, row, count in zip(order.tolist(), rows, counts):
         free = [h for h in row[:count] if not used[h]]
         if len(free) < min_hits or len(free) < (1.0 - max_shared_fraction) * count:
             continue
         for h in free:
             used[h] = 1
         accepted.append(free)
+        chosen.append(candidate)
     taken[:] = np.frombuffer(bytes(used), dtype=np.uint8).astype(bool)
-    return [np.asarray(track, dtype=np.int64) for track in accepted]
+    return np.asarray(chosen, dtype=np.int64), [
+        np.asarray(track, dtype=np.int64) for track in accepted
+    ]

@@ -31,23 +31,29 @@ class Seeds:
     ----------
     hits : (S, 3) int64 hit indices, in flight order.
     chi2 : (S,) chi2 of the third hit against the prediction from the first two.
+    z0_mm : (S,) where the seed's (s, z) line meets the beam line.
     """
 
     hits: np.ndarray
     chi2: np.ndarray
+    z0_mm: np.ndarray
 
     def __len__(self) -> int:
         return int(self.hits.shape[0])
 
     @classmethod
     def empty(cls) -> Seeds:
-        return cls(np.zeros((0, 3), np.int64), np.zeros(0))
+        return cls(np.zeros((0, 3), np.int64), np.zeros(0), np.zeros(0))
 
     @classmethod
     def concatenate(cls, parts: list[Seeds]) -> Seeds:
         if not parts:
             return cls.empty()
-        return cls(np.concatenate([p.hits for p in parts]), np.concatenate([p.chi2 for p in parts]))
+        return cls(
+            np.concatenate([p.hits for p in parts]),
+            np.concatenate([p.chi2 for p in parts]),
+            np.concatenate([p.z0_mm for p in parts]),
+        )
 
 
 def arc_length_mm(curvature: np.ndarray, radius_mm: np.ndarray) -> np.ndarray:
@@ -93,12 +99,12 @@ def _doublets(
     layers: FinderLayers,
     first: np.ndarray,
     layer_b: int,
-    z0: float,
+    z0_range: tuple[float, float],
     max_curvature: float,
     d0_max_mm: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (hit of the first layer, hit of ``layer_b``), moving outwards, whose straight line in
-    (r, z) starts within ``z0`` mm of z = 0, of a particle passing within ``d0_max_mm`` of the
+    (r, z) meets the beam line inside ``z0_range`` (mm), of a particle passing within ``d0_max_mm`` of the
     beam line (0: through it, and then the circle through the beam line and both hits must
     not bend more than ``max_curvature``)."""
     xyz_a, r_a, phi_a = hits.xyz_mm[first], hits.r_mm[first], hits.phi[first]
@@ -112,13 +118,13 @@ def _doublets(
     )
     dphi = bend + 0.01 + np.arcsin(np.clip(d0_max_mm / r_a, 0.0, 1.0))
     if layers.is_barrel[layer_b]:
-        ends = [z0v + (z_a - z0v) * r / r_a for z0v in (-z0, z0) for r in (r_lo, r_hi)]
+        ends = [z0v + (z_a - z0v) * r / r_a for z0v in z0_range for r in (r_lo, r_hi)]
         u_lo = np.minimum.reduce(ends) - 1.0
         u_hi = np.maximum.reduce(ends) + 1.0
     else:
         ends = []
         valid = np.ones(len(first), bool)
-        for z0v in (-z0, z0):
+        for z0v in z0_range:
             for zb in (layers.z_min_mm[layer_b], layers.z_max_mm[layer_b]):
                 lever = z_a - z0v
                 ok = (np.abs(lever) > 1e-3) & (np.sign(lever) == np.sign(zb - z0v))
@@ -132,7 +138,7 @@ def _doublets(
     outward = r_b > hits.r_mm[a] + 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
         z0_pair = hits.xyz_mm[a, 2] - hits.r_mm[a] * (z_b - hits.xyz_mm[a, 2]) / (r_b - hits.r_mm[a])
-    keep = outward & (np.abs(z0_pair) <= z0)
+    keep = outward & (z0_pair >= z0_range[0]) & (z0_pair <= z0_range[1])
     a, b = a[keep], b[keep]
     if d0_max_mm > 0:
         return a, b
@@ -217,6 +223,7 @@ def find_seeds(
     pt_min_gev: float,
     config: FinderConfig,
     b_field_t: float,
+    z0_range: tuple[float, float] | None = None,
 ) -> Seeds:
     """Triplet seeds on the given layer triples, among the hits in ``index``.
 
@@ -227,6 +234,7 @@ def find_seeds(
     layers : the layers.
     triples : layer-index triples (first, second, third layer in flight order).
     pt_min_gev : lowest seed pT.
+    z0_range : where along the beam (mm) seeds may start; default +-``config.seed_z0_max_mm``.
     config : cuts (``seed_*``, ``chi2_max``, the prediction sigmas).
     b_field_t : field (tesla) converting curvature to pT.
 
@@ -235,15 +243,15 @@ def find_seeds(
     ``Seeds``: per doublet, the third hit of smallest chi2 (below ``config.chi2_max``).
     """
     max_curvature = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / pt_min_gev
+    if z0_range is None:
+        z0_range = (-config.seed_z0_max_mm, config.seed_z0_max_mm)
     parts = []
     for layer_a, layer_b, layer_c in triples:
         first = index.hit_of[layer_a]
         first = np.unique(first)
         if first.size == 0:
             continue
-        a, b = _doublets(
-            hits, index, layers, first, layer_b, config.seed_z0_max_mm, max_curvature
-        )
+        a, b = _doublets(hits, index, layers, first, layer_b, z0_range, max_curvature)
         if a.size == 0:
             continue
         helix = BeamlineHelix.through(hits.xyz_mm[a], hits.xyz_mm[b])
@@ -276,7 +284,11 @@ def find_seeds(
         best = np.r_[True, query[1:] != query[:-1]] & (chi2 < config.chi2_max)
         doublet = rows[query[best]]
         parts.append(
-            Seeds(np.stack([a[doublet], b[doublet], hit[best]], axis=1), chi2[best])
+            Seeds(
+                np.stack([a[doublet], b[doublet], hit[best]], axis=1),
+                chi2[best],
+                helix.z0_mm[doublet],
+            )
         )
     return Seeds.concatenate(parts)
 
@@ -310,6 +322,7 @@ def find_free_seeds(
     pt_min_gev: float,
     config: FinderConfig,
     b_field_t: float,
+    z0_range: tuple[float, float] | None = None,
 ) -> Seeds:
     """Triplet seeds of particles made inside the detector (no beam-line constraint).
 
@@ -317,7 +330,8 @@ def find_free_seeds(
     there allows for the sagitta of a circle of ``pt_min_gev`` and for multiple scattering. The
     circle through the three hits must then pass within ``free_seed_d0_max_mm`` of the beam line
     and bend no more than ``pt_min_gev`` allows; the chi2 is that of the change of slope in
-    (s, z) between the two halves of the seed.
+    (s, z) between the two halves of the seed. ``z0_range`` is ignored: these particles need
+    not come from the luminous region (``config.free_seed_z0_max_mm`` bounds them).
     """
     max_curvature = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / pt_min_gev
     parts = []
@@ -326,7 +340,8 @@ def find_free_seeds(
         if first.size == 0:
             continue
         a, b = _doublets(
-            hits, index, layers, first, layer_b, config.free_seed_z0_max_mm, max_curvature,
+            hits, index, layers, first, layer_b,
+            (-config.free_seed_z0_max_mm, config.free_seed_z0_max_mm), max_curvature,
             config.free_seed_d0_max_mm,
         )  # fmt: skip
         if a.size == 0:
@@ -382,11 +397,14 @@ def find_free_seeds(
         pt = GEV_PER_TESLA_METRE * abs(b_field_t) * radius / 1000.0
         _, sigma_z = prediction_sigmas(config, True, s_bc, np.maximum(pt, pt_min_gev), cot_ab)
         chi2 = (z_residual / sigma_z) ** 2
+        # where the (s, z) line meets the beam line, s taken as the radius (a rough z0)
+        z0 = pa[:, 2] - cot_ab * np.hypot(pa[:, 0], pa[:, 1])
         ok = (pt >= pt_min_gev) & (d0 <= config.free_seed_d0_max_mm) & (chi2 < config.chi2_max)
-        query, hit, chi2 = found.query[ok], ic[ok], chi2[ok]
+        query, hit, chi2, z0 = found.query[ok], ic[ok], chi2[ok], z0[ok]
         order = np.lexsort((chi2, query))
-        query, hit, chi2 = query[order], hit[order], chi2[order]
+        query, hit, chi2, z0 = query[order], hit[order], chi2[order], z0[order]
         best = np.r_[True, query[1:] != query[:-1]] if query.size else query > 0
         doublet = rows[query[best]]
-        parts.append(Seeds(np.stack([a[doublet], b[doublet], hit[best]], axis=1), chi2[best]))
+        seed_hits = np.stack([a[doublet], b[doublet], hit[best]], axis=1)
+        parts.append(Seeds(seed_hits, chi2[best], z0[best]))
     return Seeds.concatenate(parts)
