@@ -38,7 +38,7 @@ DEFAULT_ROUNDS = (
     SeedRound("first", 0.2, 4),
     SeedRound("skipped", 0.2, 4),
     SeedRound("first", 0.12, 3),
-    SeedRound("skipped", 0.12, 3),
+    SeedRound("skipped", 0.12, 4),
     SeedRound("consecutive", 0.2, 4, beamline=False),
 )
 
@@ -82,6 +82,19 @@ class FinderConfig:
     max_shared_fraction : a candidate whose hits are more than this fraction already taken is
         dropped; otherwise it keeps its free hits.
     rounds : the seeding rounds (``SeedRound``), in order.
+
+    Model-guided method (``--method model``; ``tracklm.find.model``)
+    ---------------------------------------------------------------
+    model_window_chi2 : the helix proposes the next layer's hits up to this chi2 (wider than
+        ``chi2_max``); the model ranks them.
+    model_step_weight : a proposal's score is chi2 - 2 * weight * log p(its module | track).
+    model_ask_chi2_gap : the model is asked only where the runner-up (on another module) is
+        within this chi2 of the best proposal, or the best lies outside ``chi2_max``.
+    model_rescue_top_k : a proposal beyond ``chi2_max`` joins only if its module is among the
+        model's this many first choices.
+    model_pll_weight : weight of the candidate's pseudo-log-likelihood (mean log p per hit) in
+        the resolution's quality.
+    model_max_scored_hits : longer candidates keep the helix quality alone.
     """
 
     rounds: tuple[SeedRound, ...] = field(default=DEFAULT_ROUNDS)
@@ -105,3 +118,10 @@ class FinderConfig:
 
     chi2_weight: float = 1.0
     max_shared_fraction: float = 0.5
+
+    model_window_chi2: float = 25.0
+    model_step_weight: float = 1.0
+    model_ask_chi2_gap: float = 8.0
+    model_rescue_top_k: int = 3
+    model_pll_weight: float = 1.0
+    model_max_scored_hits: int = 6

@@ -99,6 +99,7 @@ class StepCandidates:
     query : (K,) index into ``rows``.
     hit : (K,) hit index.
     chi2 : (K,) chi2 of the hit against the prediction.
+    backward : the tracks grow towards the beam line (the new hit comes before their others).
     """
 
     layer: int
@@ -106,6 +107,7 @@ class StepCandidates:
     query: np.ndarray
     hit: np.ndarray
     chi2: np.ndarray
+    backward: bool = False
 
 
 StepDecider = Callable[[TrackCandidates, StepCandidates], np.ndarray]
@@ -274,7 +276,7 @@ def extend_tracks(
         for target in np.unique(layer[~ends]):
             local = np.flatnonzero(layer == target)
             _step(tracks, rows[local], _take(fit, local), s[local], int(target), hits, index,
-                  layers, config, decide)  # fmt: skip
+                  layers, config, decide, backward)  # fmt: skip
         full = tracks.n_hits >= max_hits
         tracks.active &= ~full & (tracks.missed <= config.max_missed_layers)
     return tracks
@@ -291,6 +293,7 @@ def _step(
     layers: FinderLayers,
     config: FinderConfig,
     decide: StepDecider,
+    backward: bool,
 ) -> None:
     """One layer for the tracks ``rows`` that all cross ``layer`` next."""
     point = fit.point_at(s_cross)
@@ -307,7 +310,7 @@ def _step(
     chi2 = (found.residual_t_mm / sigma_t[found.query]) ** 2 + (
         found.residual_l_mm / sigma_l[found.query]
     ) ** 2
-    take = decide(tracks, StepCandidates(layer, rows, found.query, found.hit, chi2))
+    take = decide(tracks, StepCandidates(layer, rows, found.query, found.hit, chi2, backward))
     tracks.visited[rows] |= np.int64(1) << np.int64(layer)
     query, hit, chi2 = found.query[take], found.hit[take], chi2[take]
     order = np.lexsort((chi2, query))
@@ -367,6 +370,7 @@ def add_seed_layer_hits(
             ) ** 2
             rows = rows_all[local]
             take = decide(tracks, StepCandidates(int(target), rows, found.query, found.hit, chi2))
+            # the seed hit itself is a candidate too: only its neighbours on other modules join
             same_module = hits.module[found.hit] == hits.module[seed_hit[rows[found.query]]]
             take &= ~same_module
             target_rows = rows[found.query[take]]

@@ -35,15 +35,18 @@ class Method:
     ----------
     name : ``helix`` or ``model``.
     decider : builds the ``StepDecider`` for an event's hits.
-    quality : (candidates, hits) -> (N,) quality for the resolution (larger is better).
+    quality : (candidates, hits, config, the round's min_hits) -> (N,) quality for the
+        resolution (larger is better).
     """
 
     name: str
     decider: Callable[[FinderConfig, EventHits], StepDecider]
-    quality: Callable[[TrackCandidates, EventHits, FinderConfig], np.ndarray]
+    quality: Callable[[TrackCandidates, EventHits, FinderConfig, int], np.ndarray]
 
 
-def helix_quality(tracks: TrackCandidates, hits: EventHits, config: FinderConfig) -> np.ndarray:
+def helix_quality(
+    tracks: TrackCandidates, hits: EventHits, config: FinderConfig, min_hits: int
+) -> np.ndarray:
     """Hits first, then a small chi2 per hit."""
     return track_quality(tracks.n_hits, tracks.chi2, config.chi2_weight)
 
@@ -100,6 +103,7 @@ def find_tracks(
     track_id = np.zeros(len(hits), dtype=np.int64)
     next_id = 1
     decide = method.decider(config, hits)
+    overlaps = helix_decider(config, hits)
     z0_range: tuple[float, float] | None = None
     for seed_round in config.rounds:
         triples = layers.seed_triples[seed_round.triples]
@@ -112,14 +116,15 @@ def find_tracks(
         times.add("seed", time.perf_counter() - start)
         start = time.perf_counter()
         tracks = TrackCandidates.from_seeds(seeds, hits, config.max_hits)
-        tracks = add_seed_layer_hits(tracks, hits, index, layers, config, decide, b_field_t)
+        # the seed hits stay; their overlapping neighbours are the helix's call for both methods
+        tracks = add_seed_layer_hits(tracks, hits, index, layers, config, overlaps, b_field_t)
         tracks = extend_tracks(tracks, hits, index, layers, config, decide, b_field_t)
         tracks = extend_tracks(
             tracks, hits, index, layers, config, decide, b_field_t, backward=True
         )
         times.add("extend", time.perf_counter() - start)
         start = time.perf_counter()
-        quality = method.quality(tracks, hits, config)
+        quality = method.quality(tracks, hits, config, seed_round.min_hits)
         chosen, accepted = resolve_greedy(
             tracks.hits,
             tracks.n_hits,

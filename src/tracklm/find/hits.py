@@ -43,6 +43,7 @@ class EventHits:
     r_mm, phi : (N,) radius and azimuth.
     layer : (N,) int64 index into the ``FinderLayers``.
     module : (N,) int64 key of the hit's module (unique per volume, layer, module).
+    module_ids : (N, 3) int64 (volume_id, layer_id, module_id) of the hit's module.
     """
 
     hit_id: np.ndarray
@@ -51,6 +52,7 @@ class EventHits:
     phi: np.ndarray
     layer: np.ndarray
     module: np.ndarray
+    module_ids: np.ndarray
 
     def __len__(self) -> int:
         return int(self.hit_id.shape[0])
@@ -79,9 +81,8 @@ class EventHits:
                 f"{int(layer_id[local])} is not a layer of the detector"
             )
         xyz = hits[["x", "y", "z"]].to_numpy(np.float64)[rows]
-        module = (volume[rows] * 100 + layer_id) * 100_000 + hits["module_id"].to_numpy(np.int64)[
-            rows
-        ]
+        module_id = hits["module_id"].to_numpy(np.int64)[rows]
+        module = (volume[rows] * 100 + layer_id) * 100_000 + module_id
         return (
             cls(
                 hit_id=hits["hit_id"].to_numpy(np.int64)[rows],
@@ -90,6 +91,7 @@ class EventHits:
                 phi=np.arctan2(xyz[:, 1], xyz[:, 0]),
                 layer=layer,
                 module=module,
+                module_ids=np.stack([volume[rows], layer_id, module_id], axis=1),
             ),
             evaluated,
         )
