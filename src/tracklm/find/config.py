@@ -18,7 +18,8 @@ class SeedRound:
     Attributes
     ----------
     triples : ``"first"`` (the first three layers a particle crosses), ``"skipped"`` (one of
-        the first four skipped: a missing hit) or ``"consecutive"`` (any three in a row).
+        the first four skipped: a missing hit), ``"consecutive"`` (any three in a row) or
+        ``"overlap"`` (two layers in a row, two hits on the second).
     pt_min_gev : lowest seed pT of the round.
     min_hits : shortest track the round accepts. Strict early rounds take the clear tracks out,
         so later, looser rounds see fewer hits and make fewer fakes.
@@ -40,6 +41,7 @@ DEFAULT_ROUNDS = (
     SeedRound("first", 0.12, 3),
     SeedRound("skipped", 0.12, 4),
     SeedRound("consecutive", 0.2, 4, beamline=False),
+    SeedRound("overlap", 0.15, 4),
 )
 
 

@@ -11,7 +11,6 @@ Lengths in mm, momenta in GeV, field in tesla.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +39,9 @@ class FinderLayers:
     seed_triples : layer-index triples by kind, most used first: ``"first"`` the first three
         layers a trajectory crosses, ``"skipped"`` those with one of the first four skipped (a
         missing hit), ``"consecutive"`` any three layers crossed in a row (particles made
-        inside the detector start anywhere).
+        inside the detector start anywhere), ``"overlap"`` two of the first four layers in a
+        row, the second one twice (a particle that leaves two hits, on overlapping modules, on
+        each of only two layers).
     """
 
     volume_id: np.ndarray
@@ -91,8 +92,8 @@ class FinderLayers:
             "z_min_mm": np.array([la.z_min_mm for la in layers]),
             "z_max_mm": np.array([la.z_max_mm for la in layers]),
         }
-        crossed = _sampled_layer_sequences(fields, b_field_t)
-        return cls(**fields, seed_triples=_seed_triples(crossed, support))
+        order, count = _sampled_layer_sequences(fields, b_field_t)
+        return cls(**fields, seed_triples=_seed_triples(order, count, support))
 
     def index(self, volume_id: np.ndarray, layer_id: np.ndarray) -> np.ndarray:
         """(N,) layer index of each (volume, layer), -1 where it is not one of these layers."""
@@ -107,11 +108,18 @@ class FinderLayers:
         return f"{int(self.volume_id[index])}:{int(self.layer_id[index])}"
 
 
-def _sampled_layer_sequences(fields: dict[str, np.ndarray], b_field_t: float) -> list[list[int]]:
+def _sampled_layer_sequences(
+    fields: dict[str, np.ndarray], b_field_t: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The layers (indices, in flight order) each sampled beam-line trajectory crosses.
 
     A trajectory from (0, 0, z0) with curvature k (1/mm) and cot(theta) reaches radius
     r = 2 sin(k s / 2) / k at transverse arc length s, and z = z0 + s cot(theta).
+
+    Returns
+    -------
+    order : (T, L) layer indices in crossing order (only the first ``count`` of a row count).
+    count : (T,) layers each trajectory crosses.
     """
     eta, z0, pt = np.meshgrid(_SAMPLE_ETA, _SAMPLE_Z0_MM, _SAMPLE_PT_GEV, indexing="ij")
     eta, z0, pt = eta.ravel(), z0.ravel(), pt.ravel()
@@ -136,35 +144,39 @@ def _sampled_layer_sequences(fields: dict[str, np.ndarray], b_field_t: float) ->
             r = np.where(k > 0, 2.0 * np.sin(k * s / 2.0) / np.where(k > 0, k, 1), s)
             ok &= (r >= fields["r_min_mm"][index]) & (r <= fields["r_max_mm"][index])
         s_cross[:, index] = np.where(ok, s, np.inf)
-    order = np.argsort(s_cross, axis=1)
-    count = np.isfinite(s_cross).sum(axis=1)
-    return [order[i, : count[i]].tolist() for i in range(len(eta))]
+    return np.argsort(s_cross, axis=1), np.isfinite(s_cross).sum(axis=1)
+
+
+# Which crossed layers (positions in a trajectory's sequence) make a seed triple, by kind.
+_TRIPLE_POSITIONS = {
+    "first": ((0, 1, 2),),
+    "skipped": ((1, 2, 3), (0, 2, 3), (0, 1, 3), (2, 3, 4)),
+    "consecutive": tuple((a, a + 1, a + 2) for a in range(16)),
+    "overlap": ((0, 1, 1), (1, 2, 2), (2, 3, 3)),
+}
 
 
 def _seed_triples(
-    crossed: list[list[int]], support: float
+    order: np.ndarray, count: np.ndarray, support: float
 ) -> dict[str, tuple[tuple[int, int, int], ...]]:
     """Layer triples by kind (see ``FinderLayers.seed_triples``), most served first."""
-    counters: dict[str, Counter[tuple[int, int, int]]] = {
-        "first": Counter(),
-        "skipped": Counter(),
-        "consecutive": Counter(),
-    }
-    n = 0
-    for layers in crossed:
-        if len(layers) < 3:
+    n = max(int((count >= 3).sum()), 1)
+    kept: dict[str, tuple[tuple[int, int, int], ...]] = {}
+    for kind, positions in _TRIPLE_POSITIONS.items():
+        rows = []
+        for position in positions:
+            valid = (count >= 3) & (count > max(position))
+            if position[-1] < order.shape[1]:
+                rows.append(order[valid][:, list(position)])
+        if not rows:
+            kept[kind] = ()
             continue
-        n += 1
-        counters["first"][(layers[0], layers[1], layers[2])] += 1
-        for a, b, c in ((1, 2, 3), (0, 2, 3), (0, 1, 3), (2, 3, 4)):
-            if len(layers) > max(a, b, c):
-                counters["skipped"][(layers[a], layers[b], layers[c])] += 1
-        for a in range(len(layers) - 2):
-            counters["consecutive"][(layers[a], layers[a + 1], layers[a + 2])] += 1
-    kept = {
-        kind: tuple(t for t, c in counter.most_common() if c >= support * max(n, 1))
-        for kind, counter in counters.items()
-    }
+        triples, served = np.unique(np.concatenate(rows), axis=0, return_counts=True)
+        rank = np.lexsort((triples[:, 2], triples[:, 1], triples[:, 0], -served))
+        kept[kind] = tuple(
+            (int(a), int(b), int(c)) for (a, b, c), m in zip(triples[rank], served[rank])
+            if m >= support * n
+        )  # fmt: skip
     first = set(kept["first"])
     kept["skipped"] = tuple(t for t in kept["skipped"] if t not in first)
     return kept

@@ -22,6 +22,9 @@ from tracklm.find.hits import EventHits, HitIndex
 from tracklm.find.layers import FinderLayers
 from tracklm.tracking.constants import GEV_PER_TESLA_METRE
 
+# Flight between two hits of one layer on overlapping modules, for their prediction's spread.
+_OVERLAP_STEP_MM = 10.0
+
 
 @dataclass(frozen=True)
 class Seeds:
@@ -255,7 +258,14 @@ def find_seeds(
         if a.size == 0:
             continue
         helix = BeamlineHelix.through(hits.xyz_mm[a], hits.xyz_mm[b])
-        point, tangent, s_c, crosses = helix.crossing(layers, layer_c)
+        overlap = layer_c == layer_b
+        if overlap:
+            # the third hit is the second layer's again, on the overlapping neighbour module
+            s_c = helix.s_b_mm + _OVERLAP_STEP_MM
+            point, tangent = helix.at_arc(helix.s_b_mm)
+            crosses = np.ones(a.size, dtype=bool)
+        else:
+            point, tangent, s_c, crosses = helix.crossing(layers, layer_c)
         rows = np.flatnonzero(crosses)
         if rows.size == 0:
             continue
@@ -279,6 +289,9 @@ def find_seeds(
         chi2 = (found.residual_t_mm / sigma_t[found.query]) ** 2 + (
             found.residual_l_mm / sigma_l[found.query]
         ) ** 2
+        if overlap:
+            second = b[rows[found.query]]
+            chi2 = np.where(hits.module[found.hit] == hits.module[second], np.inf, chi2)
         order = np.lexsort((chi2, found.query))
         query, hit, chi2 = found.query[order], found.hit[order], chi2[order]
         best = np.r_[True, query[1:] != query[:-1]] & (chi2 < config.chi2_max)
