@@ -92,11 +92,13 @@ class FinderConfig:
     model_step_weight : a proposal's score is chi2 - 2 * weight * log p(its module | track).
     model_ask_chi2_gap : the model is asked only where the runner-up (on another module) is
         within this chi2 of the best proposal, or the best lies outside ``chi2_max``.
+    model_min_context : the model is asked only for tracks of at least this many hits.
     model_rescue_top_k : a proposal beyond ``chi2_max`` joins only if its module is among the
         model's this many first choices.
     model_pll_weight : weight of the candidate's pseudo-log-likelihood (mean log p per hit) in
         the resolution's quality.
     model_max_scored_hits : longer candidates keep the helix quality alone.
+    model_veto_pll : a scored candidate whose pseudo-log-likelihood is below this is dropped.
     """
 
     rounds: tuple[SeedRound, ...] = field(default=DEFAULT_ROUNDS)
@@ -124,6 +126,8 @@ class FinderConfig:
     model_window_chi2: float = 25.0
     model_step_weight: float = 1.0
     model_ask_chi2_gap: float = 8.0
+    model_min_context: int = 3
     model_rescue_top_k: int = 3
     model_pll_weight: float = 1.0
-    model_max_scored_hits: int = 6
+    model_max_scored_hits: int = 5
+    model_veto_pll: float = -3.0

@@ -196,12 +196,15 @@ def model_decider(config: FinderConfig, hits: EventHits, scorer: TrackScorer) ->
         second_chi2[step.query[order == 1]] = step.chi2[order == 1]
         # The model is asked where it can change the outcome: a runner-up on another module
         # close enough in chi2 to overtake, or a lone proposal outside the helix window.
-        ambiguous = (second_chi2 < best_chi2 + config.model_ask_chi2_gap) | (
-            (n_modules == 1) & (best_chi2 >= config.chi2_max)
+        rescue = (best_chi2 >= config.chi2_max) & (config.model_rescue_top_k > 0)
+        # a runner-up that joins anyway as an overlap hit needs no decision
+        contested = (second_chi2 < best_chi2 + config.model_ask_chi2_gap) & (
+            second_chi2 >= config.overlap_chi2_max
         )
+        ambiguous = (contested | rescue) & (tracks.n_hits[step.rows] >= config.model_min_context)
         logp = np.where(distinct, 0.0, -np.inf)
         in_top = np.ones(step.hit.size, dtype=bool)
-        queries = np.flatnonzero(ambiguous)
+        queries = np.flatnonzero(ambiguous & (n_modules > 0))
         if queries.size:
             local = np.full(step.rows.size, -1)
             local[queries] = np.arange(queries.size)
@@ -287,7 +290,10 @@ def model_method(
                 inverse.ravel()
             ]
         result: np.ndarray = base + config.model_pll_weight * pll
-        return result
+        # a candidate whose modules the model finds implausible is no track at all
+        vetoed = np.zeros(len(tracks), dtype=bool)
+        vetoed[rows] = pll[rows] < config.model_veto_pll
+        return np.where(vetoed, -np.inf, result)
 
     record = {
         "path": str(Path(model_dir).resolve()),

@@ -31,7 +31,7 @@ def resolve_greedy(
     ----------
     hits : (N, H) int64 hit indices per candidate, -1 padded.
     n_hits : (N,) hits per candidate.
-    quality : (N,) larger is better.
+    quality : (N,) larger is better; -inf drops a candidate.
     taken : (E,) bool, hits of the event already in a track; updated in place.
     min_hits : fewest free hits an accepted track keeps.
     max_shared_fraction : drop a candidate when more than this fraction of its hits are taken.
@@ -42,7 +42,7 @@ def resolve_greedy(
     hit indices it keeps.
     """
     order = np.argsort(-quality, kind="stable")
-    order = order[n_hits[order] >= min_hits]
+    order = order[(n_hits[order] >= min_hits) & (quality[order] > -np.inf)]
     rows = hits[order].tolist()
     counts = n_hits[order].tolist()
     used = bytearray(taken.astype(np.uint8).tobytes())
