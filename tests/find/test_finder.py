@@ -135,7 +135,9 @@ def test_extension_follows_a_curling_low_pt_track_into_the_endcap(layers: Finder
     assert [0, 1, 2] in seeds.hits.tolist()
     assert all(np.all(np.diff(seed) > 0) for seed in seeds.hits)  # in flight order
     tracks = TrackCandidates.from_seeds(seeds, hits, config.max_hits)
-    tracks = extend_tracks(tracks, hits, index, layers, config, helix_decider(config, hits), FIELD_T)
+    tracks = extend_tracks(
+        tracks, hits, index, layers, config, helix_decider(config, hits), FIELD_T
+    )
     first = seeds.hits.tolist().index([0, 1, 2])
     assert tracks.hits[first, : tracks.n_hits[first]].tolist() == list(range(len(xyz)))
     # a seed further out gets the first hits back when the tracks grow towards the beam line

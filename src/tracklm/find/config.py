@@ -52,9 +52,8 @@ class FinderConfig:
     Seeding (triplets on consecutive layers, primaries from the beam line)
     ---------------------------------------------------------------------
     seed_z0_max_mm : how far from z = 0 along the beam a seed's line may start.
-    seed_residual_mm : window (rphi and along the surface) for the third hit around the crossing
-        of the circle through the beam line and the first two hits, at 1 GeV and a 100 mm step;
-        it grows as multiple scattering does (``ms_mm_gev_per_100mm``).
+    (the third hit must lie within ``chi2_max`` of the crossing that the circle through the
+    beam line and the first two hits predicts, with the extension's uncertainties)
     luminous_fraction, luminous_margin_mm, luminous_min_tracks : after the first round, seeds
         start only where that round's tracks did (the central fraction of their z0, widened by
         the margin), when at least that many tracks were found (``finder.luminous_region``).
@@ -71,7 +70,8 @@ class FinderConfig:
         and per 100 mm of flight (Highland formula for about 1.5% X0 per pixel layer).
     chi2_max : largest chi2 (two pulls) for a hit to join a track.
     overlap_chi2_max : the same for a second hit of a layer (the overlapping neighbour module).
-    search_sigmas : half-width of the hit search window in units of the prediction's sigma.
+    search_sigmas : half-width of the hit search window in units of the prediction's sigma (at
+        least sqrt of the largest chi2 used, ``model_window_chi2`` included).
     max_hits_per_layer : hits one track may take on one layer (each on its own module; the
         simulator's overlapping disk modules give up to four).
     max_missed_layers : a track ends after more than this many crossed layers without a hit in a
@@ -103,7 +103,6 @@ class FinderConfig:
 
     rounds: tuple[SeedRound, ...] = field(default=DEFAULT_ROUNDS)
     seed_z0_max_mm: float = 200.0
-    seed_residual_mm: float = 1.0
     seed_layer_support: float = 0.005
     luminous_fraction: float = 0.99
     luminous_margin_mm: float = 10.0

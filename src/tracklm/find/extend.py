@@ -327,8 +327,9 @@ def _step(
     tracks.chi2[anchor_rows] += chi2[first]
     # Append every taken hit; a track holding max_hits keeps its first ones.
     target = rows[query]
-    slot = tracks.n_hits[target] + (np.arange(query.size) - np.maximum.accumulate(
-        np.where(first, np.arange(query.size), 0)))
+    slot = tracks.n_hits[target] + (
+        np.arange(query.size) - np.maximum.accumulate(np.where(first, np.arange(query.size), 0))
+    )
     room = slot < tracks.hits.shape[1]
     tracks.hits[target[room], slot[room]] = hit[room]
     np.add.at(tracks.n_hits, target[room], 1)
@@ -357,9 +358,15 @@ def add_seed_layer_hits(
             s_k = sub.s_mm[:, k]
             point = sub.point_at(s_k)
             direction = sub.direction_at(s_k)
-            tangent = direction / np.maximum(np.hypot(direction[:, 0], direction[:, 1]), 1e-9)[:, None]
+            tangent = (
+                direction / np.maximum(np.hypot(direction[:, 0], direction[:, 1]), 1e-9)[:, None]
+            )
             sigma_t, sigma_l = prediction_sigmas(
-                config, bool(layers.is_barrel[target]), np.zeros(local.size), sub.pt_gev(), sub.dz_ds
+                config,
+                bool(layers.is_barrel[target]),
+                np.zeros(local.size),
+                sub.pt_gev(),
+                sub.dz_ds,
             )
             found = index.candidates(
                 int(target), point, tangent, config.search_sigmas * sigma_t,

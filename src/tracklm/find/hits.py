@@ -265,7 +265,10 @@ class HitIndex:
         else:
             dz = np.where(np.abs(tangent[:, 2]) > 1e-6, tangent[:, 2], 1e-6)
             steps = np.stack(
-                [(layers.z_min_mm[layer] - point[:, 2]) / dz, (layers.z_max_mm[layer] - point[:, 2]) / dz],
+                [
+                    (layers.z_min_mm[layer] - point[:, 2]) / dz,
+                    (layers.z_max_mm[layer] - point[:, 2]) / dz,
+                ],
                 axis=1,
             )
             u0, du = r, t_radial

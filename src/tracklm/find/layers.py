@@ -24,6 +24,8 @@ from tracklm.tracking.constants import GEV_PER_TESLA_METRE
 _SAMPLE_ETA = np.linspace(-4.0, 4.0, 1601)
 _SAMPLE_Z0_MM = (-150.0, -50.0, 0.0, 50.0, 150.0)
 _SAMPLE_PT_GEV = (0.3, 1.0, np.inf)
+# Tracks keep the layers they crossed as bits of one int64.
+_MAX_LAYERS = 63
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ class FinderLayers:
                 f"--volumes: no module of volumes {','.join(map(str, volumes))} in the detector"
             )
         layers = detector_layers(selected)
+        if len(layers) > _MAX_LAYERS:
+            raise InputError(
+                f"--volumes: {len(layers)} layers, the finder handles at most {_MAX_LAYERS}"
+            )
         fields = {
             "volume_id": np.array([la.volume_id for la in layers], dtype=np.int64),
             "layer_id": np.array([la.layer_id for la in layers], dtype=np.int64),
@@ -121,8 +127,8 @@ def _sampled_layer_sequences(
     order : (T, L) layer indices in crossing order (only the first ``count`` of a row count).
     count : (T,) layers each trajectory crosses.
     """
-    eta, z0, pt = np.meshgrid(_SAMPLE_ETA, _SAMPLE_Z0_MM, _SAMPLE_PT_GEV, indexing="ij")
-    eta, z0, pt = eta.ravel(), z0.ravel(), pt.ravel()
+    grid = np.meshgrid(_SAMPLE_ETA, _SAMPLE_Z0_MM, _SAMPLE_PT_GEV, indexing="ij")
+    eta, z0, pt = (axis.ravel() for axis in grid)
     cot = np.sinh(eta)
     k = GEV_PER_TESLA_METRE * abs(b_field_t) / 1000.0 / pt  # 1/mm, 0 for infinite pT
     n_layers = len(fields["volume_id"])
@@ -132,7 +138,9 @@ def _sampled_layer_sequences(
             radius = fields["radius_mm"][index]
             half = np.where(k > 0, k * radius / 2.0, 0.0)
             ok = half < 1.0
-            s = np.where(k > 0, 2.0 * np.arcsin(np.clip(half, 0, 1)) / np.where(k > 0, k, 1), radius)
+            s = np.where(
+                k > 0, 2.0 * np.arcsin(np.clip(half, 0, 1)) / np.where(k > 0, k, 1), radius
+            )
             z = z0 + s * cot
             ok &= (z >= fields["z_min_mm"][index]) & (z <= fields["z_max_mm"][index])
         else:

@@ -6,16 +6,19 @@ The model knows only module tokens, in the order of their distance from the orig
 Each decision combines both:
 
 - **next hit** (``model_decider``): the helix proposes every hit within a wider window
-  (``model_window_chi2``) on the next layer; where the proposals lie on more than one module,
-  one batched forward pass per step fills a ``[MASK]`` after the track's modules (before them
-  when growing backwards) and each proposal is ranked by
-  ``chi2 - 2 * model_step_weight * log p(module)``. A proposal outside the helix window
-  (``chi2_max``) joins only if the model ranks its module among its ``model_rescue_top_k`` best:
-  otherwise the track ends there, as it does when no proposal is left;
-- **whole candidates** (``model_quality``): the pseudo-log-likelihood of a candidate's modules
-  (each masked in turn, mean log-probability per hit) is added, weighted by
-  ``model_pll_weight``, to the helix quality that orders the greedy resolution. Candidates
-  longer than ``model_max_scored_hits`` are nearly always right and keep the helix quality.
+  (``model_window_chi2``) on the next layer. Where the decision is open (a runner-up on another
+  module within ``model_ask_chi2_gap`` of the best and too far to join as an overlap hit, or
+  only proposals outside the helix window ``chi2_max``), one batched forward pass per step, over
+  all such tracks, fills a ``[MASK]`` after the track's modules (before them when growing
+  backwards) and each proposal is ranked by ``chi2 - 2 * model_step_weight * log p(module)``.
+  A proposal outside the helix window joins only if its module is among the model's
+  ``model_rescue_top_k`` first choices; otherwise the track misses the layer, and ends as the
+  helix's does (more than ``max_missed_layers`` in a row);
+- **whole candidates** (``model_method``'s quality): the pseudo-log-likelihood of a candidate's
+  modules (each masked in turn, mean log-probability per hit) is added, weighted by
+  ``model_pll_weight``, to the helix quality that orders the greedy resolution, and a candidate
+  below ``model_veto_pll`` is dropped. Candidates longer than ``model_max_scored_hits`` are
+  nearly always right and keep the helix quality (scoring them costs time, not score).
 
 Tracks longer than the model's inputs allow show it their first (or, growing, last)
 ``context_hits`` hits.
@@ -78,9 +81,7 @@ class TrackScorer:
         result: np.ndarray = np.where(valid, ordered, -1)
         return result
 
-    def _inputs(
-        self, tokens: np.ndarray, lengths: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _inputs(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[CLS] tokens [SEP]`` rows (input ids, attention mask) for (B, L) tokens."""
         b, width = tokens.shape
         ids = np.full((b, width + 2), self.vocab.pad_id, dtype=np.int64)
@@ -286,9 +287,7 @@ def model_method(
             unique, inverse = np.unique(key, axis=0, return_inverse=True)
             n_unique = (unique < np.iinfo(np.int64).max).sum(1)
             unique = np.where(unique < np.iinfo(np.int64).max, unique, -1)
-            pll[rows] = scorer_for(hits).pseudo_log_likelihood(unique, n_unique)[
-                inverse.ravel()
-            ]
+            pll[rows] = scorer_for(hits).pseudo_log_likelihood(unique, n_unique)[inverse.ravel()]
         result: np.ndarray = base + config.model_pll_weight * pll
         # a candidate whose modules the model finds implausible is no track at all
         vetoed = np.zeros(len(tracks), dtype=bool)

@@ -116,8 +116,12 @@ def _doublets(
     # Azimuth turned between the two radii, at the largest curvature, plus slack for the vertex
     # (and for a track that does not come from the beam line, the angle its offset makes).
     bend = np.maximum(
-        np.abs(np.arcsin(np.clip(max_curvature * r_hi / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)),
-        np.abs(np.arcsin(np.clip(max_curvature * r_lo / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)),
+        np.abs(
+            np.arcsin(np.clip(max_curvature * r_hi / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)
+        ),
+        np.abs(
+            np.arcsin(np.clip(max_curvature * r_lo / 2, -1, 1)) - np.arcsin(max_curvature * r_a / 2)
+        ),
     )
     dphi = bend + 0.01 + np.arcsin(np.clip(d0_max_mm / r_a, 0.0, 1.0))
     if layers.is_barrel[layer_b]:
@@ -140,7 +144,9 @@ def _doublets(
     r_b, z_b = hits.r_mm[b], hits.xyz_mm[b, 2]
     outward = r_b > hits.r_mm[a] + 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        z0_pair = hits.xyz_mm[a, 2] - hits.r_mm[a] * (z_b - hits.xyz_mm[a, 2]) / (r_b - hits.r_mm[a])
+        z0_pair = hits.xyz_mm[a, 2] - hits.r_mm[a] * (z_b - hits.xyz_mm[a, 2]) / (
+            r_b - hits.r_mm[a]
+        )
     keep = outward & (z0_pair >= z0_range[0]) & (z0_pair <= z0_range[1])
     a, b = a[keep], b[keep]
     if d0_max_mm > 0:
@@ -153,9 +159,7 @@ def _doublets(
 def _beamline_curvature(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Signed curvature (1/mm) of the circles through the beam line (0, 0), a and b (x-y)."""
     cross = a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]
-    lengths = (
-        np.hypot(a[:, 0], a[:, 1]) * np.hypot(b[:, 0], b[:, 1]) * np.hypot(*(b - a)[:, :2].T)
-    )
+    lengths = np.hypot(a[:, 0], a[:, 1]) * np.hypot(b[:, 0], b[:, 1]) * np.hypot(*(b - a)[:, :2].T)
     result: np.ndarray = 2.0 * cross / np.maximum(lengths, 1e-12)
     return result
 
@@ -378,7 +382,9 @@ def find_free_seeds(
         point = xyz_b + tangent * step[:, None]
         r = np.hypot(point[:, 0], point[:, 1])
         margin = 20.0
-        crosses &= (r >= layers.r_min_mm[layer_c] - margin) & (r <= layers.r_max_mm[layer_c] + margin)
+        crosses &= (r >= layers.r_min_mm[layer_c] - margin) & (
+            r <= layers.r_max_mm[layer_c] + margin
+        )
         crosses &= (point[:, 2] >= layers.z_min_mm[layer_c] - margin) & (
             point[:, 2] <= layers.z_max_mm[layer_c] + margin
         )
