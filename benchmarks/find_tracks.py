@@ -120,9 +120,11 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as a markdown table (one row per method and event set)."""
+    source = results.get("input") or (
+        f"{results['events']} simulated PU200 events (`tracklm simulate --seed {results['seed']}`)"
+    )
     lines = [
-        f"Pixel TrackML score (volumes 7, 8, 9), {results['events']} simulated PU200 events "
-        f"(`tracklm simulate --seed {results['seed']}`), one core.",
+        f"Pixel TrackML score (volumes 7, 8, 9), {source}, one core.",
         "",
         "| events | method | score | efficiency | eff. pT > 1 GeV | fake rate | duplicates "
         "| s / event | time vs helix |",
@@ -178,10 +180,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     models = args.model or [DEMO_MODEL]
     events = args.input or simulate(args.out / "events", args.events, args.seed, args.pileup)
-    sets = {f"simulated (seed {args.seed})": events}
+    sets = {f"simulated (seed {args.seed})" if args.input is None else str(events): events}
     if REAL_EVENTS.is_dir():
         sets["real TrackML event 1 (4% of particles)"] = REAL_EVENTS
-    results: dict[str, Any] = {"events": args.events, "seed": args.seed, "runs": {}}
+    results: dict[str, Any] = {
+        "events": args.events,
+        "seed": args.seed,
+        "input": str(args.input) if args.input else None,
+        "runs": {},
+    }
     for label, directory in sets.items():
         tag = "real" if directory == REAL_EVENTS else "sim"
         runs = {"helix": find_and_score(directory, args.out / f"{tag}-helix", "helix")}
