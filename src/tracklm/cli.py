@@ -36,6 +36,7 @@ _COMMANDS = {
     "export": "tracklm.models.export:run_export",
     "demo": "tracklm.demo:run_demo",
     "score": "tracklm.score.run:run_score",
+    "find": "tracklm.find.run:run_find",
 }
 
 
@@ -278,6 +279,32 @@ def _add_score(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_find(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm find``: options passed by name to ``tracklm.find.run.run_find``."""
+    p = sub.add_parser(
+        "find",
+        parents=[common],
+        help="find the tracks of whole events (submission files for 'tracklm score')",
+    )
+    p.add_argument("--events", type=Path, required=True, help="TrackML event directory")
+    p.add_argument("--out", type=Path, required=True, help="tracks directory to write")
+    p.add_argument(
+        "--method",
+        default="helix",
+        choices=["helix", "model"],
+        help="'helix': seeded helix follower (default); 'model': the same seeds, a pre-trained "
+        "model deciding the extension and ranking candidates",
+    )
+    p.add_argument(
+        "--model", type=Path, default=None, help="model directory (RUN/model) for --method model"
+    )
+    p.add_argument(
+        "--volumes",
+        default="7,8,9",
+        help="volumes to find tracks in, comma-separated, or 'all' (default 7,8,9: the pixels)",
+    )
+
+
 _VERB_OPTIONS = (
     _add_simulate,
     _add_prepare,
@@ -288,6 +315,7 @@ _VERB_OPTIONS = (
     _add_export,
     _add_demo,
     _add_score,
+    _add_find,
 )
 """The sub-commands in the order ``--help`` lists them."""
 

@@ -1,0 +1,303 @@
+"""The model-guided finder: the same seeds and stages as the helix finder, with a pre-trained
+TrackingBERT deciding the extension and ranking whole candidates.
+
+The model knows only module tokens, in the order of their distance from the origin (as
+``tracklm prepare --order distance`` writes tracks); the helix knows the measured positions.
+Each decision combines both:
+
+- **next hit** (``model_decider``): the helix proposes every hit within a wider window
+  (``model_window_chi2``) on the next layer. Where the decision is open (a runner-up on another
+  module within ``model_ask_chi2_gap`` of the best and too far to join as an overlap hit, or
+  only proposals outside the helix window ``chi2_max``), one batched forward pass per step, over
+  all such tracks, fills a ``[MASK]`` after the track's modules (before them when growing
+  backwards) and each proposal is ranked by ``chi2 - 2 * model_step_weight * log p(module)``.
+  A proposal outside the helix window joins only if its module is among the model's
+  ``model_rescue_top_k`` first choices; otherwise the track misses the layer, and ends as the
+  helix's does (more than ``max_missed_layers`` in a row);
+- **whole candidates** (``model_method``'s quality): the pseudo-log-likelihood of a candidate's
+  modules (each masked in turn, mean log-probability per hit) is added, weighted by
+  ``model_pll_weight``, to the helix quality that orders the greedy resolution, and a candidate
+  below ``model_veto_pll`` is dropped. Candidates longer than ``model_max_scored_hits`` are
+  nearly always right and keep the helix quality (scoring them costs time, not score).
+
+Tracks longer than the model's inputs allow show it their first (or, growing, last)
+``context_hits`` hits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tracklm.detector.geometry import Detector
+from tracklm.detector.vocab import ModuleVocab
+from tracklm.errors import InputError
+from tracklm.evaluate.masked import module_logits_only
+from tracklm.find.config import FinderConfig
+from tracklm.find.extend import (
+    StepCandidates,
+    StepDecider,
+    TrackCandidates,
+    first_per_module,
+    rank_in_query,
+)
+from tracklm.find.finder import Method, helix_quality
+from tracklm.find.hits import EventHits
+from tracklm.models.bert import TrackingBert
+
+
+class TrackScorer:
+    """Masked-module log-probabilities of tracks' modules under a TrackingBERT.
+
+    Parameters
+    ----------
+    model : the model (put in eval mode here).
+    hits : the event's hits; their modules become tokens (``[UNK]`` outside the vocabulary).
+    batch_rows : input rows per forward pass.
+    """
+
+    def __init__(self, model: TrackingBert, hits: EventHits, batch_rows: int = 2048) -> None:
+        vocab = model.vocab
+        assert vocab is not None
+        self.model = model.eval()
+        self.vocab: ModuleVocab = vocab
+        ids = hits.module_ids
+        self.token = vocab.encode(ids[:, 0], ids[:, 1], ids[:, 2], unknown="unk").astype(np.int64)
+        self.distance = np.linalg.norm(hits.xyz_mm, axis=1)
+        # [CLS] A [SEP]: the widest single track the position table takes.
+        self.context_hits = min(model.config.max_length - 2, 16)
+        self.batch_rows = batch_rows
+
+    def ordered_hits(self, hits: np.ndarray, n_hits: np.ndarray) -> np.ndarray:
+        """(N, H) the tracks' hits sorted by distance from the origin, -1 after ``n_hits``."""
+        valid = np.arange(hits.shape[1])[None, :] < n_hits[:, None]
+        distance = np.where(valid, self.distance[np.maximum(hits, 0)], np.inf)
+        order = np.argsort(distance, axis=1, kind="stable")
+        ordered = np.take_along_axis(hits, order, axis=1)
+        result: np.ndarray = np.where(valid, ordered, -1)
+        return result
+
+    def _inputs(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[CLS] tokens [SEP]`` rows (input ids, attention mask) for (B, L) tokens."""
+        b, width = tokens.shape
+        ids = np.full((b, width + 2), self.vocab.pad_id, dtype=np.int64)
+        ids[:, 0] = self.vocab.cls_id
+        inside = np.arange(width)[None, :] < lengths[:, None]
+        ids[:, 1:-1] = np.where(inside, tokens, self.vocab.pad_id)
+        ids[np.arange(b), lengths + 1] = self.vocab.sep_id
+        mask = np.arange(width + 2)[None, :] < (lengths + 2)[:, None]
+        return ids, mask
+
+    def masked_log_probs(
+        self,
+        ids: np.ndarray,
+        mask: np.ndarray,
+        position: np.ndarray,
+        targets: np.ndarray,
+        top_k: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """log p(``targets`` (B, T) token ids) at input ``position`` (B,) of each row, special
+        tokens excluded, and whether each target is among the model's ``top_k`` first choices;
+        rows in batches of ``batch_rows``. Targets < 0 give -inf (and False)."""
+        out = np.full(targets.shape, -np.inf)
+        in_top = np.zeros(targets.shape, dtype=bool)
+        with torch.inference_mode():
+            for start in range(0, len(ids), self.batch_rows):
+                sl = slice(start, start + self.batch_rows)
+                rows = np.arange(len(ids[sl]))
+                logits = self.model.predict_masked(
+                    torch.as_tensor(ids[sl]),
+                    torch.zeros(ids[sl].shape, dtype=torch.long),
+                    torch.as_tensor(mask[sl]),
+                    torch.as_tensor(np.stack([rows, position[sl]], axis=1)),
+                ).float()  # (b, v)
+                logp = torch.log_softmax(module_logits_only(logits, self.vocab.num_special), 1)
+                target = targets[sl]
+                picked = logp.gather(1, torch.as_tensor(np.maximum(target, 0))).numpy()  # (b, T)
+                out[sl] = np.where(target >= 0, picked, -np.inf)
+                if top_k > 0:
+                    top = torch.topk(logp, top_k, dim=1).indices.numpy()  # (b, k)
+                    in_top[sl] = (target[:, :, None] == top[:, None, :]).any(2) & (target >= 0)
+        return out, in_top
+
+    def pseudo_log_likelihood(self, hits: np.ndarray, n_hits: np.ndarray) -> np.ndarray:
+        """(N,) mean log-probability of each track's modules, each masked in turn (its first
+        ``context_hits`` hits by distance from the origin)."""
+        ordered = self.ordered_hits(hits, n_hits)[:, : self.context_hits]
+        lengths = np.minimum(n_hits, self.context_hits)
+        tokens = np.where(ordered >= 0, self.token[np.maximum(ordered, 0)], self.vocab.pad_id)
+        track = np.repeat(np.arange(len(lengths)), lengths)
+        position = np.arange(track.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ids, mask = self._inputs(tokens[track], lengths[track])
+        rows = np.arange(track.size)
+        true = ids[rows, position + 1].copy()
+        ids[rows, position + 1] = self.vocab.mask_id
+        logp = self.masked_log_probs(ids, mask, position + 1, true[:, None])[0][:, 0]
+        total = np.bincount(track, weights=logp, minlength=len(lengths))
+        result: np.ndarray = total / np.maximum(lengths, 1)
+        return result
+
+    def next_module_log_probs(
+        self,
+        hits: np.ndarray,
+        n_hits: np.ndarray,
+        backward: np.ndarray,
+        candidate_tokens: np.ndarray,
+        top_k: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """log p of candidate modules for each track's next hit, and whether each is among the
+        model's ``top_k`` first choices.
+
+        Parameters
+        ----------
+        hits, n_hits : (B, H), (B,) the tracks so far.
+        backward : (B,) bool, the track grows towards the beam line (the next hit comes first).
+        candidate_tokens : (B, C) token ids to score (-1 for none).
+
+        Returns
+        -------
+        (B, C) log-probabilities (-inf where no candidate) and (B, C) bool.
+        """
+        ordered = self.ordered_hits(hits, n_hits)
+        keep = self.context_hits - 1
+        lengths = np.minimum(n_hits, keep)
+        # growing outwards the model sees the last hits, growing inwards the first ones
+        start = np.where(backward, 0, n_hits - lengths)
+        index = start[:, None] + np.arange(keep)[None, :]
+        window = np.take_along_axis(ordered, np.minimum(index, ordered.shape[1] - 1), axis=1)
+        window = np.where(np.arange(keep)[None, :] < lengths[:, None], window, -1)
+        tokens = np.where(window >= 0, self.token[np.maximum(window, 0)], self.vocab.pad_id)
+        # put the [MASK] before (backward) or after (forward) the hits
+        b = len(lengths)
+        with_mask = np.full((b, keep + 1), self.vocab.pad_id, dtype=np.int64)
+        cols = np.arange(keep)[None, :] + backward[:, None].astype(np.int64)
+        with_mask[np.arange(b)[:, None], cols] = tokens
+        position = np.where(backward, 0, lengths)
+        with_mask[np.arange(b), position] = self.vocab.mask_id
+        ids, mask = self._inputs(with_mask, lengths + 1)
+        return self.masked_log_probs(ids, mask, position + 1, candidate_tokens, top_k)
+
+
+def model_decider(config: FinderConfig, hits: EventHits, scorer: TrackScorer) -> StepDecider:
+    """The next hit by helix chi2 and the model's module probability (see the module docstring)."""
+
+    def decide(tracks: TrackCandidates, step: StepCandidates) -> np.ndarray:
+        window = step.chi2 < config.model_window_chi2
+        # the proposal of smallest chi2 on each module stands for its module
+        distinct = window & first_per_module(step, hits.module, np.where(window, step.chi2, np.inf))
+        n_modules = np.bincount(step.query[distinct], minlength=step.rows.size)
+        order = rank_in_query(step.query, step.chi2, distinct)
+        best_chi2 = np.full(step.rows.size, np.inf)
+        second_chi2 = np.full(step.rows.size, np.inf)
+        best_chi2[step.query[order == 0]] = step.chi2[order == 0]
+        second_chi2[step.query[order == 1]] = step.chi2[order == 1]
+        # The model is asked where it can change the outcome: a runner-up on another module
+        # close enough in chi2 to overtake, or a lone proposal outside the helix window.
+        rescue = (best_chi2 >= config.chi2_max) & (config.model_rescue_top_k > 0)
+        # a runner-up that joins anyway as an overlap hit needs no decision
+        contested = (second_chi2 < best_chi2 + config.model_ask_chi2_gap) & (
+            second_chi2 >= config.overlap_chi2_max
+        )
+        ambiguous = (contested | rescue) & (tracks.n_hits[step.rows] >= config.model_min_context)
+        logp = np.where(distinct, 0.0, -np.inf)
+        in_top = np.ones(step.hit.size, dtype=bool)
+        queries = np.flatnonzero(ambiguous & (n_modules > 0))
+        if queries.size:
+            local = np.full(step.rows.size, -1)
+            local[queries] = np.arange(queries.size)
+            asked = np.flatnonzero(distinct & (local[step.query] >= 0))
+            q = local[step.query[asked]]
+            slot = rank_in_query(q, step.chi2[asked], np.ones(q.size, dtype=bool))
+            tokens = np.full((queries.size, int(slot.max()) + 1), -1, dtype=np.int64)
+            tokens[q, slot] = scorer.token[step.hit[asked]]
+            rows = step.rows[queries]
+            table, top = scorer.next_module_log_probs(
+                tracks.hits[rows],
+                tracks.n_hits[rows],
+                np.full(queries.size, step.backward),
+                tokens,
+                config.model_rescue_top_k,
+            )
+            logp[asked] = table[q, slot]
+            in_top[asked] = top[q, slot]
+        score = step.chi2 - 2.0 * config.model_step_weight * logp
+        allowed = distinct & ((step.chi2 < config.chi2_max) | in_top)
+        rank = rank_in_query(step.query, score, allowed)
+        best = rank == 0
+        has_best = np.zeros(step.rows.size, dtype=bool)
+        has_best[step.query[best]] = True
+        extra = (
+            (rank > 0)
+            & (rank < config.max_hits_per_layer)
+            & (step.chi2 < config.overlap_chi2_max)
+            & has_best[step.query]
+        )
+        result: np.ndarray = best | extra
+        return result
+
+    return decide
+
+
+def model_method(
+    model_dir: str | os.PathLike[str], detector: Detector, volumes: tuple[int, ...]
+) -> tuple[Method, dict[str, Any]]:
+    """The model-guided ``Method`` for a model directory, and what the manifest records of it.
+
+    Raises ``InputError`` when the model's vocabulary is not the detector's modules of
+    ``volumes`` (the tokens would mean other modules).
+    """
+    model = TrackingBert.from_pretrained(model_dir)
+    expected = ModuleVocab.from_detector(detector, volumes)
+    assert model.vocab is not None
+    if model.vocab.sha256 != expected.sha256:
+        raise InputError(
+            f"--model {model_dir}: its vocabulary ({len(model.vocab.modules)} modules, sha256 "
+            f"{model.vocab.sha256[:12]}) is not the detector's modules of volumes "
+            f"{','.join(map(str, volumes))} ({len(expected.modules)} modules, sha256 "
+            f"{expected.sha256[:12]})"
+        )
+    state: dict[str, Any] = {"hits": None, "scorer": None}
+
+    def scorer_for(hits: EventHits) -> TrackScorer:
+        if state["hits"] is not hits:
+            state["hits"], state["scorer"] = hits, TrackScorer(model, hits)
+        scorer: TrackScorer = state["scorer"]
+        return scorer
+
+    def decider(config: FinderConfig, hits: EventHits) -> StepDecider:
+        return model_decider(config, hits, scorer_for(hits))
+
+    def quality(
+        tracks: TrackCandidates, hits: EventHits, config: FinderConfig, min_hits: int
+    ) -> np.ndarray:
+        base = helix_quality(tracks, hits, config, min_hits)
+        rows = np.flatnonzero(
+            (tracks.n_hits >= min_hits) & (tracks.n_hits <= config.model_max_scored_hits)
+        )
+        pll = np.zeros(len(tracks))
+        if rows.size:
+            # copies of one track (a particle seeded several times) are scored once
+            width = tracks.hits.shape[1]
+            valid = np.arange(width)[None, :] < tracks.n_hits[rows, None]
+            key = np.sort(np.where(valid, tracks.hits[rows], np.iinfo(np.int64).max), axis=1)
+            unique, inverse = np.unique(key, axis=0, return_inverse=True)
+            n_unique = (unique < np.iinfo(np.int64).max).sum(1)
+            unique = np.where(unique < np.iinfo(np.int64).max, unique, -1)
+            pll[rows] = scorer_for(hits).pseudo_log_likelihood(unique, n_unique)[inverse.ravel()]
+        result: np.ndarray = base + config.model_pll_weight * pll
+        # a candidate whose modules the model finds implausible is no track at all
+        vetoed = np.zeros(len(tracks), dtype=bool)
+        vetoed[rows] = pll[rows] < config.model_veto_pll
+        return np.where(vetoed, -np.inf, result)
+
+    record = {
+        "path": str(Path(model_dir).resolve()),
+        "vocab_sha256": model.vocab.sha256,
+        "parameters": model.num_parameters(),
+        "config": model.config.to_dict(),
+    }
+    return Method("model", decider, quality), record
