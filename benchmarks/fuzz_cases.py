@@ -49,7 +49,17 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 REAL_DETECTORS = REPO.parent / "shared" / "data" / "trackml" / "detectors.csv"
 
-VERBS = ("simulate", "prepare", "pretrain", "evaluate", "embed", "finetune", "export", "score")
+VERBS = (
+    "simulate",
+    "prepare",
+    "pretrain",
+    "evaluate",
+    "embed",
+    "finetune",
+    "export",
+    "score",
+    "find",
+)
 KINDS = ("events", "geometry", "tracks", "dataset", "model", "config", "options")
 OUT_NAMES = {"embed": "out.parquet", "export": "out.onnx"}
 """Name of the ``--out`` of each verb in a case's directory (a directory unless listed)."""
@@ -238,6 +248,8 @@ class CleanInputs:
         elif verb == "score":
             argv = ["score", "--events", get("events", self.events)]
             argv += ["--tracks", get("tracks", self.tracks), "--out", out]
+        elif verb == "find":
+            argv = ["find", "--events", get("events", self.events), "--out", out]
         else:
             raise ValueError(f"unknown verb {verb!r}")
         return [str(a) for a in [*argv, *get("extra", [])]]
@@ -468,7 +480,9 @@ def csv_target(ctx: Context, kind: str) -> Target:
         path = ctx.copy(ctx.inputs.geometry, "detectors.csv")
         return Target(path, "geometry", ctx.argv(detector=path), {"detector": ctx.inputs.geometry})
     events = ctx.copy(ctx.inputs.events, "events")
-    event_id, part = int(ctx.rng.integers(1, 5)), ctx.choice(EVENT_PARTS)
+    # find reads the hits alone: a corrupted truth or particles file is not its input.
+    parts = ("hits",) if ctx.verb == "find" else EVENT_PARTS
+    event_id, part = int(ctx.rng.integers(1, 5)), ctx.choice(parts)
     path = events / f"event{event_id:09d}-{part}.csv.gz"
     return Target(path, part, ctx.argv(events=events), {})
 
@@ -499,7 +513,7 @@ def _cell(ctx: Context, table: CsvText, columns: Sequence[str]) -> tuple[int, in
 
 # ------------------------------------------------------ CSV corruptions (events, geometry, tracks)
 CSV_VERBS = {
-    "events": ("prepare",),
+    "events": ("prepare", "find"),
     "geometry": ("simulate", "prepare"),
     "tracks": ("score",),
 }
@@ -512,9 +526,10 @@ def csv_mutation(
     benign: bool = False,
     weight: float = 1.0,
     kinds: Sequence[str] = ("events", "geometry", "tracks"),
+    not_for: Sequence[str] = (),
 ) -> Callable[[Callable[[Context, Target], Setup]], Callable[[Context, Target], Setup]]:
     """Register a corruption of a CSV table as one mutation per input kind (weighted by
-    ``CSV_KIND_WEIGHT``)."""
+    ``CSV_KIND_WEIGHT``), for the kind's verbs except those in ``not_for``."""
 
     def register(
         corrupt: Callable[[Context, Target], Setup],
@@ -526,7 +541,8 @@ def csv_mutation(
 
             apply.__name__ = corrupt.__name__
             scaled = weight * CSV_KIND_WEIGHT[kind]
-            mutation(kind, CSV_VERBS[kind], benign=benign, weight=scaled)(apply)
+            verbs = [verb for verb in CSV_VERBS[kind] if verb not in not_for]
+            mutation(kind, verbs, benign=benign, weight=scaled)(apply)
         return corrupt
 
     return register
@@ -575,7 +591,8 @@ def empty_file(ctx: Context, target: Target) -> Setup:
     return _error(target)
 
 
-@csv_mutation(weight=0.5)
+# For find a header-only hits file is an event without hits, which it accepts (tests/find).
+@csv_mutation(weight=0.5, not_for=("find",))
 def header_only(ctx: Context, target: Target) -> Setup:
     table = CsvText.read(target.path)
     write_file(target.path, ",".join(table.header) + "\n")
@@ -1655,6 +1672,13 @@ BAD_OPTIONS: dict[str, list[tuple[list[str], str]]] = {
         (["--task", "vertexing"], "--task"),
     ],
     "export": [(["--format", "tflite"], "--format")],
+    "find": [
+        (["--method", "dbscan"], "--method"),
+        (["--method", "model"], "--model"),  # the model method without a model
+        (["--volumes", "pixels"], "--volumes"),
+        (["--volumes", "7,,8"], "--volumes"),
+        (["--volumes", "-7"], "--volumes"),
+    ],
     "score": [
         (["--volumes", "pixels"], "--volumes"),
         (["--volumes", "7,,8"], "--volumes"),
@@ -1685,6 +1709,7 @@ REQUIRED_OPTIONS = {
     "finetune": ("--task", "--model", "--data", "--out"),
     "export": ("--model", "--out"),
     "score": ("--events", "--tracks", "--out"),
+    "find": ("--events", "--out"),
 }
 
 
@@ -1708,6 +1733,7 @@ INPUT_OPTIONS = {
     "finetune": ("model", "data", "config"),
     "export": ("model",),
     "score": ("events", "tracks"),
+    "find": ("events",),
 }
 
 
@@ -1723,7 +1749,7 @@ def _input_missing(ctx: Context) -> Setup:
     return Setup(ctx.argv(**{key: path}), blame=(str(path),))
 
 
-@mutation("options", ("simulate", "prepare", "pretrain", "evaluate", "finetune", "score"))
+@mutation("options", ("simulate", "prepare", "pretrain", "evaluate", "finetune", "score", "find"))
 def _out_exists(ctx: Context) -> Setup:
     """--out an existing directory that is not empty: refused, and left as it was."""
     ctx.out.mkdir()
@@ -1916,6 +1942,9 @@ def compare_outputs(verb: str, got: Path, expected: Path) -> str:
     if verb == "score":
         # everything but the finder's time (TRACKS/manifest.json), itself an input
         return _compare_json(got / "score.json", expected / "score.json", skip=_FINDER_TIME)
+    if verb == "find":
+        # the submission files; the manifest holds the finder's time
+        return _compare_files(got, expected, skip=("manifest.json",))
     if verb == "pretrain":
         return _compare_files(
             got / "model", expected / "model", skip=("README.md", "model.safetensors")

@@ -8,12 +8,12 @@ or model config, stray files, a submission's rows shuffled or tracks renumbered)
 the clean input's outputs.
 
 The mix: a mutation is drawn by weight, then one of the verbs that read its input, uniformly.
-The 1,000 cases of seed 0 are 20% TrackML event files (read by ``prepare``; how their parts agree
-by ``score`` too), 21% detector files (``simulate``, ``prepare``), 16% submission files
-(``score``), 16% prepared datasets (``pretrain``, ``evaluate``, ``finetune``), 11% model
-directories (``evaluate``, ``embed``, ``finetune``, ``export``), 7% configs (``pretrain``,
-``finetune``) and 10% options of every verb, over 112 mutations; 14% are benign, 19% run
-``score``. The script prints the mix it runs on stderr and records it in the report.
+The 1,000 cases of seed 0 are 20% TrackML event files (read by ``prepare`` and, the hits files,
+``find``; how their parts agree by ``score`` too), 21% detector files (``simulate``, ``prepare``),
+17% submission files (``score``), 16% prepared datasets (``pretrain``, ``evaluate``,
+``finetune``), 9% model directories (``evaluate``, ``embed``, ``finetune``, ``export``), 8% configs
+(``pretrain``, ``finetune``) and 9% options of every verb, over 112 mutations; 16% are benign,
+20% run ``score`` and 10% ``find``. The script prints the mix it runs on stderr and records it in the report.
 
 Usage::
 

@@ -114,6 +114,19 @@ def test_a_broken_hits_file_names_its_row(two_events: Path, tmp_path: Path, caps
     assert not (tmp_path / "tracks").exists()
 
 
+def test_an_event_without_hits_gives_an_empty_submission(two_events: Path, tmp_path: Path) -> None:
+    """The simulator can write an event with no hits (a header only); find writes its header."""
+    events = tmp_path / "events"
+    shutil.copytree(two_events, events)
+    path = event_path(events, 2, "hits")
+    read_part(path, "hits").iloc[:0].to_csv(events / "event000000002-hits.csv", index=False)
+    path.unlink()
+    run_find(events, tmp_path / "tracks")
+    empty = read_part(event_path(tmp_path / "tracks", 2, "tracks"), "tracks")
+    assert len(empty) == 0 and list(empty.columns[:3]) == ["event_id", "hit_id", "track_id"]
+    assert len(read_part(event_path(tmp_path / "tracks", 1, "tracks"), "tracks")) > 0
+
+
 def test_memory_does_not_grow_with_the_number_of_events(two_events: Path, tmp_path: Path) -> None:
     def copies(n: int) -> Path:
         root = tmp_path / f"events-{n}"

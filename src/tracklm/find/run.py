@@ -122,7 +122,9 @@ def run_find(
             write_start = time.perf_counter()
             track_id = np.zeros(len(table), dtype=np.int64)
             track_id[evaluated] = found
-            write_submission(tmp, submission_table(event_id, table["hit_id"].to_numpy(), track_id))
+            write_submission(
+                tmp, submission_table(event_id, table["hit_id"].to_numpy(), track_id), event_id
+            )
             times.add("write", time.perf_counter() - write_start)
             per_event[str(event_id)] = {
                 "hits": int(evaluated.sum()),

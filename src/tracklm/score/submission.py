@@ -69,15 +69,20 @@ def truth_submission(event_id: int, truth: pd.DataFrame) -> pd.DataFrame:
     return submission_table(event_id, truth["hit_id"].to_numpy(), truth["particle_id"].to_numpy())
 
 
-def write_submission(directory: str | os.PathLike[str], table: pd.DataFrame) -> Path:
+def write_submission(
+    directory: str | os.PathLike[str], table: pd.DataFrame, event_id: int | None = None
+) -> Path:
     """Write one event's submission as ``directory/eventNNNNNNNNN-tracks.csv``; returns its path.
 
     Parameters
     ----------
     directory : created if needed.
     table : ``event_id, hit_id, track_id`` of one event (``submission_table``).
+    event_id : the event; needed when ``table`` is empty (an event without hits), else read from it.
     """
     event_ids = np.unique(table["event_id"].to_numpy())
+    if event_id is not None:
+        event_ids = np.union1d(event_ids, [event_id])
     if event_ids.size != 1:
         raise ValueError(f"a submission file holds one event, got {event_ids.size}")
     root = Path(directory)
