@@ -150,19 +150,27 @@ def helix_decider(config: FinderConfig, hits: EventHits) -> StepDecider:
     def decide(tracks: TrackCandidates, step: StepCandidates) -> np.ndarray:
         distinct = first_per_module(step, hits.module, step.chi2)
         rank = rank_in_query(step.query, step.chi2, distinct)
-        best = (rank == 0) & (step.chi2 < config.chi2_max)
-        has_best = np.zeros(step.rows.size, dtype=bool)
-        has_best[step.query[best]] = True
-        extra = (
-            (rank > 0)
-            & (rank < config.max_hits_per_layer)
-            & (step.chi2 < config.overlap_chi2_max)
-            & has_best[step.query]
-        )
-        result: np.ndarray = best | extra
-        return result
+        return best_and_overlaps(step, rank, (rank == 0) & (step.chi2 < config.chi2_max), config)
 
     return decide
+
+
+def best_and_overlaps(
+    step: StepCandidates, rank: np.ndarray, best: np.ndarray, config: FinderConfig
+) -> np.ndarray:
+    """The chosen candidates of a step: ``best`` (at most one per query), and for the queries that
+    have one, the next ranked candidates below ``overlap_chi2_max``, up to ``max_hits_per_layer``
+    in all (same-layer overlap hits on other modules)."""
+    has_best = np.zeros(step.rows.size, dtype=bool)
+    has_best[step.query[best]] = True
+    extra = (
+        (rank > 0)
+        & (rank < config.max_hits_per_layer)
+        & (step.chi2 < config.overlap_chi2_max)
+        & has_best[step.query]
+    )
+    result: np.ndarray = best | extra
+    return result
 
 
 def _take(fit: HelixFit, rows: np.ndarray) -> HelixFit:

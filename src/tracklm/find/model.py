@@ -42,6 +42,7 @@ from tracklm.find.extend import (
     StepCandidates,
     StepDecider,
     TrackCandidates,
+    best_and_overlaps,
     first_per_module,
     rank_in_query,
 )
@@ -227,17 +228,7 @@ def model_decider(config: FinderConfig, hits: EventHits, scorer: TrackScorer) ->
         score = step.chi2 - 2.0 * config.model_step_weight * logp
         allowed = distinct & ((step.chi2 < config.chi2_max) | in_top)
         rank = rank_in_query(step.query, score, allowed)
-        best = rank == 0
-        has_best = np.zeros(step.rows.size, dtype=bool)
-        has_best[step.query[best]] = True
-        extra = (
-            (rank > 0)
-            & (rank < config.max_hits_per_layer)
-            & (step.chi2 < config.overlap_chi2_max)
-            & has_best[step.query]
-        )
-        result: np.ndarray = best | extra
-        return result
+        return best_and_overlaps(step, rank, rank == 0, config)
 
     return decide
 
