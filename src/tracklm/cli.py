@@ -164,6 +164,13 @@ def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--inputs",
+        default=None,
+        choices=["tokens", "geometry", "hits"],  # models.config.INPUT_MODES (no torch import here)
+        help="what the model reads of each hit: module tokens (the paper's), plus their "
+        "geometry, plus the measured hit positions (default: the preset's, tokens)",
+    )
 
 
 def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tracklm.data.masking import MaskSchedule, mask_modules
 from tracklm.data.pairs import Pairs, draw_pairs, epoch_rng
-from tracklm.data.sequences import encode_pairs
+from tracklm.data.sequences import encode_pairs, hide_hits, place_hits
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.io.dataset import load_split
 
@@ -59,12 +59,16 @@ class PairBatches(Dataset):
     pairing, pair_task : see ``tracklm.data.pairs.draw_pairs``.
     mask_schedule : mask rate as a function of the step.
     rank, world_size : this process's rank and the number of ranks; ranks get disjoint batches.
+    hits : also give the hit positions (for a model with ``inputs: hits``).
 
     Notes
     -----
     ``dataset[step]`` is a dict of tensors: ``input_ids``, ``token_type_ids`` (B, W) int64,
     ``attention_mask`` (B, W) bool, ``labels`` (B, W) int64 (-100 = no label), ``pair_labels``
-    (B,) float32 when there is a pair task, and ``step`` (a 0-d int64 tensor).
+    (B,) float32 when there is a pair task, and ``step`` (a 0-d int64 tensor). With ``hits``,
+    also ``hits`` (B, W, 3) float32, the positions in mm of the visible hits (NaN at every
+    labelled position, and wherever there is no hit), and ``hit_labels`` (B, W, 3), the true
+    positions at the labelled positions (NaN elsewhere).
     """
 
     def __init__(
@@ -79,8 +83,10 @@ class PairBatches(Dataset):
         mask_schedule: MaskSchedule,
         rank: int = 0,
         world_size: int = 1,
+        hits: bool = False,
     ) -> None:
         self.split_dir = Path(split_dir)
+        self.hits = hits
         self.vocab = vocab
         self.batch_size = batch_size
         self.seed = seed
@@ -99,13 +105,14 @@ class PairBatches(Dataset):
         self.batches_per_epoch = self.n_pairs // (batch_size * world_size)
         self._tokens: np.ndarray | None = None
         self._lengths: np.ndarray | None = None
+        self._hits: np.ndarray | None = None
         self._pairs: Pairs | None = None
         self._pairs_epoch = -1
 
     def __getstate__(self) -> dict[str, Any]:
         # Worker processes reopen the memory maps instead of receiving a copy of the data.
         state = dict(self.__dict__)
-        state.update(_tokens=None, _lengths=None, _pairs=None, _pairs_epoch=-1)
+        state.update(_tokens=None, _lengths=None, _hits=None, _pairs=None, _pairs_epoch=-1)
         return state
 
     def __len__(self) -> int:
@@ -114,7 +121,7 @@ class PairBatches(Dataset):
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._tokens is None or self._lengths is None:
             split = load_split(self.split_dir)
-            self._tokens, self._lengths = split.tokens, split.lengths
+            self._tokens, self._lengths, self._hits = split.tokens, split.lengths, split.hits
         return self._tokens, self._lengths
 
     def pairs(self, epoch: int) -> Pairs:
@@ -169,6 +176,13 @@ class PairBatches(Dataset):
         }
         if pairs.labels is not None:
             batch["pair_labels"] = torch.from_numpy(pairs.labels)
+        if self.hits:
+            assert self._hits is not None
+            hits_b = None if pairs.index_b is None else self._hits[pairs.index_b]
+            placed = place_hits(encoded, self._hits[pairs.index_a], lengths_a, hits_b, lengths_b)
+            visible, targets = hide_hits(placed, masked.labels)
+            batch["hits"] = torch.from_numpy(visible)
+            batch["hit_labels"] = torch.from_numpy(targets)
         return batch
 
 

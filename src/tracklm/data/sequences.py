@@ -91,3 +91,59 @@ def encode_pairs(
         offset_a=np.ones(batch, dtype=np.int64),
         offset_b=offset_b,
     )
+
+
+def place_hits(
+    encoded: EncodedInputs,
+    hits_a: np.ndarray,
+    lengths_a: np.ndarray,
+    hits_b: np.ndarray | None = None,
+    lengths_b: np.ndarray | None = None,
+) -> np.ndarray:
+    """Hit positions laid out like ``encoded``'s tokens, for models that read hits.
+
+    Parameters
+    ----------
+    encoded : the inputs from ``encode_pairs`` of the same tracks.
+    hits_a, hits_b : (B, L, 3) hit positions in mm of tracks A and B.
+    lengths_a, lengths_b : (B,) number of hits.
+
+    Returns
+    -------
+    (B, W, 3) float32 positions, NaN at every position that is not a hit (``[CLS]``, ``[SEP]``,
+    padding). Hide the hits to predict with ``hide_hits``.
+    """
+    batch, width = encoded.input_ids.shape
+    out = np.full((batch, width, 3), np.nan, dtype=np.float32)
+    j = np.arange(width)[None, :]
+    parts = [(encoded.offset_a, hits_a, lengths_a)]
+    if hits_b is not None:
+        parts.append((encoded.offset_b, hits_b, lengths_b))
+    for offset, hits, lengths in parts:
+        hits = np.asarray(hits, dtype=np.float32)
+        index = j - np.asarray(offset)[:, None]  # (B, W) hit index at each position
+        inside = (index >= 0) & (index < np.asarray(lengths)[:, None])
+        safe = np.clip(index, 0, hits.shape[1] - 1)
+        gathered = np.take_along_axis(hits, safe[..., None], axis=1)  # (B, W, 3)
+        out = np.where(inside[..., None], gathered, out)
+    return out
+
+
+def hide_hits(hits: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> tuple[np.ndarray, np.ndarray]:
+    """Split laid-out positions into what the model may read and what it must predict.
+
+    Parameters
+    ----------
+    hits : (B, W, 3) positions from ``place_hits``.
+    labels : (B, W) token labels, ``ignore_index`` except at the positions to predict.
+
+    Returns
+    -------
+    visible : (B, W, 3) a copy with NaN at every labelled position: a hidden hit carries no
+        position (nor does a labelled hit whose token was replaced or kept).
+    targets : (B, W, 3) the true positions at the labelled positions, NaN elsewhere.
+    """
+    labelled = (np.asarray(labels) != ignore_index)[..., None]
+    visible = np.where(labelled, np.float32(np.nan), hits).astype(np.float32)
+    targets = np.where(labelled, hits, np.float32(np.nan)).astype(np.float32)
+    return visible, targets

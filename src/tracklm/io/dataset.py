@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -23,10 +24,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.io.native import read_parquet
 from tracklm.tracking.constants import TRACKML_FIELD_TESLA
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -280,6 +284,27 @@ class PreparedDataset:
         tokens = self.modules["token"].to_numpy()
         centres[tokens] = self.modules[["cx", "cy", "cz"]].to_numpy(np.float64)
         return centres
+
+
+    def frames(self) -> ModuleFrames:
+        """The modules' frames and bounds by token id, from the detector the dataset was prepared with.
+
+        ``manifest.json`` records it under ``inputs.detector.name`` (``"trackml"`` or a
+        ``detectors.csv`` path). When it is absent, unreadable or does not hold every module of
+        the dataset, the frames are guessed from the module centres (``ModuleFrames.approximate``)
+        and a warning says so.
+        """
+        from tracklm.detector.geometry import Detector  # the detector imports io.tables
+
+        name = (self.manifest.get("inputs") or {}).get("detector", {}).get("name")
+        if name:
+            try:
+                return Detector.load(name).frames_by_token(self.modules, len(self.vocab))
+            except Exception as exc:  # any failure: fall back, and say so
+                log.warning("detector %s not usable for module frames (%s); guessing", name, exc)
+        else:
+            log.warning("dataset records no detector; module frames guessed from centres")
+        return ModuleFrames.approximate(self.modules, len(self.vocab))
 
 
 def open_dataset(path: str | os.PathLike[str]) -> PreparedDataset:

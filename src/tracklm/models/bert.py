@@ -35,6 +35,7 @@ from tracklm.errors import InputError
 from tracklm.models import cpu_kernels, hub
 from tracklm.models.config import TrackingBertConfig as TrackingBertConfig  # re-exported
 from tracklm.models.cpu_kernels import Dropout, DropoutRng
+from tracklm.models.inputs import N_GEOMETRY, ModuleInputs, PositionHead, position_loss, to_global
 from tracklm.models.layout import TokenLayout
 
 AttentionBackend = Literal["packed", "eager", "sdpa"]
@@ -54,6 +55,9 @@ class TrackingBertOutput:
     loss : mlm_loss + pair_loss (those that were asked for), or None without labels.
     mlm_loss : mean cross-entropy over labelled positions, or None.
     pair_loss : mean binary cross-entropy of the pair logit, or None.
+    position_loss : mean L1 error (in module half-sizes) of the hidden hits' predicted
+        positions, or None (``inputs: hits`` with ``hit_labels`` only); weighted by
+        ``config.position_loss_weight`` in ``loss``.
     mlm_logits : (k, v) at the labelled positions in row-major order when labels are given,
         else (b, t, v).
     pair_logits : (b,) logit of pT(B) > pT(A).
@@ -68,6 +72,7 @@ class TrackingBertOutput:
     mlm_logits: Tensor
     pair_logits: Tensor
     hidden_states: Tensor | None
+    position_loss: Tensor | None = None
 
 
 class HeadOutputs(NamedTuple):
@@ -76,6 +81,7 @@ class HeadOutputs(NamedTuple):
     mlm_logits: Tensor
     pair_logits: Tensor | None
     hidden_states: Tensor | None
+    rows: Tensor | None = None  # (k, d) hidden states at ``at`` (None without ``at``)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -110,8 +116,15 @@ class Embeddings(nn.Module):
         self.norm = cpu_kernels.LayerNorm(d, eps=config.layer_norm_eps)
         self.dropout = Dropout(config.dropout, dropout_rng)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor, layout: TokenLayout) -> Tensor:
-        """(b, t) ids and segments -> (n, d) embedded real tokens."""
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        layout: TokenLayout,
+        extra: Tensor | None = None,
+    ) -> Tensor:
+        """(b, t) ids and segments -> (n, d) embedded real tokens; ``extra`` (n, d) is added
+        before the LayerNorm (the module geometry and hit inputs, ``inputs.py``)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
         table: Tensor = self.position.weight if self.position is not None else self.sinusoid
         # F.embedding rather than table[...]: its gradient is faster to accumulate, and in an
@@ -121,6 +134,8 @@ class Embeddings(nn.Module):
             + self.segment(layout.pack(token_type_ids))
             + F.embedding(layout.pack(positions), table)
         )  # (n, d)
+        if extra is not None:
+            x = x + extra
         out: Tensor = self.dropout(self.norm(x))
         return out
 
@@ -292,6 +307,12 @@ class TrackingBert(nn.Module):
         self.blocks = nn.ModuleList([Block(config, backend, rng) for _ in range(config.num_layers)])
         self.mlm_head = MaskedModuleHead(config)
         self.pair_head = PairHead(config)
+        self.module_inputs: ModuleInputs | None = None
+        self.position_head: PositionHead | None = None
+        if config.reads_geometry:
+            self.module_inputs = ModuleInputs(config.vocab_size, config.hidden_size, config.reads_hits)
+        if config.reads_hits:
+            self.position_head = PositionHead(config.hidden_size)
         self.vocab: ModuleVocab | None = None
         self.apply(self._init_weights)
 
@@ -314,6 +335,21 @@ class TrackingBert(nn.Module):
         """(v, d) token embedding weight (also the masked-module decoder weight)."""
         return self.embeddings.token.weight
 
+    def set_module_geometry(self, table: Tensor | Any) -> None:
+        """Set the (v, ``N_GEOMETRY``) module table (``inputs.module_geometry_table``) that a
+        ``geometry`` or ``hits`` model reads; it is saved with the weights."""
+        if self.module_inputs is None:
+            raise ValueError("a model with inputs 'tokens' holds no module geometry")
+        target = self.module_inputs.module_geometry
+        value = torch.as_tensor(table, dtype=target.dtype)
+        if tuple(value.shape) != (self.config.vocab_size, N_GEOMETRY):
+            raise ValueError(
+                f"module geometry of shape {tuple(value.shape)}, expected "
+                f"({self.config.vocab_size}, {N_GEOMETRY})"
+            )
+        with torch.no_grad():
+            target.copy_(value.to(target.device))
+
     def num_parameters(self) -> int:
         """Number of trainable numbers (the tied table counted once)."""
         return sum(p.numel() for p in self.parameters())
@@ -326,6 +362,7 @@ class TrackingBert(nn.Module):
         attention_mask: Tensor | None = None,
         *,
         at: Tensor | None = None,
+        hits: Tensor | None = None,
     ) -> Tensor:
         """Encoder output.
 
@@ -338,6 +375,9 @@ class TrackingBert(nn.Module):
         at : (m,) positions in the flattened (b * t) grid (``row * t + position``) whose output
             is wanted, or None for all. The last block then computes only those (its keys and
             values still come from every token).
+        hits : (b, t, 3) measured hit positions in mm, NaN where unknown (special tokens, hidden
+            hits); required by an ``inputs: hits`` model, ignored by the others. A position is
+            read only at module tokens (``inputs.known_hits``): never at ``[MASK]``.
 
         Returns
         -------
@@ -350,7 +390,13 @@ class TrackingBert(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool() if attention_mask is not None else None
         layout = TokenLayout.of(mask, b, t)
-        x: Tensor = self.embeddings(input_ids, token_type_ids, layout)  # (n, d)
+        extra = None
+        if self.module_inputs is not None:
+            if self.config.reads_hits and hits is None:
+                raise ValueError("this model reads hit positions (inputs: hits): pass hits")
+            packed_hits = layout.pack(hits) if self.config.reads_hits and hits is not None else None
+            extra = self.module_inputs(layout.pack(input_ids), packed_hits)  # (n, d)
+        x: Tensor = self.embeddings(input_ids, token_type_ids, layout, extra)  # (n, d)
         for block in self.blocks[:-1]:
             x = block(x, layout)
         if at is None:
@@ -370,6 +416,7 @@ class TrackingBert(nn.Module):
         at: Tensor | None = None,
         *,
         pair: bool = True,
+        hits: Tensor | None = None,
     ) -> HeadOutputs:
         """The masked-module head at chosen positions (or all) and the pair head.
 
@@ -380,15 +427,16 @@ class TrackingBert(nn.Module):
             for every position. With ``at`` the last block computes only those k positions and
             the b ``[CLS]`` tokens the pair head reads (``prune_last_block``).
         pair : also compute the pair logits.
+        hits : see ``encode``.
 
         Returns
         -------
         HeadOutputs: mlm_logits (k, v) in the order of ``at``, or (b, t, v); pair_logits (b,) or
-        None; hidden_states (b, t, d) without ``at``, else None.
+        None; hidden_states (b, t, d) without ``at``, else None; rows (k, d) with ``at``.
         """
         table = self.embedding_table()
         if at is None:
-            hidden = self.encode(input_ids, token_type_ids, attention_mask)  # (b, t, d)
+            hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)  # (b, t, d)
             pair_logits = self.pair_head(hidden) if pair else None
             return HeadOutputs(self.mlm_head(hidden, table), pair_logits, hidden)
         b, t = input_ids.shape
@@ -396,12 +444,12 @@ class TrackingBert(nn.Module):
         if pair:  # [CLS] sits at position 0 of each row
             at = torch.cat([at, torch.arange(b, device=at.device) * t])  # (k + b,)
         if self.prune_last_block:
-            rows = self.encode(input_ids, token_type_ids, attention_mask, at=at)  # (k [+ b], d)
+            rows = self.encode(input_ids, token_type_ids, attention_mask, at=at, hits=hits)
         else:
-            hidden = self.encode(input_ids, token_type_ids, attention_mask)
-            rows = hidden.reshape(b * t, -1).index_select(0, at)
+            hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)
+            rows = hidden.reshape(b * t, -1).index_select(0, at)  # (k [+ b], d)
         pair_logits = self.pair_head.classify(rows[k:]) if pair else None
-        return HeadOutputs(self.mlm_head(rows[:k], table), pair_logits, None)
+        return HeadOutputs(self.mlm_head(rows[:k], table), pair_logits, None, rows[:k])
 
     def forward(
         self,
@@ -410,6 +458,9 @@ class TrackingBert(nn.Module):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         pair_labels: Tensor | None = None,
+        *,
+        hits: Tensor | None = None,
+        hit_labels: Tensor | None = None,
     ) -> TrackingBertOutput:
         """Encoder, masked-module head and pair head, with losses when labels are given.
 
@@ -419,6 +470,9 @@ class TrackingBert(nn.Module):
         labels : (b, t) true token ids at the positions to predict, ``IGNORE_INDEX`` (-100)
             elsewhere. The masked-module head then runs only on those k positions.
         pair_labels : (b,) 1 where pT(B) > pT(A), 0 otherwise (float or int); -100 ignores a row.
+        hits : (b, t, 3) visible hit positions (see ``encode``); NaN at every labelled position.
+        hit_labels : (b, t, 3) true positions (mm) of the hidden hits at the labelled positions
+            (NaN elsewhere): trains the position head of an ``inputs: hits`` model.
 
         Returns
         -------
@@ -426,16 +480,20 @@ class TrackingBert(nn.Module):
         """
         mlm_loss: Tensor | None = None
         pair_loss: Tensor | None = None
+        hit_loss: Tensor | None = None
         if labels is None:
-            heads = self.heads_at(input_ids, token_type_ids, attention_mask)  # (b, t, v)
+            heads = self.heads_at(input_ids, token_type_ids, attention_mask, hits=hits)
         else:
             flat_labels = labels.reshape(-1)  # (b*t,)
             where = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)  # (k,) row-major
-            heads = self.heads_at(input_ids, token_type_ids, attention_mask, where)  # (k, v)
+            heads = self.heads_at(input_ids, token_type_ids, attention_mask, where, hits=hits)
             if where.shape[0] > 0:
                 mlm_loss = F.cross_entropy(heads.mlm_logits.float(), flat_labels[where])
             else:
                 mlm_loss = heads.mlm_logits.sum() * 0.0  # keeps the graph, no labelled position
+            if self.position_head is not None and hit_labels is not None:
+                assert heads.rows is not None
+                hit_loss = self._position_loss(heads.rows, flat_labels[where], hit_labels, where)
         pair_logits = heads.pair_logits
         assert pair_logits is not None
         if pair_labels is not None:
@@ -444,7 +502,8 @@ class TrackingBert(nn.Module):
             pair_loss = F.binary_cross_entropy_with_logits(
                 pair_logits[keep].float(), pair_targets[keep].float()
             )
-        losses = [x for x in (mlm_loss, pair_loss) if x is not None]
+        weighted = None if hit_loss is None else hit_loss * self.config.position_loss_weight
+        losses = [x for x in (mlm_loss, pair_loss, weighted) if x is not None]
         return TrackingBertOutput(
             loss=sum(losses[1:], losses[0]) if losses else None,
             mlm_loss=mlm_loss,
@@ -452,7 +511,27 @@ class TrackingBert(nn.Module):
             mlm_logits=heads.mlm_logits,
             pair_logits=pair_logits,
             hidden_states=heads.hidden_states,
+            position_loss=hit_loss,
         )
+
+    def _position_loss(
+        self, rows: Tensor, targets: Tensor, hit_labels: Tensor, where: Tensor
+    ) -> Tensor:
+        """Position loss at the k labelled positions (their hidden rows (k, d), true tokens (k,))."""
+        assert self.position_head is not None and self.module_inputs is not None
+        true_mm = hit_labels.reshape(-1, 3).index_select(0, where).float()  # (k, 3)
+        table = self.module_inputs.module_geometry[targets]  # (k, N_GEOMETRY)
+        keep = torch.isfinite(true_mm).all(dim=-1) & (table[:, 14] > 0.5)
+        predicted = self.position_head(rows[keep], table[keep])
+        return position_loss(predicted, table[keep], true_mm[keep])
+
+    def locate(self, rows: Tensor, modules: Tensor) -> Tensor:
+        """Predicted hidden-hit positions (k, 3) in mm, on the planes of ``modules`` (k,) token
+        ids, from the hidden states ``rows`` (k, d) at the hidden hits (``heads_at(...).rows``)."""
+        if self.position_head is None or self.module_inputs is None:
+            raise ValueError("only an inputs: hits model predicts hit positions")
+        table = self.module_inputs.module_geometry[modules]
+        return to_global(table, self.position_head(rows, table).to(table.dtype))
 
     def predict_masked(
         self,
@@ -460,21 +539,35 @@ class TrackingBert(nn.Module):
         token_type_ids: Tensor | None,
         attention_mask: Tensor | None,
         positions: Tensor,
+        *,
+        hits: Tensor | None = None,
     ) -> Tensor:
         """Masked-module logits at chosen positions only (for evaluation).
 
         Parameters
         ----------
-        input_ids, token_type_ids, attention_mask : see ``encode``; (b, t).
+        input_ids, token_type_ids, attention_mask, hits : see ``encode``; (b, t).
         positions : (k, 2) integer (row, input position) pairs, e.g. ``offset_a + hit_index``.
 
         Returns
         -------
         (k, v) logits, one row per pair, in the order given.
         """
+        return self.masked_heads(input_ids, token_type_ids, attention_mask, positions, hits).mlm_logits
+
+    def masked_heads(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None,
+        attention_mask: Tensor | None,
+        positions: Tensor,
+        hits: Tensor | None = None,
+    ) -> HeadOutputs:
+        """``heads_at`` at (k, 2) (row, input position) pairs, without the pair head: the
+        logits (k, v) and the hidden rows (k, d) that ``locate`` reads."""
         positions = positions.to(device=input_ids.device, dtype=torch.long)
         at = positions[:, 0] * input_ids.shape[1] + positions[:, 1]  # (k,) in the (b * t) grid
-        return self.heads_at(input_ids, token_type_ids, attention_mask, at, pair=False).mlm_logits
+        return self.heads_at(input_ids, token_type_ids, attention_mask, at, pair=False, hits=hits)
 
     # ------------------------------------------------------------------ vocabulary, save, load
     def check_vocab(self, vocab: ModuleVocab, where: str = "dataset") -> None:

@@ -14,6 +14,10 @@ from tracklm.errors import InputError
 from tracklm.presets import load_preset
 
 
+INPUT_MODES = ("tokens", "geometry", "hits")
+"""What a model reads of each hit, in order of information (``TrackingBertConfig.inputs``)."""
+
+
 @dataclass
 class TrackingBertConfig:
     """Everything that defines a TrackingBERT architecture (saved as ``config.json``).
@@ -33,6 +37,13 @@ class TrackingBertConfig:
     layer_norm_eps : LayerNorm epsilon (1e-12 as in BERT).
     initializer_range : standard deviation of the normal initialisation.
     pad_token_id : id of ``[PAD]``; its embedding starts at zero and receives no input gradient.
+    inputs : what the model reads of each hit (``INPUT_MODES``): ``"tokens"`` (the paper's model:
+        the module token only), ``"geometry"`` (the token plus a learned projection of its
+        module's centre, orientation and size, stored with the model) or ``"hits"``
+        (``geometry`` plus the measured position of every visible hit, and a head predicting
+        the position of a hidden hit).
+    position_loss_weight : weight of the hidden-hit position loss beside the masked-module loss
+        (``inputs: hits`` only).
     """
 
     vocab_size: int = 4010
@@ -48,6 +59,8 @@ class TrackingBertConfig:
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
     pad_token_id: int = 0
+    inputs: Literal["tokens", "geometry", "hits"] = "tokens"
+    position_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -64,6 +77,10 @@ class TrackingBertConfig:
              f"attention_dropout must lie in [0, 1), got {self.attention_dropout}"),
             (not 0 <= self.pad_token_id < self.vocab_size,
              f"pad_token_id {self.pad_token_id} outside the vocabulary"),
+            (self.inputs not in INPUT_MODES,
+             f"inputs {self.inputs!r} is not one of {', '.join(INPUT_MODES)}"),
+            (not 0.0 <= self.position_loss_weight,
+             f"position_loss_weight must be at least 0, got {self.position_loss_weight}"),
         ]  # fmt: skip
         for failed, problem in problems:
             if failed:
@@ -81,6 +98,16 @@ class TrackingBertConfig:
         """
         keys = load_preset("model", name, option="model")
         return config_lib.from_dict(cls, {**keys, **overrides}, where=f"model preset {name}")
+
+    @property
+    def reads_geometry(self) -> bool:
+        """True when the model holds its modules' geometry (``inputs`` geometry or hits)."""
+        return self.inputs != "tokens"
+
+    @property
+    def reads_hits(self) -> bool:
+        """True when the model reads measured hit positions and predicts hidden ones."""
+        return self.inputs == "hits"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-friendly data."""

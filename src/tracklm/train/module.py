@@ -75,6 +75,8 @@ class PretrainModule(pl.LightningModule):
             batch["attention_mask"],
             labels=batch["labels"],
             pair_labels=batch.get("pair_labels"),
+            hits=batch.get("hits"),
+            hit_labels=batch.get("hit_labels"),
         )
         step = self.trainer.global_step
         # Only on the steps the loggers write: self.log costs as much as a tiny model's forward.
@@ -83,6 +85,8 @@ class PretrainModule(pl.LightningModule):
             metrics = {"train/loss": out.loss.detach(), "train/mlm_loss": out.mlm_loss.detach()}
             if out.pair_loss is not None:
                 metrics["train/pair_loss"] = out.pair_loss.detach()
+            if out.position_loss is not None:
+                metrics["train/position_loss"] = out.position_loss.detach()
             self.log_dict(metrics, batch_size=batch["input_ids"].shape[0])
             self.log("train/mask_rate", self.schedule.rate_at(step))
             self.log("lr", self._learning_rate())
@@ -126,8 +130,9 @@ class PretrainModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
-        # loss sum, batches, masked correct, masked total, pair correct, pair total
-        self._val_sums = torch.zeros(6, dtype=torch.float64, device=self.device)
+        # loss sum, batches, masked correct, masked total, pair correct, pair total,
+        # position loss sum, batches with a position loss
+        self._val_sums = torch.zeros(8, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         labels = batch["labels"]
@@ -138,13 +143,18 @@ class PretrainModule(pl.LightningModule):
             batch["attention_mask"],
             labels=labels,
             pair_labels=pair_labels,
+            hits=batch.get("hits"),
+            hit_labels=batch.get("hit_labels"),
         )
         targets = labels[labels != IGNORE_INDEX]
         correct = (out.mlm_logits.argmax(dim=-1) == targets).sum()
         sums = [out.loss.detach().double(), 1.0, correct.double(), float(targets.numel()), 0.0, 0.0]
+        sums += [0.0, 0.0]
         if pair_labels is not None:
             sums[4] = ((out.pair_logits > 0) == (pair_labels > 0.5)).sum().double()
             sums[5] = float(pair_labels.numel())
+        if out.position_loss is not None:
+            sums[6], sums[7] = out.position_loss.detach().double(), 1.0
         assert self._val_sums is not None
         self._val_sums += torch.stack(
             [torch.as_tensor(s, dtype=torch.float64, device=self.device) for s in sums]
@@ -163,14 +173,17 @@ class PretrainModule(pl.LightningModule):
 
 
 def validation_metrics(sums: np.ndarray) -> dict[str, float]:
-    """Validation numbers from summed (loss, batches, correct, masked, pair correct, pairs)."""
-    loss, batches, correct, masked, pair_correct, pairs = (float(x) for x in sums)
+    """Validation numbers from summed (loss, batches, correct, masked, pair correct, pairs[,
+    position loss, batches with one])."""
+    loss, batches, correct, masked, pair_correct, pairs = (float(x) for x in sums[:6])
     metrics = {
         "loss": loss / max(batches, 1.0),
         "masked_accuracy": correct / max(masked, 1.0),
     }
     if pairs > 0:
         metrics["pair_accuracy"] = pair_correct / pairs
+    if len(sums) > 7 and float(sums[7]) > 0:
+        metrics["position_loss"] = float(sums[6]) / float(sums[7])
     return metrics
 
 
@@ -183,10 +196,14 @@ class PretrainData(pl.LightningDataModule):
     vocab : its vocabulary.
     config : the run's options.
     seed : run seed (pairs and masks of step ``s`` depend only on ``seed`` and ``s``).
+    hits : serve hit positions too (a model with ``inputs: hits``).
     """
 
-    def __init__(self, data: Path, vocab: ModuleVocab, config: PretrainConfig, seed: int) -> None:
+    def __init__(
+        self, data: Path, vocab: ModuleVocab, config: PretrainConfig, seed: int, hits: bool = False
+    ) -> None:
         super().__init__()
+        self.hits = hits
         self.data = Path(data)
         self.vocab = vocab
         self.config = config
@@ -204,6 +221,7 @@ class PretrainData(pl.LightningDataModule):
             "pair_task": c.pair_task,
             "rank": rank,
             "world_size": world,
+            "hits": self.hits,
         }
         self.train_batches = PairBatches(
             self.data / "train", self.vocab, batch_size=c.batch_size, seed=self.seed,

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.models.inputs import module_geometry_table
 from tracklm.train.checkpoint import AtomicCheckpointIO
 from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
 from tracklm.train.module import PretrainData, PretrainModule
@@ -70,6 +72,7 @@ def run_pretrain(
     accelerator: str = "auto",
     resume: bool = False,
     seed: int = 0,
+    inputs: str | None = None,
 ) -> Path:
     """Pre-train TrackingBERT (the ``tracklm pretrain`` verb).
 
@@ -86,6 +89,9 @@ def run_pretrain(
         (e.g. ``devices="2", strategy="ddp"`` for data-parallel training).
     resume : continue the run in ``out`` from ``checkpoints/last.ckpt``.
     seed : random seed of a new run (a resumed run keeps its own).
+    inputs : what the model reads of each hit, ``tokens``, ``geometry`` or ``hits``
+        (``TrackingBertConfig.inputs``); overrides the preset's and the config's choice. A
+        resumed run keeps its own (a different one is refused).
 
     Returns
     -------
@@ -110,16 +116,25 @@ def run_pretrain(
     else:
         cfg = load_pretrain_config(preset, config, overrides)
         checkpoint = None
+        if inputs is not None:
+            cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "inputs": inputs})
     # Refuse bad model_overrides now, before a new run directory exists.
     try:
-        _model_config(
+        planned = _model_config(
             cfg,
             vocab_size=len(dataset.vocab),
             width=input_width(dataset.split("train").max_length, cfg.pairing),
         )
     except InputError as exc:
         source = config if config is not None else f"--preset {preset}"
+        if inputs is not None and "inputs" in str(exc):
+            source = "--inputs"
         raise InputError(f"{source}: model_overrides: {exc}") from None
+    if resume and inputs is not None and inputs != planned.inputs:
+        raise InputError(
+            f"--inputs: the run in {run} trains a model with inputs {planned.inputs!r}, not "
+            f"{inputs!r}; start a new run to change what the model reads"
+        )
     new_run = not resume and first_process
     # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
     if new_run:
@@ -222,8 +237,10 @@ def _build_module_and_data(
     model_config = _model_config(config, vocab_size=len(dataset.vocab), width=width)
     pl.seed_everything(seed, verbose=False)
     model = TrackingBert(model_config)
+    if model_config.reads_geometry:
+        model.set_module_geometry(module_geometry_table(dataset.frames()))
     module = PretrainModule(model, config, seed)
-    data = PretrainData(dataset.path, dataset.vocab, config, seed)
+    data = PretrainData(dataset.path, dataset.vocab, config, seed, hits=model_config.reads_hits)
     return model_config, module, data
 
 

@@ -1,0 +1,156 @@
+"""What a hit-aware TrackingBERT reads beside the token: its module's geometry, the measured hit.
+
+The model's ``inputs`` (``TrackingBertConfig.inputs``) choose:
+
+* ``tokens``: the module token only (the paper's model); nothing here is used;
+* ``geometry``: each module token's embedding plus ``ModuleInputs.geometry`` of its module's
+  centre, orientation and size. The table (``module_geometry``, one row per token id) is a
+  buffer of the model, saved in ``model.safetensors``, so a model directory stays
+  self-contained;
+* ``hits``: ``geometry`` plus ``ModuleInputs.hits`` of each **visible** hit's measured position,
+  in its module's local frame (u, v scaled by the module's half-sizes, w in mm) and in global
+  coordinates (scaled to about unit size). A position is read only where it is finite **and**
+  the input token is a module: a hidden hit (``[MASK]``) carries none, whatever is passed.
+  ``PositionHead`` predicts a hidden hit's position in the frame of a module (the true one when
+  training, the predicted one when evaluating), so the model answers "which module, and where".
+
+Shape legend: ``n`` tokens, ``k`` predicted positions, ``v`` vocabulary, ``d`` hidden.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tracklm.detector.frames import ModuleFrames
+
+GEOMETRY_COLUMNS = (
+    "cx", "cy", "cz",
+    "rot_xu", "rot_xv", "rot_xw", "rot_yu", "rot_yv", "rot_yw", "rot_zu", "rot_zv", "rot_zw",
+    "half_u", "half_v", "is_module",
+)  # fmt: skip
+"""Columns of the ``module_geometry`` table: centre (mm), local-to-global rotation (row-major,
+columns the u, v, w axes), half-sizes in u (the wider end) and v (mm), 1 for modules (0 for
+special tokens)."""
+N_GEOMETRY = len(GEOMETRY_COLUMNS)
+N_HIT_FEATURES = 6  # u / half_u, v / half_v, w (mm), x, y, z (m)
+_CENTRE_SCALE_MM = 1000.0
+_SIZE_SCALE_MM = 50.0
+_LOCAL_CLAMP = 4.0  # normalised local coordinates beyond this are not a hit of the module
+
+
+def module_geometry_table(frames: ModuleFrames) -> np.ndarray:
+    """(v, ``N_GEOMETRY``) float32 table of ``GEOMETRY_COLUMNS`` from frames indexed by token id.
+
+    Rows whose frame is unknown (NaN: special tokens) are zeros with unit half-sizes and
+    ``is_module`` 0.
+    """
+    v = len(frames)
+    table = np.zeros((v, N_GEOMETRY), dtype=np.float64)
+    table[:, 0:3] = frames.centres
+    table[:, 3:12] = frames.rotations.reshape(v, 9)
+    table[:, 12] = np.maximum(frames.minhu, frames.maxhu)
+    table[:, 13] = frames.hv
+    known = np.isfinite(table[:, :14]).all(axis=1) & (table[:, 12] > 0) & (table[:, 13] > 0)
+    table[~known] = 0.0
+    table[~known, 12:14] = 1.0
+    table[:, 14] = known
+    return table.astype(np.float32)
+
+
+def geometry_features(rows: Tensor) -> Tensor:
+    """(..., ``N_GEOMETRY``) table rows -> (..., ``N_GEOMETRY``) features of about unit size."""
+    scale = rows.new_ones(N_GEOMETRY)
+    scale[0:3] = 1.0 / _CENTRE_SCALE_MM
+    scale[12:14] = 1.0 / _SIZE_SCALE_MM
+    return rows * scale
+
+
+def to_local(rows: Tensor, xyz_mm: Tensor) -> Tensor:
+    """(..., 3) global points in mm -> (..., 3) (u / half_u, v / half_v, w in mm) in the frames
+    of the modules whose table ``rows`` (..., ``N_GEOMETRY``) are given."""
+    rotation = rows[..., 3:12].unflatten(-1, (3, 3))  # (..., 3, 3), columns u, v, w
+    local = torch.einsum("...ij,...i->...j", rotation, xyz_mm - rows[..., 0:3])
+    return torch.stack(
+        [local[..., 0] / rows[..., 12], local[..., 1] / rows[..., 13], local[..., 2]], dim=-1
+    )
+
+
+def to_global(rows: Tensor, uv: Tensor) -> Tensor:
+    """(..., 2) normalised (u / half_u, v / half_v) on the modules' planes -> (..., 3) global mm."""
+    rotation = rows[..., 3:12].unflatten(-1, (3, 3))
+    local = torch.stack([uv[..., 0] * rows[..., 12], uv[..., 1] * rows[..., 13]], dim=-1)
+    return rows[..., 0:3] + torch.einsum("...ij,...j->...i", rotation[..., :, :2], local)
+
+
+def known_hits(rows: Tensor, hits_mm: Tensor) -> Tensor:
+    """(...,) bool: the hit position is given (finite) and the token is a module."""
+    return torch.isfinite(hits_mm).all(dim=-1) & (rows[..., 14] > 0.5)
+
+
+class ModuleInputs(nn.Module):
+    """The geometry (and, with ``hits``, the measured hit) part of each token's input embedding.
+
+    Parameters
+    ----------
+    vocab_size, hidden_size : v and d.
+    hits : also embed measured hit positions.
+    """
+
+    module_geometry: Tensor  # (v, N_GEOMETRY), see GEOMETRY_COLUMNS
+
+    def __init__(self, vocab_size: int, hidden_size: int, hits: bool) -> None:
+        super().__init__()
+        self.register_buffer("module_geometry", module_geometry_placeholder(vocab_size))
+        self.geometry = nn.Linear(N_GEOMETRY, hidden_size)
+        self.hits: nn.Sequential | None = None
+        if hits:
+            self.hits = nn.Sequential(
+                nn.Linear(N_HIT_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+            )
+
+    def forward(self, ids: Tensor, hits_mm: Tensor | None) -> Tensor:
+        """(n,) token ids and (n, 3) hit positions in mm (NaN: unknown) -> (n, d)."""
+        rows = self.module_geometry[ids]  # (n, N_GEOMETRY)
+        out: Tensor = self.geometry(geometry_features(rows)) * rows[:, 14:15]
+        if self.hits is not None and hits_mm is not None:
+            known = known_hits(rows, hits_mm)  # (n,)
+            xyz = torch.where(known[:, None], hits_mm, rows[:, 0:3])  # centre where unknown
+            local = to_local(rows, xyz).clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)
+            features = torch.cat([local, xyz / _CENTRE_SCALE_MM], dim=-1)  # (n, 6)
+            out = out + self.hits(features) * known[:, None].to(out.dtype)
+        return out
+
+
+def module_geometry_placeholder(vocab_size: int) -> Tensor:
+    """An empty geometry table (zeros, unit half-sizes) until the dataset's is set."""
+    table = torch.zeros(vocab_size, N_GEOMETRY)
+    table[:, 12:14] = 1.0
+    return table
+
+
+class PositionHead(nn.Module):
+    """Where in a given module the hidden hit lies: (u / half_u, v / half_v) on its plane."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.module = nn.Linear(N_GEOMETRY, hidden_size)
+        self.out = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: Tensor, rows: Tensor) -> Tensor:
+        """(k, d) hidden states and (k, ``N_GEOMETRY``) rows of the modules -> (k, 2)."""
+        x = F.gelu(self.dense(hidden) + self.module(geometry_features(rows)))
+        out: Tensor = self.out(x)
+        return out
+
+
+def position_loss(predicted_uv: Tensor, rows: Tensor, true_mm: Tensor) -> Tensor:
+    """Mean L1 distance, in half-sizes, between predicted (k, 2) and true (k, 3) positions
+    (mm) in the frames of the true modules' ``rows`` (k, ``N_GEOMETRY``); 0 when k = 0."""
+    if predicted_uv.shape[0] == 0:
+        return predicted_uv.sum() * 0.0
+    target = to_local(rows, true_mm)[:, :2].clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)
+    return (predicted_uv.float() - target.float()).abs().sum(dim=-1).mean()
