@@ -129,7 +129,9 @@ def place_hits(
     return out
 
 
-def hide_hits(hits: np.ndarray, labels: np.ndarray, ignore_index: int = -100) -> tuple[np.ndarray, np.ndarray]:
+def hide_hits(
+    hits: np.ndarray, labels: np.ndarray, ignore_index: int = -100
+) -> tuple[np.ndarray, np.ndarray]:
     """Split laid-out positions into what the model may read and what it must predict.
 
     Parameters

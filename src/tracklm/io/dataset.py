@@ -285,7 +285,6 @@ class PreparedDataset:
         centres[tokens] = self.modules[["cx", "cy", "cz"]].to_numpy(np.float64)
         return centres
 
-
     def frames(self) -> ModuleFrames:
         """The modules' frames and bounds by token id, from the detector the dataset was prepared with.
 

@@ -310,7 +310,9 @@ class TrackingBert(nn.Module):
         self.module_inputs: ModuleInputs | None = None
         self.position_head: PositionHead | None = None
         if config.reads_geometry:
-            self.module_inputs = ModuleInputs(config.vocab_size, config.hidden_size, config.reads_hits)
+            self.module_inputs = ModuleInputs(
+                config.vocab_size, config.hidden_size, config.reads_hits
+            )
         if config.reads_hits:
             self.position_head = PositionHead(config.hidden_size)
         self.vocab: ModuleVocab | None = None
@@ -553,7 +555,9 @@ class TrackingBert(nn.Module):
         -------
         (k, v) logits, one row per pair, in the order given.
         """
-        return self.masked_heads(input_ids, token_type_ids, attention_mask, positions, hits).mlm_logits
+        return self.masked_heads(
+            input_ids, token_type_ids, attention_mask, positions, hits
+        ).mlm_logits
 
     def masked_heads(
         self,

@@ -13,7 +13,6 @@ from tracklm import config as config_lib
 from tracklm.errors import InputError
 from tracklm.presets import load_preset
 
-
 INPUT_MODES = ("tokens", "geometry", "hits")
 """What a model reads of each hit, in order of information (``TrackingBertConfig.inputs``)."""
 
@@ -79,7 +78,7 @@ class TrackingBertConfig:
              f"pad_token_id {self.pad_token_id} outside the vocabulary"),
             (self.inputs not in INPUT_MODES,
              f"inputs {self.inputs!r} is not one of {', '.join(INPUT_MODES)}"),
-            (not 0.0 <= self.position_loss_weight,
+            (not self.position_loss_weight >= 0.0,
              f"position_loss_weight must be at least 0, got {self.position_loss_weight}"),
         ]  # fmt: skip
         for failed, problem in problems:

@@ -108,7 +108,9 @@ class ModuleInputs(nn.Module):
         self.hits: nn.Sequential | None = None
         if hits:
             self.hits = nn.Sequential(
-                nn.Linear(N_HIT_FEATURES, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+                nn.Linear(N_HIT_FEATURES, hidden_size),
+                nn.GELU(),
+                nn.Linear(hidden_size, hidden_size),
             )
 
     def forward(self, ids: Tensor, hits_mm: Tensor | None) -> Tensor:

@@ -20,6 +20,7 @@ ever half-written (the CSV logs grow as training goes; a resumed run logs to a n
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -27,7 +28,6 @@ import os
 import re
 import shutil
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,9 @@ def run_pretrain(
         cfg = load_pretrain_config(preset, config, overrides)
         checkpoint = None
         if inputs is not None:
-            cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "inputs": inputs})
+            cfg = dataclasses.replace(
+                cfg, model_overrides={**cfg.model_overrides, "inputs": inputs}
+            )
     # Refuse bad model_overrides now, before a new run directory exists.
     try:
         planned = _model_config(
