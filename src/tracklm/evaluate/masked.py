@@ -26,7 +26,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tracklm.data.masking import IGNORE_INDEX
-from tracklm.data.sequences import EncodedInputs
+from tracklm.data.sequences import EncodedInputs, hide_hits
 from tracklm.models.bert import TrackingBert
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,7 @@ def masked_module_logits(
     *,
     batch_size: int,
     description: str | None = None,
+    hits: np.ndarray | None = None,
 ) -> np.ndarray:
     """The pre-trained masked-module head at chosen positions, in batches of rows.
 
@@ -160,6 +161,8 @@ def masked_module_logits(
         tokens, a log-probability...), so no (K, v) matrix is held at once.
     batch_size : rows per forward pass.
     description : progress-bar text; no bar when None.
+    hits : (B, W, 3) visible hit positions in mm, NaN where unknown and at every asked
+        position (``data.sequences.hide_hits``), for a model that reads hits; else None.
 
     Returns
     -------
@@ -190,10 +193,64 @@ def masked_module_logits(
                 torch.as_tensor(token_type_ids[start:stop], device=device),
                 torch.as_tensor(attention_mask[start:stop], device=device),
                 where,
+                hits=_rows_of(hits, start, stop, device),
             ).float()  # (k, v)
             kept = reduce(module_logits_only(logits, num_special), slice(int(lo), int(hi)))
             out.append(kept.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0,))
+
+
+def _rows_of(hits: np.ndarray | None, start: int, stop: int, device: torch.device) -> Tensor | None:
+    return None if hits is None else torch.as_tensor(hits[start:stop], device=device)
+
+
+def predict_masked_positions(
+    model: TrackingBert,
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    labels: np.ndarray,
+    hits: np.ndarray,
+    modules: np.ndarray,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Where an ``inputs: hits`` model puts each hidden hit, on the plane of a given module.
+
+    Parameters
+    ----------
+    model : a ``TrackingBert`` with ``inputs: hits``.
+    input_ids, token_type_ids, attention_mask, labels : (B, W) arrays as for
+        ``predict_masked_modules``.
+    hits : (B, W, 3) visible hit positions, NaN at the labelled positions (``hide_hits``).
+    modules : (K,) token id of the module to place each labelled hit on (row-major order of the
+        labels), e.g. the model's best guess.
+
+    Returns
+    -------
+    (K, 3) float64 predicted positions in mm.
+    """
+    device = next(model.parameters()).device
+    positions = np.argwhere(np.asarray(labels) != IGNORE_INDEX)  # (K, 2), row-major
+    modules = np.asarray(modules, dtype=np.int64)
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(input_ids), batch_size):
+            stop = start + batch_size
+            lo, hi = np.searchsorted(positions[:, 0], [start, stop])
+            if hi == lo:
+                continue
+            heads = model.masked_heads(
+                torch.as_tensor(input_ids[start:stop], device=device),
+                torch.as_tensor(token_type_ids[start:stop], device=device),
+                torch.as_tensor(attention_mask[start:stop], device=device),
+                torch.as_tensor(positions[lo:hi] - np.array([start, 0]), device=device),
+                _rows_of(hits, start, stop, device),
+            )
+            assert heads.rows is not None
+            where = model.locate(heads.rows, torch.as_tensor(modules[lo:hi], device=device))
+            out.append(where.double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3))
 
 
 def predict_masked_modules(
@@ -206,6 +263,7 @@ def predict_masked_modules(
     k: int = 5,
     batch_size: int = 1024,
     description: str = "masked modules",
+    hits: np.ndarray | None = None,
 ) -> np.ndarray:
     """Ranked module predictions at the labelled positions (special tokens never predicted).
 
@@ -218,6 +276,8 @@ def predict_masked_modules(
     k : candidates per position.
     batch_size : rows per forward pass.
     description : progress-bar text.
+    hits : (B, W, 3) visible hit positions for a model that reads hits (see
+        ``masked_module_logits``), else None.
 
     Returns
     -------
@@ -230,7 +290,7 @@ def predict_masked_modules(
 
     ranked = masked_module_logits(
         model, input_ids, token_type_ids, attention_mask, positions, num_special, top_k,
-        batch_size=batch_size, description=description,
+        batch_size=batch_size, description=description, hits=hits,
     )  # fmt: skip
     return ranked.reshape(len(positions), -1).astype(np.int64)
 
@@ -242,6 +302,7 @@ def predict_pair_logits(
     attention_mask: np.ndarray,
     batch_size: int = 1024,
     description: str = "pair task",
+    hits: np.ndarray | None = None,
 ) -> np.ndarray:
     """Logits of the pre-training pair head, pT(B) > pT(A), one per row.
 
@@ -251,6 +312,7 @@ def predict_pair_logits(
     input_ids, token_type_ids, attention_mask : (B, W) pair inputs.
     batch_size : rows per forward pass.
     description : progress-bar text.
+    hits : (B, W, 3) hit positions for a model that reads hits (none hidden), else None.
 
     Returns
     -------
@@ -270,6 +332,50 @@ def predict_pair_logits(
                 token_type_ids=torch.as_tensor(token_type_ids[sl], device=device),
                 attention_mask=torch.as_tensor(attention_mask[sl], device=device),
                 labels=torch.full_like(ids, IGNORE_INDEX),  # the heads read [CLS] only
+                hits=_rows_of(hits, sl.start, sl.stop, device),
             )
             parts.append(out.pair_logits.float().cpu().numpy().astype(np.float64))
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def rank_and_locate(
+    model: TrackingBert,
+    encoded: EncodedInputs,
+    input_ids: np.ndarray,
+    labels: np.ndarray,
+    num_special: int,
+    hits: np.ndarray | None,
+    batch_size: int,
+    description: str,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's 5 best modules for every labelled hit, and where it puts the hit.
+
+    Parameters
+    ----------
+    model : a ``TrackingBert``.
+    encoded : the clean inputs (segments and attention mask are read).
+    input_ids, labels : (B, W) masked inputs and the positions to predict (``mask_inputs``).
+    num_special : number of special tokens.
+    hits : (B, W, 3) every hit's position laid out like the inputs (``place_hits``) when the
+        model reads hits, else None. The labelled positions are hidden here (``hide_hits``):
+        the model never sees a hidden hit's position.
+    batch_size, description : rows per forward pass, progress-bar text.
+
+    Returns
+    -------
+    ranked : (K, 5) int64 module tokens, best first, labelled positions in row-major order.
+    positions : (K, 3) float64 predicted positions in mm on the plane of the best module
+        (``inputs: hits`` models), else None.
+    """
+    visible = None if hits is None else hide_hits(hits, labels)[0]
+    ranked = predict_masked_modules(
+        model, input_ids, encoded.token_type_ids, encoded.attention_mask, labels, num_special,
+        k=5, batch_size=batch_size, description=description, hits=visible,
+    )  # fmt: skip
+    if visible is None or not model.config.reads_hits:
+        return ranked, None
+    positions = predict_masked_positions(
+        model, input_ids, encoded.token_type_ids, encoded.attention_mask, labels, visible,
+        ranked[:, 0], batch_size=batch_size,
+    )  # fmt: skip
+    return ranked, positions

@@ -24,7 +24,7 @@ import pandas as pd
 
 from tracklm._fs import atomic_output_dir, write_json
 from tracklm.data.batches import input_width
-from tracklm.data.sequences import EncodedInputs, encode_pairs
+from tracklm.data.sequences import EncodedInputs, encode_pairs, place_hits
 from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.geometry import Detector
 from tracklm.detector.layers import TokenLayers
@@ -40,8 +40,8 @@ from tracklm.evaluate.masked import (
     mask_inputs,
     pair_partners,
     pick_device,
-    predict_masked_modules,
     predict_pair_logits,
+    rank_and_locate,
 )
 from tracklm.io.dataset import PreparedDataset, TrackArrays, open_dataset
 from tracklm.manifest import write_manifest
@@ -251,6 +251,8 @@ class EvaluationPairs:
     track_of : side (``A``/``B``) -> (N,) index of the track on that side of each pair: track i
         is A of pair i and B of the pair whose A is its predecessor in the event's cycle.
     pair_labels : (N,) bool, pT(B) > pT(A).
+    hits : (N, W, 3) every hit's position laid out like ``encoded`` (``place_hits``) when the
+        model reads hits, else None.
     """
 
     tracks: TrackArrays
@@ -261,6 +263,7 @@ class EvaluationPairs:
     encoded: EncodedInputs
     track_of: dict[str, np.ndarray]
     pair_labels: np.ndarray
+    hits: np.ndarray | None = None
 
 
 @dataclass
@@ -286,9 +289,10 @@ class EvaluationResult:
 
 
 def evaluation_pairs(
-    tracks: TrackArrays, dataset: PreparedDataset, seed: int, width: int
+    tracks: TrackArrays, dataset: PreparedDataset, seed: int, width: int, hits: bool = False
 ) -> EvaluationPairs:
-    """Join the tracks in seeded same-event pairs (``pair_partners``) and encode the pairs."""
+    """Join the tracks in seeded same-event pairs (``pair_partners``) and encode the pairs
+    (with ``hits``, lay out the hit positions too)."""
     n = len(tracks)
     lengths = tracks.lengths.astype(np.int64)
     tokens = tracks.tokens.astype(np.int64)
@@ -303,6 +307,11 @@ def evaluation_pairs(
         encoded=encoded,
         track_of={"A": np.arange(n), "B": partner},
         pair_labels=tracks.pt[partner] > tracks.pt,
+        hits=(
+            place_hits(encoded, tracks.hits, lengths, tracks.hits[partner], lengths[partner])
+            if hits
+            else None
+        ),
     )
 
 
@@ -362,7 +371,10 @@ def predict_single_hits(
             input_ids, labels = mask_inputs(
                 encoded, side, hit[:, None], true[:, None], vocab.mask_id, protocol
             )
-            ranked = _model_ranked(net, pairs, input_ids, labels, batch_size, f"{side} {position}")
+            ranked, located = rank_and_locate(
+                net, encoded, input_ids, labels, vocab.num_special, pairs.hits, batch_size,
+                f"{side} {position}",
+            )  # fmt: skip
             frame = {
                 "track": track,
                 "event_id": tracks.event_id[track],
@@ -378,6 +390,9 @@ def predict_single_hits(
                 b_ranked = baseline_ranked[(baseline.name, position)][track]
                 frame[f"{baseline.name}_pred"] = b_ranked[:, 0]
                 frame[f"{baseline.name}_top5"] = M.top_k_hits(b_ranked, true, 5)
+            if located is not None:
+                true_mm = tracks.hits[track, hit].astype(np.float64)
+                frame["model_position_mm"] = np.linalg.norm(located - true_mm, axis=1)
             if protocol == "unmasked":
                 offset = encoded.offset_a if side == "A" else encoded.offset_b
                 frame["copy_input_pred"] = input_ids[np.arange(len(track)), offset + hit]
@@ -389,28 +404,6 @@ def predict_single_hits(
             pred[f"{name}_pred"].to_numpy(), true_all, centres_mm
         )
     return pred
-
-
-def _model_ranked(
-    net: TrackingBert,
-    pairs: EvaluationPairs,
-    input_ids: np.ndarray,
-    labels: np.ndarray,
-    batch_size: int,
-    description: str,
-) -> np.ndarray:
-    """(K, 5) ranked module tokens of the model at the labelled positions, row-major."""
-    return predict_masked_modules(
-        net,
-        input_ids,
-        pairs.encoded.token_type_ids,
-        pairs.encoded.attention_mask,
-        labels,
-        pairs.vocab.num_special,
-        k=5,
-        batch_size=batch_size,
-        description=description,
-    )
 
 
 def predictor_names(baselines: list[Baseline], protocol: str) -> list[str]:
@@ -453,7 +446,10 @@ def summarise(
         "protocol_description": PROTOCOL_TEXT[protocol],
         "split": None,
         "n_tracks": int(n),
-        "masked_module": predictor_summary(pred, "model"),
+        "masked_module": {
+            **predictor_summary(pred, "model"),
+            **_position_block(pred, "model_position_mm"),
+        },
         "pair_pt": {
             "accuracy": M.binary_accuracy(pair_logits, pair_labels),
             "auc": M.roc_auc(pair_logits, pair_labels),
@@ -468,6 +464,15 @@ def summarise(
         "baseline_descriptions": {name: BASELINE_TEXT[name] for name in names[1:]},
         "pairing": "tracks of one event in a seeded random cycle: each track is A once and B once",
     }
+
+
+def _position_block(pred: pd.DataFrame, column: str) -> dict[str, Any]:
+    """``{"position_mm": {median, q68, q95}}`` of a distance column, or nothing without it."""
+    if column not in pred:
+        return {}
+    distances = pred[column].to_numpy(np.float64)
+    q = np.quantile(distances, [0.5, 0.68, 0.95]) if len(distances) else [np.nan] * 3
+    return {"position_mm": {"median": float(q[0]), "q68": float(q[1]), "q95": float(q[2])}}
 
 
 def accuracy_by_volume_layer(
@@ -518,9 +523,10 @@ def multi_mask_accuracy(
             input_ids, labels = mask_inputs(
                 pairs.encoded, side, hits, true, pairs.vocab.mask_id, protocol
             )
-            ranked = _model_ranked(
-                net, pairs, input_ids, labels, batch_size, f"{count} masked, {side}"
-            )
+            ranked, _ = rank_and_locate(
+                net, pairs.encoded, input_ids, labels, pairs.vocab.num_special, pairs.hits,
+                batch_size, f"{count} masked, {side}",
+            )  # fmt: skip
             correct["model"].append(ranked[:, 0] == true.reshape(-1))
             hidden = np.zeros_like(pairs.real)
             hidden[rows[:, None], hits] = True
@@ -564,11 +570,12 @@ def evaluate_masked_modules(
     width : model input width of a pair, ``input_width(tracks.max_length, "event")``.
     batch_size : pairs per forward pass.
     """
-    pairs = evaluation_pairs(tracks, dataset, seed, width)
+    pairs = evaluation_pairs(tracks, dataset, seed, width, hits=net.config.reads_hits)
     encoded = pairs.encoded
     pair_logits = predict_pair_logits(
-        net, encoded.input_ids, encoded.token_type_ids, encoded.attention_mask, batch_size
-    )
+        net, encoded.input_ids, encoded.token_type_ids, encoded.attention_mask, batch_size,
+        hits=pairs.hits,
+    )  # fmt: skip
     baselines = [] if train is None else fit_baselines(dataset, train)
     names = predictor_names(baselines, protocol)
     centres = dataset.module_centres

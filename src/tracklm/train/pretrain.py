@@ -45,6 +45,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models import TrackingBert, TrackingBertConfig
+from tracklm.models.config import INPUT_MODES
 from tracklm.models.inputs import module_geometry_table
 from tracklm.train.checkpoint import AtomicCheckpointIO
 from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
@@ -117,6 +118,8 @@ def run_pretrain(
         cfg = load_pretrain_config(preset, config, overrides)
         checkpoint = None
         if inputs is not None:
+            if inputs not in INPUT_MODES:
+                raise InputError(f"--inputs: {inputs!r} is not one of {', '.join(INPUT_MODES)}")
             cfg = dataclasses.replace(
                 cfg, model_overrides={**cfg.model_overrides, "inputs": inputs}
             )
@@ -129,8 +132,6 @@ def run_pretrain(
         )
     except InputError as exc:
         source = config if config is not None else f"--preset {preset}"
-        if inputs is not None and "inputs" in str(exc):
-            source = "--inputs"
         raise InputError(f"{source}: model_overrides: {exc}") from None
     if resume and inputs is not None and inputs != planned.inputs:
         raise InputError(
