@@ -123,7 +123,7 @@ def test_a_masked_hit_position_never_reaches_the_model(toy_data: Path) -> None:
     """Changing the true position of a hidden hit leaves every output unchanged, through the
     evaluation's path (mask, hide, rank and locate) and even when passed at a [MASK] token."""
     model = build(toy_data, "hits")
-    dataset, encoded, placed, tokens, lengths, hits = pair_batch(toy_data)
+    dataset, encoded, placed, tokens, lengths, _ = pair_batch(toy_data)
     hit = lengths // 2
     true = tokens[np.arange(8), hit]
     input_ids, labels = mask_inputs(
@@ -210,7 +210,7 @@ def test_resuming_with_other_inputs_is_refused(toy_data: Path, tmp_path: Path) -
 
     run = run_pretrain(toy_data, tmp_path / "run", preset="tiny", max_steps=2, inputs="geometry")
     assert json.loads((run / "model" / "config.json").read_text())["inputs"] == "geometry"
-    with pytest.raises(InputError, match="--inputs: .* inputs 'geometry', not 'hits'"):
+    with pytest.raises(InputError, match=r"--inputs: .* inputs 'geometry', not 'hits'"):
         run_pretrain(toy_data, run, resume=True, max_steps=3, inputs="hits")
 
 
