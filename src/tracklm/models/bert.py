@@ -334,8 +334,15 @@ class TrackingBert(nn.Module):
             nn.init.zeros_(module.bias)
 
     def embedding_table(self) -> Tensor:
-        """(v, d) token embedding weight (also the masked-module decoder weight)."""
+        """(v, d) token embedding weight (the masked-module decoder weight of a ``tokens`` model)."""
         return self.embeddings.token.weight
+
+    def decoder_table(self) -> Tensor:
+        """(v, d) the masked-module decoder's weight: the token embeddings, plus the module
+        geometry's part of the input embedding when the model reads geometry."""
+        if self.module_inputs is None:
+            return self.embedding_table()
+        return self.embedding_table() + self.module_inputs.module_embeddings()
 
     def set_module_geometry(self, table: Tensor | Any) -> None:
         """Set the (v, ``N_GEOMETRY``) module table (``inputs.module_geometry_table``) that a
@@ -397,7 +404,8 @@ class TrackingBert(nn.Module):
             if self.config.reads_hits and hits is None:
                 raise ValueError("this model reads hit positions (inputs: hits): pass hits")
             packed_hits = layout.pack(hits) if self.config.reads_hits and hits is not None else None
-            extra = self.module_inputs(layout.pack(input_ids), packed_hits)  # (n, d)
+            table = self.module_inputs.module_embeddings()  # (v, d)
+            extra = self.module_inputs(layout.pack(input_ids), packed_hits, table)  # (n, d)
         x: Tensor = self.embeddings(input_ids, token_type_ids, layout, extra)  # (n, d)
         for block in self.blocks[:-1]:
             x = block(x, layout)
@@ -436,7 +444,7 @@ class TrackingBert(nn.Module):
         HeadOutputs: mlm_logits (k, v) in the order of ``at``, or (b, t, v); pair_logits (b,) or
         None; hidden_states (b, t, d) without ``at``, else None; rows (k, d) with ``at``.
         """
-        table = self.embedding_table()
+        table = self.decoder_table()
         if at is None:
             hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)  # (b, t, d)
             pair_logits = self.pair_head(hidden) if pair else None

@@ -35,10 +35,17 @@ GEOMETRY_COLUMNS = (
 columns the u, v, w axes), half-sizes in u (the wider end) and v (mm), 1 for modules (0 for
 special tokens)."""
 N_GEOMETRY = len(GEOMETRY_COLUMNS)
-N_HIT_FEATURES = 6  # u / half_u, v / half_v, w (mm), x, y, z (m)
 _CENTRE_SCALE_MM = 1000.0
 _SIZE_SCALE_MM = 50.0
 _LOCAL_CLAMP = 4.0  # normalised local coordinates beyond this are not a hit of the module
+# Fourier features of a point (``point_features``): the azimuth at harmonics 1, 2, 4, ..., 256
+# (down to 2.5 mm at r = 100 mm), z and r at periods 4000 mm / 2^j (down to about 16 and 62 mm).
+_PHI_OCTAVES = 9
+_Z_OCTAVES = 9
+_R_OCTAVES = 7
+N_POINT_FEATURES = 2 * (_PHI_OCTAVES + _Z_OCTAVES + _R_OCTAVES) + 2
+N_MODULE_FEATURES = N_POINT_FEATURES + 9 + 2  # the centre's, the rotation, the half-sizes
+N_HIT_FEATURES = N_POINT_FEATURES + 3  # the hit's, and (u / half_u, v / half_v, w) on its module
 
 
 def module_geometry_table(frames: ModuleFrames) -> np.ndarray:
@@ -60,12 +67,41 @@ def module_geometry_table(frames: ModuleFrames) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def geometry_features(rows: Tensor) -> Tensor:
-    """(..., ``N_GEOMETRY``) table rows -> (..., ``N_GEOMETRY``) features of about unit size."""
-    scale = rows.new_ones(N_GEOMETRY)
-    scale[0:3] = 1.0 / _CENTRE_SCALE_MM
-    scale[12:14] = 1.0 / _SIZE_SCALE_MM
-    return rows * scale
+def _octaves(angle_cos: Tensor, angle_sin: Tensor, octaves: int) -> list[Tensor]:
+    """cos and sin of 2^j times an angle, j = 0 .. octaves - 1, by angle doubling (no atan2,
+    which ONNX lacks)."""
+    out = []
+    c, s = angle_cos, angle_sin
+    for _ in range(octaves):
+        out += [c, s]
+        c, s = c * c - s * s, 2.0 * s * c
+    return out
+
+
+def point_features(xyz_mm: Tensor) -> Tensor:
+    """(..., 3) points in mm -> (..., ``N_POINT_FEATURES``) Fourier features of about unit size.
+
+    A point's azimuth, z and radius at geometrically spaced frequencies, so that a linear layer
+    on them can tell apart points a few mm apart anywhere in the detector (the coordinates
+    themselves, scaled to the detector's size, would need weights precise to 1e-3).
+    """
+    x, y, z = xyz_mm.unbind(-1)
+    r = torch.sqrt(x * x + y * y).clamp_min(1e-6)
+    base = torch.pi / 2000.0  # rad per mm: a period of 4000 mm at the first octave
+    parts = _octaves(x / r, y / r, _PHI_OCTAVES)
+    parts += _octaves(torch.cos(z * base), torch.sin(z * base), _Z_OCTAVES)
+    parts += _octaves(torch.cos(r * base), torch.sin(r * base), _R_OCTAVES)
+    parts += [r / _CENTRE_SCALE_MM, z / _CENTRE_SCALE_MM]
+    return torch.stack(parts, dim=-1)
+
+
+def module_features(rows: Tensor) -> Tensor:
+    """(..., ``N_GEOMETRY``) table rows -> (..., ``N_MODULE_FEATURES``): the centre's Fourier
+    features, the rotation and the half-sizes."""
+    return torch.cat(
+        [point_features(rows[..., 0:3]), rows[..., 3:12], rows[..., 12:14] / _SIZE_SCALE_MM],
+        dim=-1,
+    )
 
 
 def to_local(rows: Tensor, xyz_mm: Tensor) -> Tensor:
@@ -104,26 +140,39 @@ class ModuleInputs(nn.Module):
     def __init__(self, vocab_size: int, hidden_size: int, hits: bool) -> None:
         super().__init__()
         self.register_buffer("module_geometry", module_geometry_placeholder(vocab_size))
-        self.geometry = nn.Linear(N_GEOMETRY, hidden_size)
+        self.geometry = _mlp(N_MODULE_FEATURES, hidden_size)
         self.hits: nn.Sequential | None = None
         if hits:
-            self.hits = nn.Sequential(
-                nn.Linear(N_HIT_FEATURES, hidden_size),
-                nn.GELU(),
-                nn.Linear(hidden_size, hidden_size),
-            )
+            self.hits = _mlp(N_HIT_FEATURES, hidden_size)
 
-    def forward(self, ids: Tensor, hits_mm: Tensor | None) -> Tensor:
-        """(n,) token ids and (n, 3) hit positions in mm (NaN: unknown) -> (n, d)."""
-        rows = self.module_geometry[ids]  # (n, N_GEOMETRY)
-        out: Tensor = self.geometry(geometry_features(rows)) * rows[:, 14:15]
+    def module_embeddings(self) -> Tensor:
+        """(v, d) the geometry part of every token's embedding (zeros for special tokens).
+
+        Added to the token embeddings at the input and in the tied masked-module decoder, so a
+        module's score depends on where it is: modules next to the predicted place score alike.
+        """
+        rows = self.module_geometry
+        out: Tensor = self.geometry(module_features(rows)) * rows[:, 14:15]
+        return out
+
+    def forward(self, ids: Tensor, hits_mm: Tensor | None, table: Tensor) -> Tensor:
+        """(n,) token ids, (n, 3) hit positions in mm (NaN: unknown) and the (v, d)
+        ``module_embeddings`` -> (n, d) additions to the token embeddings."""
+        out = table[ids]  # (n, d)
         if self.hits is not None and hits_mm is not None:
+            rows = self.module_geometry[ids]  # (n, N_GEOMETRY)
             known = known_hits(rows, hits_mm)  # (n,)
             xyz = torch.where(known[:, None], hits_mm, rows[:, 0:3])  # centre where unknown
             local = to_local(rows, xyz).clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)
-            features = torch.cat([local, xyz / _CENTRE_SCALE_MM], dim=-1)  # (n, 6)
+            features = torch.cat([point_features(xyz), local], dim=-1)  # (n, N_HIT_FEATURES)
             out = out + self.hits(features) * known[:, None].to(out.dtype)
         return out
+
+
+def _mlp(features: int, hidden_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(features, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+    )
 
 
 def module_geometry_placeholder(vocab_size: int) -> Tensor:
@@ -139,12 +188,12 @@ class PositionHead(nn.Module):
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.module = nn.Linear(N_GEOMETRY, hidden_size)
+        self.module = nn.Linear(N_MODULE_FEATURES, hidden_size)
         self.out = nn.Linear(hidden_size, 2)
 
     def forward(self, hidden: Tensor, rows: Tensor) -> Tensor:
         """(k, d) hidden states and (k, ``N_GEOMETRY``) rows of the modules -> (k, 2)."""
-        x = F.gelu(self.dense(hidden) + self.module(geometry_features(rows)))
+        x = F.gelu(self.dense(hidden) + self.module(module_features(rows)))
         out: Tensor = self.out(x)
         return out
 
