@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -38,27 +39,57 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
     def evaluate(**options: Any) -> dict[str, Any]:
         calls.append(("evaluate", options))
-        _finish(options["out"], "metrics.json")
-        return {"masked_module": {"accuracy": 0.5}}
+        _finish(options["out"])
+        metrics = {"masked_module": {"accuracy": 0.5}}
+        (options["out"] / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
 
     monkeypatch.setattr("tracklm.simulate.event.run_simulate", simulate)
     monkeypatch.setattr("tracklm.data.prepare.run_prepare", prepare)
     monkeypatch.setattr("tracklm.train.pretrain.run_pretrain", pretrain)
     monkeypatch.setattr("tracklm.evaluate.report.run_evaluate", evaluate)
     monkeypatch.setattr("tracklm.evaluate.markdown.headline_table", lambda metrics: "table")
+
+    class Finished:
+        exitcode = 0
+
+        def join(self) -> None:
+            return None
+
+        def is_alive(self) -> bool:
+            return False
+
+    def background(data_dir: Path, job: Any, config: Any, minutes: float) -> Finished:
+        # the child process, run here so that the stubs apply
+        demo._pretrain(data_dir, job, config, minutes, demo._pace(config, job.inputs, True))
+        return Finished()
+
+    monkeypatch.setattr(demo, "_start_background", background)
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
     return calls
 
 
 def test_demo_runs_the_stages_in_order_with_its_recipe(tmp_path: Path, stages, capsys) -> None:
     metrics = demo.run_demo(tmp_path / "demo", minutes=2.0)
-    assert [name for name, _ in stages] == ["simulate", "prepare", "pretrain", "evaluate"]
+    names = [name for name, _ in stages]
+    assert names == ["simulate", "prepare", "pretrain", "pretrain", "evaluate", "evaluate"]
     assert metrics == {"masked_module": {"accuracy": 0.5}}
-    assert "table" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.count("table") == 2 and "from 50.0% to 50.0%" in printed
     simulate = stages[0][1]
     assert (simulate["events"], simulate["pileup"], simulate["seed"]) == (30, 200.0, 0)
-    pretrain = stages[2][1]
+    # both models train at once for the whole budget, one core each
+    hits, pretrain = stages[2][1], stages[3][1]
+    assert (hits["out"].name, pretrain["out"].name) == ("run-hits", "run")
     assert pretrain["preset"] == "small" and pretrain["max_time"] == 2.0
-    assert not pretrain["resume"]
+    assert hits["max_time"] == 2.0 and not pretrain["resume"]
+    assert [options["out"].name for _, options in stages[4:]] == ["report", "report-hits"]
+    assert (
+        "Beside the paper's model" in (tmp_path / "demo" / "report-hits" / "report.md").read_text()
+    )
+    written_hits = yaml.safe_load(hits["config"].read_text())
+    assert written_hits["model_overrides"]["inputs"] == "hits"
+    assert written_hits["max_steps"] == 2 * demo.DemoConfig().hits_steps_per_minute_one_core
     # The recipe file sets only what differs from the preset, and resolves to the demo's recipe.
     written = yaml.safe_load(pretrain["config"].read_text())
     small = preset_config("small").to_dict()
@@ -67,9 +98,9 @@ def test_demo_runs_the_stages_in_order_with_its_recipe(tmp_path: Path, stages, c
     assert resolved == {
         **small,
         "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0},
-        "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "max_steps": 2200,
-        "mask_rates": [0.15, 0.30], "mask_rate_steps": [1100], "val_every": 110,
-        "val_batches": 10, "checkpoint_every": 220, "early_stopping_patience": None,
+        "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "max_steps": 1440,
+        "mask_rates": [0.15, 0.30], "mask_rate_steps": [720], "val_every": 72,
+        "val_batches": 10, "checkpoint_every": 144, "early_stopping_patience": None,
         "num_workers": 0,
     }  # fmt: skip
 
@@ -84,3 +115,15 @@ def test_demo_reuses_complete_stages(tmp_path: Path, stages) -> None:
 def test_demo_refuses_a_non_positive_budget(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--minutes"):
         demo.run_demo(tmp_path / "demo", minutes=0.0)
+
+
+def test_on_one_core_the_models_train_in_turn_sharing_the_budget(
+    tmp_path: Path, stages, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 1)
+    demo.run_demo(tmp_path / "demo", minutes=2.0)
+    runs = [options for name, options in stages if name == "pretrain"]
+    assert [r["out"].name for r in runs] == ["run", "run-hits"]
+    assert [r["max_time"] for r in runs] == [1.0, 1.0]
+    written = yaml.safe_load(runs[0]["config"].read_text())
+    assert written["max_steps"] == demo.DemoConfig().steps_per_minute  # 2 threads' pace

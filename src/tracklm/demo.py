@@ -1,21 +1,28 @@
 """``tracklm demo``: the main job end to end on the built-in detector, nothing downloaded.
 
-simulate -> prepare -> pretrain (about ``minutes``) -> evaluate, into ``DIR/events``, ``DIR/data``,
-``DIR/run`` and ``DIR/report``; ends by printing the headline table (model against baselines).
-A stage whose output is already complete (it has a ``manifest.json``) is reused, so an interrupted
-demo continues where it stopped; delete ``DIR`` to start over.
+simulate -> prepare -> pretrain two models (``minutes`` of wall time) -> evaluate both, into
+``DIR/events``, ``DIR/data``, ``DIR/run`` and ``DIR/report`` (the paper's model, module tokens
+only), ``DIR/run-hits`` and ``DIR/report-hits`` (the hit-aware model, ``inputs: hits``); ends by
+printing the headline tables and the two models side by side. With two or more CPU cores the
+two models train at once, one core each, for ``minutes``; on one core, one after the other, half
+the time each. A stage whose output is already complete (it has a ``manifest.json``) is reused,
+so an interrupted demo continues where it stopped; delete ``DIR`` to start over.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -45,9 +52,14 @@ class DemoConfig:
     # The learning rate decays to zero over this many steps per minute of budget (about what the
     # small preset runs on 2 CPU cores); a faster machine stops at the step limit instead.
     steps_per_minute: int = 1100
+    # ... and on one core each, when the two models train at once (measured on 2 cores).
+    steps_per_minute_one_core: int = 720
+    hits_steps_per_minute_one_core: int = 620
 
 
-def demo_pretrain_overrides(config: DemoConfig, minutes: float) -> dict[str, object]:
+def demo_pretrain_overrides(
+    config: DemoConfig, minutes: float, steps_per_minute: int | None = None, inputs: str = "tokens"
+) -> dict[str, object]:
     """The pre-training settings the demo writes to ``DIR/pretrain.yaml`` over its preset.
 
     The demo's recipe keeps the first two stages of the preset's mask-rate schedule, switching
@@ -58,11 +70,17 @@ def demo_pretrain_overrides(config: DemoConfig, minutes: float) -> dict[str, obj
     ----------
     config : demo settings (preset, batch size, learning rate, warm-up, steps per minute).
     minutes : wall-clock budget of pre-training in minutes.
+    steps_per_minute : the pace the schedule is sized for (default ``config.steps_per_minute``).
+    inputs : what the model reads (``TrackingBertConfig.inputs``).
     """
     preset = preset_config(config.preset)
-    max_steps = max(200, int(config.steps_per_minute * minutes))
+    pace = config.steps_per_minute if steps_per_minute is None else steps_per_minute
+    max_steps = max(200, int(pace * minutes))
+    model: dict[str, object] = {"dropout": 0.0, "attention_dropout": 0.0}
+    if inputs != "tokens":
+        model["inputs"] = inputs
     recipe: dict[str, object] = {
-        "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0},
+        "model_overrides": model,
         "batch_size": config.batch_size,
         "lr": config.lr,
         "warmup_steps": config.warmup_steps,
@@ -94,6 +112,7 @@ def run_demo(
     minutes : wall-clock budget of pre-training in minutes.
     config : demo settings (events, pile-up, preset, ...).
     """
+    from tracklm.evaluate.compare import add_comparison, side_by_side
     from tracklm.evaluate.markdown import headline_table
 
     config = config or DemoConfig()
@@ -102,18 +121,26 @@ def run_demo(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(2, os.cpu_count() or 1))
-    events_dir, data_dir, run_dir, report_dir = (
-        out / name for name in ("events", "data", "run", "report")
-    )
+    events_dir, data_dir = out / "events", out / "data"
     started = time.monotonic()
     _simulate(events_dir, config, workers)
     _prepare(events_dir, data_dir, config, workers)
-    _pretrain(data_dir, run_dir, out / "pretrain.yaml", config, minutes)
-    metrics = _evaluate(run_dir / "model", data_dir, report_dir, config)
+    together = workers >= 2
+    jobs = [
+        _PretrainJob("tokens", out / "run", out / "pretrain.yaml"),
+        _PretrainJob("hits", out / "run-hits", out / "pretrain-hits.yaml"),
+    ]
+    _pretrain_all(jobs, data_dir, config, minutes, together)
+    metrics = _evaluate(out / "run" / "model", data_dir, out / "report", config)
+    hits = _evaluate(out / "run-hits" / "model", data_dir, out / "report-hits", config)
+    add_comparison(out / "report-hits" / "report.md", metrics, hits)
     elapsed = (time.monotonic() - started) / 60
-    # The headline table is the demo's product: it goes to stdout, not to the log.
+    # The headline tables are the demo's product: they go to stdout, not to the log.
     sys.stdout.write(
-        f"\n{headline_table(metrics)}\n\nreport: {report_dir / 'report.md'} "
+        f"\nThe paper's model (module tokens):\n\n{headline_table(metrics)}\n"
+        f"\nThe hit-aware model (inputs: hits):\n\n{headline_table(hits)}\n"
+        f"\n{side_by_side(metrics, hits)}\n"
+        f"\nreports: {out / 'report' / 'report.md'}, {out / 'report-hits' / 'report.md'} "
         f"(demo took {elapsed:.1f} minutes)\n"
     )
     return metrics
@@ -159,25 +186,124 @@ def _prepare(events_dir: Path, data_dir: Path, config: DemoConfig, workers: int)
     )
 
 
-def _pretrain(
-    data_dir: Path, run_dir: Path, settings: Path, config: DemoConfig, minutes: float
+@dataclass(frozen=True)
+class _PretrainJob:
+    """One model the demo trains: what it reads, its run directory and its recipe file."""
+
+    inputs: str
+    run_dir: Path
+    settings: Path
+
+    def done(self) -> bool:
+        return (self.run_dir / "model" / "model.safetensors").is_file()
+
+
+def _pretrain_all(
+    jobs: list[_PretrainJob], data_dir: Path, config: DemoConfig, minutes: float, together: bool
 ) -> None:
-    """Pre-train for ``minutes`` with the recipe written to ``settings`` (resumed when interrupted)."""
+    """Train every job: at once, one core each, for ``minutes`` (``together``), else in turn,
+    sharing ``minutes``. A job whose model exists is skipped."""
+    todo = [job for job in jobs if not job.done()]
+    for job in jobs:
+        if job.done():
+            log.info("demo: reusing trained model in %s", job.run_dir / "model")
+    if not together or len(todo) < 2:
+        share = minutes if together else minutes / len(jobs)
+        for job in todo:
+            _pretrain(data_dir, job, config, share, _pace(config, job.inputs, together))
+        return
+    log.info("demo: pre-training %d models at once, one CPU core each", len(todo))
+    children = [_start_background(data_dir, job, config, minutes) for job in todo[1:]]
+    try:
+        with _one_thread():
+            _pretrain(data_dir, todo[0], config, minutes, _pace(config, todo[0].inputs, True))
+        for child, job in zip(children, todo[1:]):
+            child.join()
+            if child.exitcode != 0:
+                raise InputError(
+                    f"demo: pre-training the {job.inputs} model failed (exit {child.exitcode}); "
+                    f"see {job.run_dir.parent / (job.run_dir.name + '.log')}"
+                )
+    finally:
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+                child.join()
+
+
+def _pace(config: DemoConfig, inputs: str, one_core: bool) -> int:
+    """Steps per minute the schedule of a model that reads ``inputs`` is sized for."""
+    if not one_core:
+        return config.steps_per_minute
+    if inputs == "hits":
+        return config.hits_steps_per_minute_one_core
+    return config.steps_per_minute_one_core
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Torch on one thread inside the block (the other core trains the other model)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _start_background(data_dir: Path, job: _PretrainJob, config: DemoConfig, minutes: float) -> Any:
+    """Start ``job`` in a child process on one thread, its output in ``RUN.log``; the child
+    ends with the demo (``_workers.exit_with_parent``)."""
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(
+        target=_pretrain_in_child,
+        args=(data_dir, job, config, minutes),
+        name=f"pretrain-{job.inputs}",
+    )
+    child.start()
+    return child
+
+
+def _pretrain_in_child(
+    data_dir: Path, job: _PretrainJob, config: DemoConfig, minutes: float
+) -> None:
+    import torch
+
+    from tracklm._workers import exit_with_parent
+
+    exit_with_parent()
+    torch.set_num_threads(1)
+    log_path = job.run_dir.parent / (job.run_dir.name + ".log")
+    with open(log_path, "w") as stream:  # the foreground run owns the terminal
+        os.dup2(stream.fileno(), sys.stdout.fileno())
+        os.dup2(stream.fileno(), sys.stderr.fileno())
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        _pretrain(data_dir, job, config, minutes, _pace(config, job.inputs, True))
+
+
+def _pretrain(
+    data_dir: Path, job: _PretrainJob, config: DemoConfig, minutes: float, pace: int
+) -> None:
+    """Pre-train for ``minutes`` with the recipe written to ``job.settings`` (resumed when
+    interrupted), the schedule sized for ``pace`` steps per minute."""
     from tracklm.train.pretrain import run_pretrain
 
-    model_dir = run_dir / "model"
-    if (model_dir / "model.safetensors").is_file():
-        log.info("demo: reusing trained model in %s", model_dir)
-        return
+    run_dir, settings = job.run_dir, job.settings
     resume = (run_dir / "checkpoints" / "last.ckpt").is_file()
     if run_dir.exists() and not resume:
         # Started but interrupted before its first checkpoint: nothing worth keeping.
         shutil.rmtree(run_dir)
+    recipe = demo_pretrain_overrides(config, minutes, pace, job.inputs)
     settings.write_text(
         "# Written by `tracklm demo`: pre-training settings over the preset, sized for the budget.\n"
-        + yaml.safe_dump(demo_pretrain_overrides(config, minutes), sort_keys=False)
+        + yaml.safe_dump(recipe, sort_keys=False)
     )
-    log.info("demo: pre-training the %s preset for %.1f minutes", config.preset, minutes)
+    log.info(
+        "demo: pre-training the %s preset (inputs %s) for %.1f minutes",
+        config.preset, job.inputs, minutes,
+    )  # fmt: skip
     run_pretrain(
         data=data_dir,
         out=run_dir,

@@ -222,3 +222,24 @@ def test_an_unknown_input_mode_is_refused_before_a_run_exists(
     with pytest.raises(InputError, match="--inputs: 'pixels' is not one of tokens, geometry, hits"):
         run_pretrain(toy_data, tmp_path / "run", preset="tiny", max_steps=2, inputs="pixels")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hits_model_refuses_a_dataset_without_positions(toy_data: Path, tmp_path: Path) -> None:
+    """A dataset whose hit positions are all zero cannot serve a hits model (one clear line)."""
+    import shutil
+
+    from tracklm.evaluate.report import run_evaluate
+
+    data = tmp_path / "data"
+    shutil.copytree(toy_data, data)
+    hits = np.load(data / "test" / "hits.npy")
+    np.save(data / "test" / "hits.npy", np.zeros_like(hits))
+    model = build(toy_data, "hits")
+    model.save_pretrained(tmp_path / "model", open_dataset(toy_data).vocab)
+    with pytest.raises(InputError, match=r"test/hits.npy: holds no hit positions, but the model"):
+        run_evaluate(tmp_path / "model", data, tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    # a tokens model evaluates the same data
+    build(toy_data, "tokens").save_pretrained(tmp_path / "tokens", open_dataset(toy_data).vocab)
+    run_evaluate(tmp_path / "tokens", data, tmp_path / "report", max_tracks=50)
+    assert (tmp_path / "report" / "metrics.json").is_file()

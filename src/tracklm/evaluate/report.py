@@ -46,6 +46,7 @@ from tracklm.evaluate.masked import (
 from tracklm.io.dataset import PreparedDataset, TrackArrays, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models.bert import TrackingBert
+from tracklm.models.inputs import check_hits_present
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,9 @@ def run_evaluate(
         dataset = open_dataset(data)
         net.check_vocab(dataset.vocab, str(dataset.path / "vocab.json"))
         all_tracks = dataset.split(split)
+        check_hits_present(
+            net.config.reads_hits, all_tracks.hits, str(dataset.path / split / "hits.npy")
+        )
         if len(all_tracks) == 0:
             raise InputError(f"{Path(data) / split}: the split holds no tracks")
         counting = counting_split(dataset, split, model, baseline_data)

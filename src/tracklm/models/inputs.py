@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tracklm.detector.frames import ModuleFrames
+from tracklm.errors import InputError
 
 GEOMETRY_COLUMNS = (
     "cx", "cy", "cz",
@@ -205,3 +206,28 @@ def position_loss(predicted_uv: Tensor, rows: Tensor, true_mm: Tensor) -> Tensor
         return predicted_uv.sum() * 0.0
     target = to_local(rows, true_mm)[:, :2].clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)
     return (predicted_uv.float() - target.float()).abs().sum(dim=-1).mean()
+
+
+def check_hits_present(reads_hits: bool, hits_mm: np.ndarray, where: str) -> None:
+    """Refuse data without hit positions for a model that reads them.
+
+    Parameters
+    ----------
+    reads_hits : the model's ``config.reads_hits``.
+    hits_mm : (N, L, 3) the tracks' hit positions (a split's ``hits``; memory-mapped is fine:
+        only the first 1,000 tracks are read).
+    where : the file named in the message (e.g. ``DATA/test/hits.npy``).
+
+    Raises
+    ------
+    InputError
+        When the model reads hits and the first tracks hold no position (all zero or NaN).
+    """
+    if not reads_hits or len(hits_mm) == 0:
+        return
+    head = np.asarray(hits_mm[:1000], dtype=np.float64)
+    if not np.any(np.isfinite(head) & (head != 0.0)):
+        raise InputError(
+            f"{where}: holds no hit positions, but the model reads them (inputs: hits); "
+            "use a model with inputs tokens or geometry"
+        )
