@@ -143,6 +143,7 @@ def masked_module_logits(
     *,
     batch_size: int,
     description: str | None = None,
+    hits: np.ndarray | None = None,
 ) -> np.ndarray:
     """The pre-trained masked-module head at chosen positions, in batches of rows.
 
@@ -160,6 +161,7 @@ def masked_module_logits(
         tokens, a log-probability...), so no (K, v) matrix is held at once.
     batch_size : rows per forward pass.
     description : progress-bar text; no bar when None.
+    hits : (B, W, 3) visible hit positions in mm, NaN elsewhere (``TrackingBert.encode``).
 
     Returns
     -------
@@ -190,6 +192,7 @@ def masked_module_logits(
                 torch.as_tensor(token_type_ids[start:stop], device=device),
                 torch.as_tensor(attention_mask[start:stop], device=device),
                 where,
+                hits=None if hits is None else torch.as_tensor(hits[start:stop], device=device),
             ).float()  # (k, v)
             kept = reduce(module_logits_only(logits, num_special), slice(int(lo), int(hi)))
             out.append(kept.cpu().numpy())
