@@ -23,7 +23,8 @@ position (NaN): a deleted hit's position goes with it, an inserted or appended `
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -121,16 +122,22 @@ class TaskContext:
     centres_mm : (V, 3) module centre of every token id in mm (NaN for special tokens).
     surfaces : the layers as surfaces, with per-layer KD-trees of module centres.
     b_field_t : the magnetic field the dataset was made with, tesla along +z.
-    frames : the modules' frames and bounds by token id (``PreparedDataset.frames``, the table a
-        ``geometry`` or ``hits`` model is given), for tasks that place a hit on another module;
-        None when unknown.
+    frames_source : gives the modules' frames by token id when first asked (``frames``); None
+        when unknown.
     """
 
     vocab: ModuleVocab
     centres_mm: np.ndarray
     surfaces: TokenLayers
     b_field_t: float
-    frames: ModuleFrames | None = None
+    frames_source: Callable[[], ModuleFrames] | None = field(default=None, compare=False)
+
+    @cached_property
+    def frames(self) -> ModuleFrames | None:
+        """The modules' frames and bounds by token id (``PreparedDataset.frames``, whence a
+        ``geometry`` or ``hits`` model's table comes), for tasks that place a hit on another
+        module; None when unknown. Read once, when first needed."""
+        return None if self.frames_source is None else self.frames_source()
 
     @classmethod
     def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
@@ -139,7 +146,7 @@ class TaskContext:
             centres_mm=dataset.module_centres,
             surfaces=TokenLayers.from_modules(dataset.modules, len(dataset.vocab)),
             b_field_t=dataset.b_field_t,
-            frames=dataset.frames(),
+            frames_source=dataset.frames,
         )
 
     def layer_of(self, tokens: np.ndarray) -> np.ndarray:
