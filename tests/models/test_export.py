@@ -306,6 +306,10 @@ def test_hits_onnx_graph_reads_hits_and_places_hidden_hits_like_pytorch(hits_mod
             assert got[2].shape == (len(positions), 3) and np.isfinite(got[2]).all()
             for value, reference, tolerance in zip(got, expected, tolerances):
                 np.testing.assert_allclose(value, reference.numpy(), **tolerance)
+    none = session.run(
+        None, {**feeds, "hits": hits.numpy(), "positions": np.zeros((0, 2), np.int64)}
+    )
+    assert none[0].shape == (0, len(model.vocab)) and none[2].shape == (0, 3)
 
 
 def test_full_hits_onnx_graph_matches_pytorch(hits_model_dir, tmp_path):
