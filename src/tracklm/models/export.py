@@ -19,6 +19,15 @@ and ``pair_logits`` float32 (b,), the logit of pT(B) > pT(A).
 returns ``t / k`` times more logits than needed for a few masked hits (19x for one masked hit per
 pair of width 19), which makes it slower than eager PyTorch; use it to score every position.
 
+Models that read more than the tokens (``config.inputs``): a ``geometry`` model's module table
+is a constant of the graph, its inputs and outputs are the ones above. A ``hits`` model's graphs
+take one more input, ``hits`` float32 (b, t, 3): the measured positions in mm of the visible
+hits laid out like ``input_ids`` (``tracklm.data.sequences.place_hits``), NaN where unknown (the
+graph, like the model, reads a position only where it is finite and the token is a module, never
+at ``[MASK]``). They give one more output, ``hit_positions`` float32 (k, 3) (``full``:
+(b, t, 3)): where the hidden hit lies, in mm, on the plane of its most likely module (the highest
+logit among the tokens with a module geometry), as ``TrackingBert.locate`` gives it.
+
 Both graphs are ``TrackingBert.heads_at`` traced on a copy of the model whose attention is
 ``GatherAttention``. They run the per-token layers on the real tokens only, as eager PyTorch
 does, but move rows between the packed tokens and the (b, t) attention grid with Gather nodes
@@ -59,6 +68,8 @@ ONNX_OPSET = 17
 INPUT_NAMES = ["input_ids", "token_type_ids", "attention_mask"]
 MASKED_INPUT_NAMES = [*INPUT_NAMES, "positions"]
 OUTPUT_NAMES = ["mlm_logits", "pair_logits"]
+HITS_INPUT = "hits"
+HITS_OUTPUT = "hit_positions"
 HEADS = ("masked", "full")
 
 
@@ -128,37 +139,66 @@ def exported_copy(model: TrackingBert) -> TrackingBert:
     return model
 
 
+def located_hits(model: TrackingBert, mlm_logits: Tensor, rows: Tensor) -> Tensor:
+    """(k, 3) predicted positions in mm of hidden hits from their (k, v) logits and (k, d) hidden
+    rows, on the plane of the most likely module (tokens without a module geometry excluded)."""
+    assert model.module_inputs is not None
+    is_module = model.module_inputs.module_geometry[:, 14] > 0.5  # (v,)
+    best = mlm_logits.masked_fill(~is_module, float("-inf")).argmax(dim=-1)  # (k,)
+    return model.locate(rows, best)
+
+
 class ExportedHeads(nn.Module):
-    """Encoder + masked-module head at every position + pair head (the ``full`` graph)."""
+    """Encoder + masked-module head at every position + pair head (the ``full`` graph); with a
+    ``hits`` model, also the predicted position of a hidden hit at every position."""
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
         self.model = exported_copy(model)
 
     def forward(
-        self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        hits: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
         b, t = input_ids.shape
         every = torch.arange(b * t, device=input_ids.device)  # gathers, where unpacking scatters
-        heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, every)
+        heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, every, hits=hits)
         assert heads.pair_logits is not None
-        return heads.mlm_logits.view(b, t, -1), heads.pair_logits  # (b, t, v), (b,)
+        outputs = (heads.mlm_logits.view(b, t, -1), heads.pair_logits)  # (b, t, v), (b,)
+        if not self.model.config.reads_hits:
+            return outputs
+        assert heads.rows is not None
+        located = located_hits(self.model, heads.mlm_logits, heads.rows)  # (b * t, 3)
+        return (*outputs, located.view(b, t, 3))
 
 
 class ExportedMaskedHeads(nn.Module):
-    """Encoder + masked-module head at given (row, position) pairs + pair head (the ``masked`` graph)."""
+    """Encoder + masked-module head at given (row, position) pairs + pair head (the ``masked``
+    graph); with a ``hits`` model, also the predicted positions of the hidden hits there."""
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
         self.model = exported_copy(model)
 
     def forward(
-        self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor, positions: Tensor
-    ) -> tuple[Tensor, Tensor]:
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor,
+        attention_mask: Tensor,
+        positions: Tensor,
+        hits: Tensor | None = None,
+    ) -> tuple[Tensor, ...]:
         at = positions[:, 0] * input_ids.shape[1] + positions[:, 1]  # (k,) in the (b * t) grid
-        heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, at)
+        heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, at, hits=hits)
         assert heads.pair_logits is not None
-        return heads.mlm_logits, heads.pair_logits  # (k, v), (b,)
+        if not self.model.config.reads_hits:
+            return heads.mlm_logits, heads.pair_logits  # (k, v), (b,)
+        assert heads.rows is not None
+        located = located_hits(self.model, heads.mlm_logits, heads.rows)  # (k, 3)
+        return heads.mlm_logits, heads.pair_logits, located
 
 
 def export_onnx(
@@ -171,7 +211,8 @@ def export_onnx(
     model : the model to export; it is not modified.
     out : the ``.onnx`` file to write.
     head : ``"masked"`` (default: a ``positions`` (k, 2) input, (k, v) masked-module logits) or
-        ``"full"`` ((b, t, v) logits at every position); see the module docstring.
+        ``"full"`` ((b, t, v) logits at every position); see the module docstring (a ``hits``
+        model's graphs also take ``hits`` and give ``hit_positions``).
 
     Returns
     -------
@@ -194,16 +235,26 @@ def export_onnx(
     example[2][1, t // 2 :] = False  # a padded row, so the mask path is recorded
     dynamic = {name: {0: "batch", 1: "tokens"} for name in INPUT_NAMES}
     dynamic["pair_logits"] = {0: "batch"}
+    output_names = list(OUTPUT_NAMES)
     if head == "masked":
         wrapper: nn.Module = ExportedMaskedHeads(model).eval()
         example = (*example, torch.tensor([[0, 1], [1, 2], [0, t - 1]], dtype=torch.long))
-        input_names = MASKED_INPUT_NAMES
+        input_names = list(MASKED_INPUT_NAMES)
         dynamic["positions"] = {0: "positions"}
         dynamic["mlm_logits"] = {0: "positions"}
+        dynamic[HITS_OUTPUT] = {0: "positions"}
     else:
         wrapper = ExportedHeads(model).eval()
-        input_names = INPUT_NAMES
+        input_names = list(INPUT_NAMES)
         dynamic["mlm_logits"] = {0: "batch", 1: "tokens"}
+        dynamic[HITS_OUTPUT] = {0: "batch", 1: "tokens"}
+    if model.config.reads_hits:
+        example = (*example, example_hits(2, t))
+        input_names.append(HITS_INPUT)
+        output_names.append(HITS_OUTPUT)
+        dynamic[HITS_INPUT] = {0: "batch", 1: "tokens"}
+    else:
+        del dynamic[HITS_OUTPUT]
     out = Path(out)
     with atomic_output_file(out) as tmp, torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about the (checked, constant) width comparison; the graph is still exact.
@@ -218,13 +269,22 @@ def export_onnx(
             example,
             str(tmp),
             input_names=input_names,
-            output_names=OUTPUT_NAMES,
+            output_names=output_names,
             dynamic_axes=dynamic,
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
     log.info("wrote %s (%s head)", out, head)
     return out
+
+
+def example_hits(batch: int, width: int) -> Tensor:
+    """(batch, width, 3) positions in mm for tracing: finite, with NaN at ``[CLS]`` and in the
+    second half of the last row (the values do not shape the graph; the NaN only document it)."""
+    hits = torch.linspace(-100.0, 100.0, batch * width * 3).reshape(batch, width, 3)
+    hits[:, 0] = float("nan")
+    hits[-1, width // 2 :] = float("nan")
+    return hits
 
 
 def run_export(model: str | os.PathLike[str], format: str, out: str | os.PathLike[str]) -> Path:

@@ -12,19 +12,27 @@ A task is a frozen ``TaskSpec`` of plain functions (composition, not a class tre
 * ``baseline(examples, context) -> predictions``: a classical method (helix fits).
 * ``zero_shot(encoder, examples, context, batch_size) -> predictions`` or None: the pre-trained
   masked-module head used without training.
+
+Hit positions. Every task lays out the measured positions of the hits it shows (``inputs["hits"]``,
+from the dataset's ``hits`` arrays through ``tracklm.data.sequences.place_hits``), whatever the
+model reads: ``encode_batch`` and ``masked_module_logits_at`` hand them to the encoder, which reads
+them only when ``config.inputs`` is ``hits``. A hit the task hides or asks about carries no
+position (NaN): a deleted hit's position goes with it, an inserted or appended ``[MASK]`` has none.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tracklm.data.sequences import encode_pairs
+from tracklm.data.sequences import encode_pairs, place_hits
+from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.evaluate.masked import masked_module_logits, module_logits_only
@@ -38,6 +46,7 @@ __all__ = [
     "TaskSpec",
     "delete_hit",
     "encode_batch",
+    "hits_of",
     "insert_token",
     "masked_module_logits_at",
     "module_decoder",
@@ -66,14 +75,18 @@ class Examples:
     tokens : (B, L) int64 the tracks as the task shows them (hit removed, replaced, truncated...).
     lengths : (B,) int64 their number of hits.
     inputs : model inputs: ``input_ids`` (B, W) int64, ``token_type_ids`` (B, W) int64,
-        ``attention_mask`` (B, W) bool.
+        ``attention_mask`` (B, W) bool and, when ``hits`` is given, ``hits`` (B, W, 3) float32
+        positions in mm (NaN where there is no visible hit).
     labels : task labels, each (B, ...) numpy arrays; ``ABSENT`` (-1) where a label does not apply.
+    hits : (B, L, 3) float32 positions in mm of the hits of ``tokens``, NaN where hidden or
+        padded; None when the tracks came without positions.
     """
 
     tokens: np.ndarray
     lengths: np.ndarray
     inputs: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
+    hits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.lengths.shape[0])
@@ -85,6 +98,7 @@ class Examples:
             lengths=self.lengths[index],
             inputs={k: v[index] for k, v in self.inputs.items()},
             labels={k: v[index] for k, v in self.labels.items()},
+            hits=None if self.hits is None else self.hits[index],
         )
 
     def batch(
@@ -108,12 +122,22 @@ class TaskContext:
     centres_mm : (V, 3) module centre of every token id in mm (NaN for special tokens).
     surfaces : the layers as surfaces, with per-layer KD-trees of module centres.
     b_field_t : the magnetic field the dataset was made with, tesla along +z.
+    frames_source : gives the modules' frames by token id when first asked (``frames``); None
+        when unknown.
     """
 
     vocab: ModuleVocab
     centres_mm: np.ndarray
     surfaces: TokenLayers
     b_field_t: float
+    frames_source: Callable[[], ModuleFrames] | None = field(default=None, compare=False)
+
+    @cached_property
+    def frames(self) -> ModuleFrames | None:
+        """The modules' frames and bounds by token id (``PreparedDataset.frames``, whence a
+        ``geometry`` or ``hits`` model's table comes), for tasks that place a hit on another
+        module; None when unknown. Read once, when first needed."""
+        return None if self.frames_source is None else self.frames_source()
 
     @classmethod
     def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
@@ -122,6 +146,7 @@ class TaskContext:
             centres_mm=dataset.module_centres,
             surfaces=TokenLayers.from_modules(dataset.modules, len(dataset.vocab)),
             b_field_t=dataset.b_field_t,
+            frames_source=dataset.frames,
         )
 
     def layer_of(self, tokens: np.ndarray) -> np.ndarray:
@@ -178,38 +203,73 @@ def tracks_with_min_hits(tracks: TrackArrays, min_hits: int) -> tuple[np.ndarray
     return tokens[keep], lengths[keep]
 
 
-def delete_hit(tokens: np.ndarray, position: np.ndarray, pad_id: int) -> np.ndarray:
-    """Remove the hit at ``position`` (N,) from each track (N, L); the row is padded at the end."""
+def hits_of(tracks: TrackArrays, keep: np.ndarray | slice = slice(None)) -> np.ndarray:
+    """(N', L, 3) float32 hit positions in mm of the tracks ``keep``, NaN after each track's end."""
+    hits = np.asarray(tracks.hits, dtype=np.float32)[keep]
+    real = track_mask(np.asarray(tracks.lengths)[keep], hits.shape[1])
+    return np.where(real[..., None], hits, np.float32(np.nan))
+
+
+def _columns(array: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """``array[i, source[i, j], ...]`` for (N, L, ...) arrays and (N, W) column indices."""
+    index = np.clip(source, 0, array.shape[1] - 1)
+    return np.take_along_axis(array, index.reshape(index.shape + (1,) * (array.ndim - 2)), axis=1)
+
+
+def _trailing(mask: np.ndarray, array: np.ndarray) -> np.ndarray:
+    """(N, W) ``mask`` with axes added to broadcast against (N, W, ...) ``array``."""
+    return mask.reshape(mask.shape + (1,) * (array.ndim - 2))
+
+
+def delete_hit(tokens: np.ndarray, position: np.ndarray, pad_id: float) -> np.ndarray:
+    """Remove the hit at ``position`` (N,) from each track (N, L) (or its (N, L, 3) positions);
+    the row is padded with ``pad_id`` (NaN for positions) at the end."""
     tokens = np.asarray(tokens)
     width = tokens.shape[1]
     j = np.arange(width)[None, :]
     source = np.where(j >= np.asarray(position)[:, None], j + 1, j)
-    out = np.take_along_axis(tokens, np.clip(source, 0, width - 1), axis=1)
-    return np.where(source < width, out, pad_id)
+    out = _columns(tokens, source)
+    return np.where(_trailing(source < width, out), out, np.asarray(pad_id, dtype=tokens.dtype))
 
 
-def insert_token(tokens: np.ndarray, position: np.ndarray, value: int | np.ndarray) -> np.ndarray:
-    """Insert ``value`` before column ``position`` (N,) of each row (N, L) -> (N, L + 1)."""
+def insert_token(tokens: np.ndarray, position: np.ndarray, value: float | np.ndarray) -> np.ndarray:
+    """Insert ``value`` before column ``position`` (N,) of each row (N, L) -> (N, L + 1); also
+    for (N, L, 3) positions with a scalar ``value`` (NaN: a hit without position)."""
     tokens = np.asarray(tokens)
-    n, width = tokens.shape
+    n, width = tokens.shape[:2]
     j = np.arange(width + 1)[None, :]
     position = np.asarray(position)[:, None]
     source = np.where(j > position, j - 1, j)
-    out = np.take_along_axis(tokens, np.clip(source, 0, width - 1), axis=1)
+    out = _columns(tokens, source)
     value = np.broadcast_to(np.asarray(value).reshape(-1, 1) if np.ndim(value) else value, (n, 1))
-    return np.where(j == position, value, out)
+    return np.where(_trailing(j == position, out), _trailing(value, out), out).astype(out.dtype)
 
 
 def single_inputs(
-    tokens: np.ndarray, lengths: np.ndarray, vocab: ModuleVocab, width: int
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    vocab: ModuleVocab,
+    width: int,
+    hits: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """``[CLS] track [SEP]`` model inputs (hit ``k`` at input position ``1 + k``)."""
+    """``[CLS] track [SEP]`` model inputs (hit ``k`` at input position ``1 + k``).
+
+    Parameters
+    ----------
+    tokens : (N, L) token ids of the tracks as shown; lengths : (N,) their number of hits.
+    vocab : the vocabulary; width : W, the input width.
+    hits : (N, L, 3) positions in mm of those hits, NaN where a hit shows no position (e.g. a
+        ``[MASK]``); adds ``hits`` (N, W, 3) float32 laid out like ``input_ids``.
+    """
     encoded = encode_pairs(tokens, lengths, None, None, vocab, width)
-    return {
+    inputs = {
         "input_ids": encoded.input_ids,
         "token_type_ids": encoded.token_type_ids,
         "attention_mask": encoded.attention_mask,
     }
+    if hits is not None:
+        inputs["hits"] = place_hits(encoded, hits, lengths)
+    return inputs
 
 
 def random_choice_where(allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -232,7 +292,7 @@ def module_decoder(encoder: TrackingBert, in_features: int | None = None) -> Mas
 
     Returns
     -------
-    A ``MaskedModuleHead``: ``head(x, encoder.embedding_table())`` maps (..., in_features) to
+    A ``MaskedModuleHead``: ``head(x, encoder.decoder_table())`` maps (..., in_features) to
     (..., v) logits.
     """
     config = encoder.config
@@ -256,8 +316,10 @@ def track_classifier(encoder: TrackingBert, outputs: int) -> PairHead:
 
 
 def encode_batch(encoder: TrackingBert, batch: dict[str, Tensor]) -> Tensor:
-    """(B, W, d) hidden states of a task batch."""
-    return encoder.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    """(B, W, d) hidden states of a task batch (its visible hits' positions included, if any)."""
+    return encoder.encode(
+        batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], hits=batch.get("hits")
+    )
 
 
 def masked_module_logits_at(
@@ -276,7 +338,8 @@ def masked_module_logits_at(
     ----------
     encoder : the pre-trained model.
     inputs : model inputs (``input_ids`` with ``[MASK]`` where wanted, ``token_type_ids``,
-        ``attention_mask``), each (B, W).
+        ``attention_mask``), each (B, W), and ``hits`` (B, W, 3) (NaN at every ``[MASK]``) when
+        the tracks have positions.
     positions : (B,) input position read in each sequence.
     num_special : number of special tokens of the vocabulary.
     batch_size : sequences per forward pass.
@@ -298,6 +361,7 @@ def masked_module_logits_at(
         num_special,
         reduce,
         batch_size=batch_size,
+        hits=inputs.get("hits"),
     )
 
 

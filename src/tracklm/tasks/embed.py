@@ -2,7 +2,12 @@
 
 The table (parquet) has one row per module of the model's vocabulary, in vocabulary order:
 ``volume_id, layer_id, module_id, cx, cy, cz`` (centre in mm), then ``e0 ... e{D-1}`` (the
-token-embedding row of the module). The model directory holds only the module ids
+token-embedding row of the module). For models that also read geometry or hits
+(``config.inputs`` ``geometry`` or ``hits``) it is still the token-embedding row alone: the learned,
+free part of a module's input. Their geometry projection is a fixed function of the module's
+centre, orientation and size, so adding it would make nearby modules similar by construction and
+the neighbour fraction below would no longer measure what was learned. The sidecar records
+``embedding: token`` and the model's ``inputs``. The model directory holds only the module ids
 (``vocab.json``), so centres come from a detector geometry: the built-in TrackML detector unless
 another is given (``detector=``; the command line always uses the built-in one). A vocabulary
 module absent from that geometry is an ``InputError``.
@@ -227,6 +232,8 @@ def run_embed(
         "model": str(model),
         "detector": geometry.name,
         "n_modules": len(frame),
+        "embedding": "token",
+        "inputs": encoder.config.inputs,
         **neighbour_statistics(vectors, centres, k, radius_mm, seed),
     }
     figure = None

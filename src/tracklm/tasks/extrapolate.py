@@ -2,7 +2,9 @@
 
 Examples (from truth): tracks with at least 4 hits, cut after c hits with c uniform in
 [3, n - 1] (seeded). Input: ``[CLS] h_0 ... h_{c-1} [MASK] [MASK] [SEP]``. Labels: ``next1`` (the
-token of hit c), ``next2`` (hit c + 1, -1 when the track ends after hit c), ``cut`` (c).
+token of hit c), ``next2`` (hit c + 1, -1 when the track ends after hit c), ``cut`` (c). The kept
+hits show their measured positions (read by an ``inputs: hits`` model); the two ``[MASK]`` show
+none, and nothing of the hits after the cut reaches the input.
 
 * Model head: module scores at the two ``[MASK]`` positions, a decoder of the same shape as the
   pre-trained masked-module head and started from its weights (random in ``scratch`` mode).
@@ -35,6 +37,7 @@ from tracklm.tasks.common import (
     TaskContext,
     TaskSpec,
     encode_batch,
+    hits_of,
     masked_module_logits_at,
     module_logits_only,
     pretrained_module_decoder,
@@ -54,6 +57,7 @@ TOP_K = 5
 def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Generator) -> Examples:
     """Extrapolation examples from tracks (see the module docstring)."""
     tokens, lengths = tracks_with_min_hits(tracks, MIN_HITS)
+    keep = np.asarray(tracks.lengths) >= MIN_HITS
     n, width = tokens.shape
     rows = np.arange(n)
     cut = MIN_KEPT + np.minimum(
@@ -65,11 +69,15 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     with_masks = np.concatenate([kept, np.zeros((n, AHEAD), dtype=np.int64)], axis=1)
     for ahead in range(AHEAD):
         with_masks[rows, cut + ahead] = context.vocab.mask_id
+    # (n, L + AHEAD, 3): the kept hits' positions, NaN from the cut on (the [MASK] and beyond)
+    kept_hits = np.where(track_mask(cut, width)[..., None], hits_of(tracks, keep), np.nan)
+    kept_hits = np.concatenate([kept_hits, np.full((n, AHEAD, 3), np.nan)], axis=1)
     return Examples(
         tokens=kept,
         lengths=cut,
-        inputs=single_inputs(with_masks, cut + AHEAD, context.vocab, width + AHEAD + 2),
+        inputs=single_inputs(with_masks, cut + AHEAD, context.vocab, width + AHEAD + 2, kept_hits),
         labels={"next1": next1, "next2": next2.astype(np.int64), "cut": cut},
+        hits=kept_hits[:, :width].astype(np.float32),
     )
 
 
@@ -93,7 +101,7 @@ def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) ->
     out = {}
     for ahead in range(AHEAD):
         state = hidden[rows, 1 + batch["cut"] + ahead]  # (b, d)
-        logits = head.decoder(state, encoder.embedding_table())  # (b, v)
+        logits = head.decoder(state, encoder.decoder_table())  # (b, v)
         out[f"next{ahead + 1}_logits"] = module_logits_only(logits, head.num_special)
     return out
 

@@ -61,7 +61,8 @@ HEAD_FILE = "head.json"
 
 # ----------------------------------------------------------------------------- encoder per mode
 def load_encoder(model: str | os.PathLike[str], mode: str, seed: int) -> TrackingBert:
-    """The encoder a transfer mode starts from: pre-trained, or the same architecture at random.
+    """The encoder a transfer mode starts from: pre-trained, or the same architecture at random
+    (with the pre-trained model's module geometry, which is data, not learned).
 
     Parameters
     ----------
@@ -77,6 +78,8 @@ def load_encoder(model: str | os.PathLike[str], mode: str, seed: int) -> Trackin
     torch.manual_seed(seed)
     fresh = TrackingBert(pretrained.config)
     fresh.vocab = pretrained.vocab
+    if pretrained.module_inputs is not None:
+        fresh.set_module_geometry(pretrained.module_inputs.module_geometry)
     return fresh
 
 

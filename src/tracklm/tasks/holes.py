@@ -8,6 +8,9 @@ distribution and length says nothing. Labels: ``has_hole`` (0/1), ``gap`` p (the
 hits p - 1 and p of the shortened track, 1 <= p <= n - 1; -1 without a hole), ``hole_module`` (token
 of the removed hit; -1 without a hole).
 
+The removed hit's position goes with it: the model's ``hits`` input (``inputs: hits``) holds the
+positions of the remaining hits only.
+
 Natural holes (detector inefficiency) and tracks already missing a hit are not labelled; they are
 rare in the pixel selection and count against every method alike.
 
@@ -17,6 +20,7 @@ rare in the pixel selection and count against every method alike.
 * Zero-shot: insert ``[MASK]`` in each gap in turn; the masked-module head's probability that the
   missing hit lies on a layer other than those of the two neighbouring hits scores the gap (a gap
   with no hole can hold at most an overlap hit on a neighbour's layer). Track score = best gap.
+  The inserted ``[MASK]`` carries no position.
 * Baseline: a helix through the remaining module centres; every layer the helix crosses between
   the first and last hit (within the layer's modules) that carries no hit is a hole.
 """
@@ -45,6 +49,7 @@ from tracklm.tasks.common import (
     TaskSpec,
     delete_hit,
     encode_batch,
+    hits_of,
     insert_token,
     masked_module_logits_at,
     module_decoder,
@@ -75,6 +80,7 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     eligible = real & interior & on_own_layer & (lengths[:, None] >= MIN_HITS)
     keep = eligible.any(axis=1)
     tokens, lengths, eligible = tokens[keep], lengths[keep], eligible[keep]
+    hits = hits_of(tracks, keep)
 
     n = len(lengths)
     has_hole = rng.random(n) < 0.5
@@ -82,16 +88,18 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     removed = np.where(has_hole, hole_at, lengths - 1)
     removed_token = tokens[np.arange(n), removed]
     shortened = delete_hit(tokens, removed, context.vocab.pad_id)
+    short_hits = delete_hit(hits, removed, np.nan)  # the removed hit's position goes too
     short_lengths = lengths - 1
     return Examples(
         tokens=shortened,
         lengths=short_lengths,
-        inputs=single_inputs(shortened, short_lengths, context.vocab, width + 1),
+        inputs=single_inputs(shortened, short_lengths, context.vocab, width + 1, short_hits),
         labels={
             "has_hole": has_hole.astype(np.float32),
             "gap": np.where(has_hole, removed, ABSENT).astype(np.int64),
             "hole_module": np.where(has_hole, removed_token, ABSENT).astype(np.int64),
         },
+        hits=short_hits,
     )
 
 
@@ -124,7 +132,7 @@ def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) ->
     positive = batch["gap"] >= 0
     rows = positive.nonzero().squeeze(1)
     at_gap = pairs[rows, batch["gap"][rows] - 1]  # (k, 2d)
-    module_logits = head.module(at_gap, encoder.embedding_table())  # (k, v)
+    module_logits = head.module(at_gap, encoder.decoder_table())  # (k, v)
     return {
         "hole_logit": head.detect.classify(hidden[:, 0]),
         "gap_logits": gap_logits,
@@ -193,7 +201,9 @@ def zero_shot(
     rows, gaps = np.nonzero(np.arange(1, width)[None, :] < lengths[:, None])
     gaps = gaps + 1  # candidate gap p = 1 ... n - 1
     with_mask = insert_token(tokens[rows], gaps, vocab.mask_id)
-    inputs = single_inputs(with_mask, lengths[rows] + 1, vocab, width + 2)
+    inputs = single_inputs(
+        with_mask, lengths[rows] + 1, vocab, width + 2, _hits_with_mask(examples, rows, gaps)
+    )
 
     def layer_mass(logits: Tensor, _: slice) -> Tensor:
         return logits.softmax(dim=-1) @ layer_onehot  # (b, y + 1), over modules only
@@ -214,7 +224,8 @@ def zero_shot(
     if positive.size:
         true_gap = examples.labels["gap"][positive]
         at_true = insert_token(tokens[positive], true_gap, vocab.mask_id)
-        true_inputs = single_inputs(at_true, lengths[positive] + 1, vocab, width + 2)
+        true_hits = _hits_with_mask(examples, positive, true_gap)
+        true_inputs = single_inputs(at_true, lengths[positive] + 1, vocab, width + 2, true_hits)
         module_top[positive] = masked_module_logits_at(
             encoder,
             true_inputs,
@@ -224,6 +235,13 @@ def zero_shot(
             lambda logits, _: top_k_modules(logits, TOP_K),
         ).reshape(-1, TOP_K)
     return {"hole_score": hole_score, "gap": predicted_gap, "module_top": module_top}
+
+
+def _hits_with_mask(examples: Examples, rows: np.ndarray, gaps: np.ndarray) -> np.ndarray | None:
+    """(r, L + 1, 3) positions of tracks ``rows`` with a position-less ``[MASK]`` at ``gaps``."""
+    if examples.hits is None:
+        return None
+    return insert_token(examples.hits[rows], gaps, np.nan)
 
 
 def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:

@@ -6,10 +6,16 @@ nearest to the true module (never a module the track already crosses): the wrong
 finder picks up from a neighbouring track. Labels: ``has_outlier`` (0/1), ``position`` (index of
 the replaced hit, -1 without), ``original`` (the true module token, -1 without).
 
+Positions (read by an ``inputs: hits`` model): every hit shows its measured position, the
+outlier too, as a hit of the wrong module: the true hit's local (u, v, w) moved onto the
+replacement module's frame (clipped to its outline), so it lies where a hit of that module
+can lie, at the same place in it as the true hit in its own. (NaN there would give the outlier
+away; the true position would contradict the module the task claims.)
+
 * Model head: a track logit on ``[CLS]`` and a logit per hit.
 * Zero-shot: mask each hit in turn; the pre-trained masked-module head's log-probability of the
   observed module given the others. The least probable hit is the outlier candidate and its
-  negative log-probability the track score.
+  negative log-probability the track score. The masked hit shows no position.
 * Baseline: leave-one-out helix residuals: fit a helix through the other module centres, cross
   the hit's layer between its neighbours, and measure how much farther the hit's module centre is
   from that crossing than the layer's nearest module centre (mm). The largest residual is the
@@ -34,6 +40,7 @@ from tracklm.tasks.common import (
     TaskContext,
     TaskSpec,
     encode_batch,
+    hits_of,
     masked_module_logits_at,
     random_choice_where,
     single_inputs,
@@ -68,16 +75,41 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     replacement = candidates[rows, np.clip(choice, 0, None)]
     changed = tokens.copy()
     changed[rows[has_outlier], position[has_outlier]] = replacement[has_outlier]
+    hits = hits_of(tracks, np.asarray(tracks.lengths) >= MIN_HITS)
+    at = (rows[has_outlier], position[has_outlier])
+    hits[at] = moved_hit_mm(context, original[has_outlier], replacement[has_outlier], hits[at])
     return Examples(
         tokens=changed,
         lengths=lengths,
-        inputs=single_inputs(changed, lengths, context.vocab, width + 2),
+        inputs=single_inputs(changed, lengths, context.vocab, width + 2, hits),
         labels={
             "has_outlier": has_outlier.astype(np.float32),
             "position": np.where(has_outlier, position, ABSENT).astype(np.int64),
             "original": np.where(has_outlier, original, ABSENT).astype(np.int64),
         },
+        hits=hits,
     )
+
+
+def moved_hit_mm(
+    context: TaskContext, original: np.ndarray, replacement: np.ndarray, xyz_mm: np.ndarray
+) -> np.ndarray:
+    """(k, 3) positions in mm of hits (k, 3) of modules ``original`` (k,) moved onto modules
+    ``replacement`` (k,): the same local (u, v, w), clipped to the replacement's outline.
+
+    Without frames (``context.frames`` None) the hit moves by the difference of the centres.
+    """
+    frames = context.frames
+    if frames is None:
+        shift = context.centres_of(replacement) - context.centres_of(original)
+        return (xyz_mm + shift).astype(np.float32)
+    local = frames.to_local(original, xyz_mm)  # (k, 3) mm
+    hv = frames.hv[replacement]
+    v = np.clip(local[:, 1], -hv, hv)
+    half_u = frames.half_width(replacement, v)
+    u = np.clip(local[:, 0], -half_u, half_u)
+    moved = frames.to_global(replacement, np.stack([u, v, local[:, 2]], axis=1))
+    return moved.astype(np.float32)
 
 
 class OutlierHead(nn.Module):
@@ -146,8 +178,11 @@ def zero_shot(
     tokens, lengths = examples.tokens, examples.lengths
     n, width = tokens.shape
     rows, hits = np.nonzero(track_mask(lengths, width))
-    inputs = single_inputs(tokens[rows], lengths[rows], vocab, width + 2)
+    positions = None if examples.hits is None else examples.hits[rows]
+    inputs = single_inputs(tokens[rows], lengths[rows], vocab, width + 2, positions)
     inputs["input_ids"][np.arange(len(rows)), 1 + hits] = vocab.mask_id
+    if "hits" in inputs:
+        inputs["hits"][np.arange(len(rows)), 1 + hits] = np.nan  # the masked hit hides its position
     observed = torch.from_numpy(tokens[rows, hits])
 
     def observed_log_probability(logits: Tensor, part: slice) -> Tensor:

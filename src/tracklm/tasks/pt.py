@@ -2,6 +2,7 @@
 
 Examples (from truth): tracks with at least 3 hits and a non-zero charge; labels ``log_pt``
 (natural log of pT in GeV at production), ``pt_gev`` and ``charge_positive`` (1 for positive).
+Every hit is shown, with its measured position (read by an ``inputs: hits`` model).
 
 * Model head: pooler on ``[CLS]``, then two numbers: log pT (squared error) and the charge logit.
 * Zero-shot: none (the pre-training pair head ranks two tracks by pT but gives no scale).
@@ -27,6 +28,7 @@ from tracklm.tasks.common import (
     TaskContext,
     TaskSpec,
     encode_batch,
+    hits_of,
     single_inputs,
     track_classifier,
     track_mask,
@@ -45,15 +47,17 @@ def make_examples(tracks: TrackArrays, context: TaskContext, rng: np.random.Gene
     charge = np.asarray(tracks.charge)
     keep = (lengths >= MIN_HITS) & (charge != 0) & (pt > 0)
     tokens, lengths, pt, charge = tokens[keep], lengths[keep], pt[keep], charge[keep]
+    hits = hits_of(tracks, keep)
     return Examples(
         tokens=tokens,
         lengths=lengths,
-        inputs=single_inputs(tokens, lengths, context.vocab, tokens.shape[1] + 2),
+        inputs=single_inputs(tokens, lengths, context.vocab, tokens.shape[1] + 2, hits),
         labels={
             "log_pt": np.log(pt).astype(np.float32),
             "pt_gev": pt,
             "charge_positive": (charge > 0).astype(np.float32),
         },
+        hits=hits,
     )
 
 
