@@ -230,7 +230,7 @@ def test_scratch_keeps_the_module_geometry(hits_model):
         fresh.module_inputs.module_geometry, pretrained.module_inputs.module_geometry
     )
     assert not torch.equal(
-        fresh.module_inputs.geometry.weight, pretrained.module_inputs.geometry.weight
+        fresh.module_inputs.geometry[0].weight, pretrained.module_inputs.geometry[0].weight
     )
 
 
