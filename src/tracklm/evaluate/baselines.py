@@ -19,9 +19,12 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     residual. Then choose the layer of the hidden hit and take the module whose BOUNDS contain
     the helix's crossing of it (``TokenLayers.rank_modules``, with the frames from the detector
     geometry when known, else guessed from the centres), never a module the track already uses.
-    The layer is the one the helix crosses between the neighbouring visible hits, else the most
-    frequent one in the training split for the neighbouring visible layers that the helix
-    crosses near the gap.
+    The layer is the one the helix crosses between the neighbouring visible hits; else a
+    neighbour's own layer where the helix crosses it inside a module the track has not used (an
+    overlap: two hits on one layer, about a third of the hidden hits of the demo's tracks);
+    else, at a track's end, the next layer crossed beyond it; else the most frequent one in the
+    training split for the neighbouring visible layers that the helix crosses near the gap
+    (``HelixBaseline.choose_layer``).
     ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): a
     reference using information the model never has, not a baseline to beat.
 ``HelixFrequencyBaseline`` (``helix+frequency``)
@@ -46,6 +49,11 @@ _PACK = np.int64(1 << 21)  # token ids and layer indices stay far below 2**21
 # for particles produced a little off the beam line, z to cover the spread of vertices.
 BEAM_SIGMA_MM = (1.0, 10.0)
 HIT_SIGMA_MM = 0.1  # a measured pixel hit: resolution and multiple scattering, roughly
+# Overlap search on a neighbour's layer: the modules with the nearest centres that are looked at,
+# and how far (mm) the crossing of the layer's mean surface may lie off a module's plane (the
+# stagger of overlapping modules; the far side of a small barrel is much farther).
+OVERLAP_CANDIDATES = 8
+PLANE_TOLERANCE_MM = 10.0
 
 
 @dataclass
@@ -370,6 +378,58 @@ class HelixBaseline:
             point = np.where(better[:, None], xyz, point)
         return chosen, point, np.isfinite(best)
 
+    def _outside_unused(
+        self, state: _HelixState, layer: np.ndarray, xyz_mm: np.ndarray, direction: np.ndarray
+    ) -> np.ndarray:
+        """(N,) how far each crossing lies outside the nearest unused module of its layer.
+
+        In units of the module's half-sizes (``ModuleFrames.outside_local``: at most 1 inside),
+        the crossing ``xyz_mm`` (N, 3) of the layer's mean surface moved onto each module's
+        plane along ``direction`` (N, 3); modules whose plane lies farther from the crossing
+        than ``PLANE_TOLERANCE_MM`` (the far side of a small barrel) do not count. Among the
+        ``OVERLAP_CANDIDATES`` modules of ``layer`` (N,) with the nearest centres; inf where none.
+        """
+        tokens, _ = self.surfaces.nearest_modules(
+            layer, xyz_mm, k=OVERLAP_CANDIDATES, exclude=state.exclude
+        )
+        rows = self.bounds.clipped(tokens)
+        xyz = np.broadcast_to(xyz_mm[:, None, :], (*tokens.shape, 3))
+        near_plane = np.abs(self.bounds.to_local(rows, xyz)[..., 2]) <= PLANE_TOLERANCE_MM
+        along = np.broadcast_to(direction[:, None, :], xyz.shape)
+        outside = self.bounds.outside_local(rows, self.bounds.to_local_on_plane(rows, xyz, along))
+        result: np.ndarray = np.where((tokens >= 0) & near_plane, outside, np.inf).min(axis=1)
+        return result
+
+    def _overlap_layer(self, state: _HelixState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer of a neighbouring visible hit whose crossing lies in a module still unused.
+
+        A track crossing the overlap of two modules of one layer leaves a hit on each; with one
+        of them visible, the helix's crossing of that layer lies inside the other, which is then
+        where the hidden hit is. Of the previous and the next visible hit's layers, the one whose
+        crossing lies deepest inside (or least outside) an unused module (``_outside_unused``).
+
+        Returns
+        -------
+        layer (N,) int64, crossing (N, 3) mm (of the layer's mean surface) and outside (N,):
+        ``_outside_unused`` of that crossing, at most 1 where an unused module contains it, inf
+        where neither neighbour's layer is crossed near the gap.
+        """
+        n = len(state.fit)
+        best = np.full(n, np.inf)
+        chosen = np.zeros(n, dtype=np.int64)
+        point = np.zeros((n, 3))
+        for key in ("prev1", "next1"):
+            layer = _at(state.layers, state.near[key])
+            has = layer >= 0
+            layer = np.where(has, layer, 0)
+            xyz, direction, accepted = self.crossing(state, layer)
+            outside = self._outside_unused(state, layer, xyz, direction)
+            better = has & accepted & (outside < best)
+            best = np.where(better, outside, best)
+            chosen = np.where(better, layer, chosen)
+            point = np.where(better[:, None], xyz, point)
+        return chosen, point, best
+
     def fit(
         self,
         tokens: np.ndarray,
@@ -438,6 +498,82 @@ class HelixBaseline:
         accepted = crosses & in_window & self.surfaces.covers(layer, xyz)
         return xyz, state.fit.direction_at(s), accepted
 
+    def choose_layer(
+        self, state: _HelixState, visible: np.ndarray, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The layer of each hidden hit and the helix's crossing of it.
+
+        In order: a layer the helix crosses strictly between the neighbouring visible hits; else
+        a neighbour's own layer where its crossing lies in a module the track has not used (an
+        overlap: the hidden hit is the second hit on that layer; between two visible hits with
+        no layer crossed in the gap, the neighbour's layer whose crossing comes nearest such a
+        module); else, at a track's end, the next layer crossed beyond it; else the most frequent
+        layer for this context (``layer_model``) that the helix crosses near the gap, else the
+        most frequent one.
+
+        Returns
+        -------
+        layer (N,) int64 layer index and crossing (N, 3) mm (of the layer's mean surface).
+        """
+        n = len(state.fit)
+        chosen, point, found = self._crossed_layer(
+            state.fit, state.layers, state.near, state.s_lo, state.s_hi
+        )
+        candidates = self.layer_model.rank(
+            state.layers, np.asarray(visible, bool), np.asarray(target), np.full((n, 1), -1)
+        )
+        settled = found.copy()
+        fallback_layer = int(self.layer_model.overall[0])
+        for c in range(candidates.shape[1]):
+            layer = candidates[:, c]
+            has = layer >= 0
+            layer_safe = np.where(has, layer, fallback_layer)
+            xyz_c, _, accepted = self.crossing(state, layer_safe)
+            accepted &= has
+            take = (accepted | (c == 0)) & ~settled
+            chosen = np.where(take, layer_safe, chosen)
+            point = np.where(take[:, None], xyz_c, point)
+            settled |= accepted
+        inside = np.isfinite(state.s_lo) & np.isfinite(state.s_hi)
+        overlap_layer, overlap_point, overlap_score = self._overlap_layer(state)
+        take = (overlap_score <= 1.0) | (inside & np.isfinite(overlap_score))
+        take &= ~(found & inside)
+        chosen = np.where(take, overlap_layer, chosen)
+        point = np.where(take[:, None], overlap_point, point)
+        return chosen, point
+
+    def predict_with_crossing(
+        self,
+        tokens: np.ndarray,
+        visible: np.ndarray,
+        target: np.ndarray,
+        hits_mm: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Ranked modules of each hidden hit and where the helix crosses the best one.
+
+        Parameters are those of ``predict``.
+
+        Returns
+        -------
+        ranked : (N, k) module tokens, best first (-1: none).
+        crossing_mm : (N, 3) the helix's crossing of the best module's plane (of the chosen
+            layer's mean surface where no module is ranked or the helix runs along the plane).
+        """
+        state = self.fit(tokens, visible, target, hits_mm)
+        layer, point = self.choose_layer(state, visible, target)
+        # The crossing of the layer's mean surface is not moved onto each candidate's plane along
+        # the track (measured: that lets far neighbours of forward tracks look containing).
+        ranked, _ = self.surfaces.rank_modules(
+            self.bounds, layer, point, k=self.k, exclude=state.exclude
+        )
+        best = self.bounds.clipped(ranked[:, 0])
+        direction = state.fit.direction_at(state.fit.arc_length_mm(point[:, :2]))
+        on_plane = self.bounds.to_global(
+            best, self.bounds.to_local_on_plane(best, point, direction)
+        )
+        usable = (ranked[:, 0] >= 0) & np.all(np.isfinite(on_plane), axis=1)
+        return ranked, np.where(usable[:, None], on_plane, point)
+
     def predict(
         self,
         tokens: np.ndarray,
@@ -454,35 +590,7 @@ class HelixBaseline:
         target : (N,) hidden hit index.
         hits_mm : (N, L, 3) measured hit positions (required with ``use_hits=True``).
         """
-        state = self.fit(tokens, visible, target, hits_mm)
-        n = len(state.fit)
-        chosen, point, found = self._crossed_layer(
-            state.fit, state.layers, state.near, state.s_lo, state.s_hi
-        )
-        # No other layer crossed in the gap: a second hit in a neighbour's layer (an overlap) or a
-        # layer the fit misses; take the most frequent layer for this context that the helix
-        # crosses inside its coverage near the window, else the most frequent one.
-        candidates = self.layer_model.rank(
-            state.layers, np.asarray(visible, bool), np.asarray(target), np.full((n, 1), -1)
-        )
-        settled = found.copy()
-        fallback_layer = int(self.layer_model.overall[0])
-        for c in range(candidates.shape[1]):
-            layer = candidates[:, c]
-            has = layer >= 0
-            layer_safe = np.where(has, layer, fallback_layer)
-            xyz_c, _, accepted = self.crossing(state, layer_safe)
-            accepted &= has
-            take = (accepted | (c == 0)) & ~settled
-            chosen = np.where(take, layer_safe, chosen)
-            point = np.where(take[:, None], xyz_c, point)
-            settled |= accepted
-        # The crossing of the layer's mean surface is not moved onto each candidate's plane along
-        # the track (measured: that lets far neighbours of forward tracks look containing).
-        ranked, _ = self.surfaces.rank_modules(
-            self.bounds, chosen, point, k=self.k, exclude=state.exclude
-        )
-        return ranked
+        return self.predict_with_crossing(tokens, visible, target, hits_mm)[0]
 
 
 class HelixFrequencyBaseline:
