@@ -18,12 +18,8 @@ from tests.reference.helices import (
 from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.evaluate.baselines import (
-    FrequencyBaseline,
-    HelixBaseline,
-    HelixFrequencyBaseline,
-    neighbours,
-)
+from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
+from tracklm.evaluate.contexts import neighbours
 
 
 def test_neighbours_skip_hidden_hits():
