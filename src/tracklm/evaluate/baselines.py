@@ -25,8 +25,9 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     else, at a track's end, the next layer crossed beyond it; else the most frequent one in the
     training split for the neighbouring visible layers that the helix crosses near the gap
     (``HelixBaseline.choose_layer``).
-    ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): a
-    reference using information the model never has, not a baseline to beat.
+    ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): the
+    reference for models that see module ids only (it uses information they never have), and
+    the baseline that models seeing hit positions must beat.
 ``HelixFrequencyBaseline`` (``helix+frequency``)
     The frequency baseline's candidates re-ranked by the centre-based helix: candidates the
     helix passes through come first, in frequency order.
@@ -48,6 +49,29 @@ from tracklm.evaluate.contexts import (
     visible_tokens,
 )
 from tracklm.tracking.helix import HelixFit, fit_helix
+
+# What each predictor of the evaluation report is, as the report says it (``metrics.json``).
+BASELINE_TEXT = {
+    "frequency": "most frequent module given the neighbouring visible modules, counted on the train split",
+    "helix": (
+        "helix fitted to the visible modules' CENTRES (the information the model has), each "
+        "weighted by its module's size in its local frame, through the beam spot; crossed with "
+        "the layer of the hidden hit (the one crossed between the neighbouring hits, else a "
+        "neighbour's layer where the crossing lies in a module still unused (an overlap), else "
+        "from the train-split layer statistics), predicting the module whose bounds contain the "
+        "crossing"
+    ),
+    "helix+frequency": (
+        "the frequency baseline's candidates (and the helix's pick), those the centre-based helix "
+        "passes through first, in frequency order"
+    ),
+    "helix_hits": (
+        "the same helix algorithm on the measured hit positions: the REFERENCE for models that see "
+        "module ids only (they never have those positions), and the BASELINE that models seeing "
+        "hit positions must beat"
+    ),
+    "copy_input": "copies the token visible at the evaluated position (only meaningful under 'unmasked')",
+}
 
 # Beam spot (transverse, longitudinal sigma, mm) used as a pseudo-point by the helix fits: the
 # luminous region is about 0.04 mm x 6 mm wide in TrackML; the transverse value is loosened
