@@ -387,6 +387,8 @@ class HelixBaseline:
             chosen = np.where(take, layer_safe, chosen)
             point = np.where(take[:, None], xyz_c, point)
             settled |= accepted
+        # Overlaps: an unused module of a neighbour's layer contains the crossing (at most 1),
+        # or, between two visible hits with no layer crossed in the gap, the nearer one wins.
         inside = np.isfinite(state.s_lo) & np.isfinite(state.s_hi)
         overlap_layer, overlap_point, overlap_score = self._overlap_layer(state)
         take = (overlap_score <= 1.0) | (inside & np.isfinite(overlap_score))
