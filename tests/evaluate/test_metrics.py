@@ -40,6 +40,18 @@ def test_module_distance_and_fractions():
     assert metrics.median_distance_mm(d) == 150.0
 
 
+def test_mean_and_quantiles_of_distances_and_the_position_summary():
+    d = np.array([0.0, 0.0, 10.0, 50.0, np.inf])
+    assert metrics.mean_distance_mm(d) == 15.0  # the one without a prediction (inf) left out
+    assert np.isnan(metrics.mean_distance_mm(np.array([np.inf])))
+    assert metrics.quantile_distance_mm(d, 0.5) == 10.0
+    # linear between order statistics: 0.9 of the way from the 4th to the 5th of 0, 10, ..., 40
+    assert metrics.quantile_distance_mm(np.arange(0.0, 41.0, 10.0), 0.9) == pytest.approx(36.0)
+    assert metrics.position_summary(np.arange(101.0)) == {"median": 50.0, "q68": 68.0, "q95": 95.0}
+    assert np.isinf(metrics.position_summary(np.array([1.0, np.nan]))["q95"])  # nan: no position
+    assert np.isnan(metrics.position_summary(np.array([]))["median"])
+
+
 def test_position_names_and_grouping():
     names = metrics.position_names(np.array([0, 2, 4, 3, 0]), np.array([5, 5, 5, 4, 4]))
     assert names.tolist() == ["first", "middle", "last", "last", "first"]
@@ -89,6 +101,8 @@ def test_masked_module_summary_schema_and_values():
     )
     assert summary["accuracy"] == 0.75 and summary["top5_accuracy"] == 1.0
     assert summary["within_20mm"] == 0.75 and summary["within_100mm"] == 1.0
+    assert summary["median_distance_mm"] == 0.0 and summary["mean_distance_mm"] == 7.5
+    assert summary["q90_distance_mm"] == pytest.approx(21.0)  # 0.7 of the way from 0 to 30
     assert summary["by_position"] == {"first": 1.0, "middle": 1.0, "last": 0.5}
     assert summary["by_length"]["4"] == 1.0 and summary["by_length"]["8"] == 0.5
     assert summary["by_track"] == {"A": 0.5, "B": 1.0}

@@ -101,6 +101,7 @@ def test_metrics_json_follows_the_schema(masked_report, toy_data):
     mm = metrics["masked_module"]
     for key in ("accuracy", "top5_accuracy", "within_20mm", "within_100mm", "median_distance_mm"):
         assert isinstance(mm[key], float)
+    assert isinstance(mm["mean_distance_mm"], float) and isinstance(mm["q90_distance_mm"], float)
     assert set(mm["by_position"]) == {"first", "middle", "last"}
     assert set(mm["by_length"]) == {"4", "5", "6", "7", "8"}
     assert set(mm["by_track"]) == {"A", "B"}
@@ -110,6 +111,9 @@ def test_metrics_json_follows_the_schema(masked_report, toy_data):
     for block in metrics["baselines"].values():
         assert set(block) >= {"accuracy", "within_20mm", "by_position", "description"}
     assert set(metrics["multi_mask"]) == {"2", "3"}
+    position = metrics["baselines"]["helix_hits"]["position_mm"]
+    assert set(position) == {"median", "q68", "q95"}
+    assert 0 <= position["median"] <= position["q68"] <= position["q95"]
 
 
 def test_metric_values_are_consistent(masked_report):
@@ -123,6 +127,10 @@ def test_baselines_find_the_toy_modules_and_a_random_model_does_not(masked_repor
     _, metrics = masked_report
     # helix_hits uses what the model never sees, and says so
     assert "REFERENCE" in metrics["baselines"]["helix_hits"]["description"]
+    assert (
+        "BASELINE that models seeing hit positions must beat"
+        in (metrics["baselines"]["helix_hits"]["description"])
+    )
     assert "CENTRES" in metrics["baselines"]["helix"]["description"]
     # the helix finds most hidden modules of the toy tracks, from centres too; a random model does not
     assert (
@@ -134,7 +142,8 @@ def test_baselines_find_the_toy_modules_and_a_random_model_does_not(masked_repor
 def test_report_md_shows_the_headline_and_never_beats_a_reference(masked_report):
     out, metrics = masked_report
     report = (out / "report.md").read_text()
-    assert "`helix_hits` is a reference, not a baseline" in report
+    assert "`helix_hits` is a reference for this model, not a baseline" in report
+    assert "Position: `helix_hits` puts the hidden hit" in report
     assert "best baseline (`helix_hits`)" not in report
     assert "Protocol: masked" in report and headline_table(metrics) in report
 
@@ -144,6 +153,7 @@ def test_headline_table_has_the_model_and_every_baseline(masked_report):
     table = headline_table(metrics)
     assert table.count("\n| ") == 6  # header, model and four baselines
     assert "| helix_hits (reference: measured hits) |" in table
+    assert "| mean distance [mm] | 90% quantile [mm] |" in table
 
 
 def test_plots_and_manifest_are_written(masked_report):

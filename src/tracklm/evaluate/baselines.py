@@ -19,11 +19,15 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     residual. Then choose the layer of the hidden hit and take the module whose BOUNDS contain
     the helix's crossing of it (``TokenLayers.rank_modules``, with the frames from the detector
     geometry when known, else guessed from the centres), never a module the track already uses.
-    The layer is the one the helix crosses between the neighbouring visible hits, else the most
-    frequent one in the training split for the neighbouring visible layers that the helix
-    crosses near the gap.
-    ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): a
-    reference using information the model never has, not a baseline to beat.
+    The layer is the one the helix crosses between the neighbouring visible hits; else a
+    neighbour's own layer where the helix crosses it inside a module the track has not used (an
+    overlap: two hits on one layer, about a third of the hidden hits of the demo's tracks);
+    else, at a track's end, the next layer crossed beyond it; else the most frequent one in the
+    training split for the neighbouring visible layers that the helix crosses near the gap
+    (``HelixBaseline.choose_layer``).
+    ``helix_hits`` runs the same algorithm on the measured hit positions (free circle): the
+    reference for models that see module ids only (it uses information they never have), and
+    the baseline that models seeing hit positions must beat.
 ``HelixFrequencyBaseline`` (``helix+frequency``)
     The frequency baseline's candidates re-ranked by the centre-based helix: candidates the
     helix passes through come first, in frequency order.
@@ -34,194 +38,51 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
+from tracklm.evaluate.contexts import (
+    ContextModel,
+    at_index,
+    merge_candidates,
+    neighbours,
+    visible_tokens,
+)
 from tracklm.tracking.helix import HelixFit, fit_helix
 
-_PACK = np.int64(1 << 21)  # token ids and layer indices stay far below 2**21
+# What each predictor of the evaluation report is, as the report says it (``metrics.json``).
+BASELINE_TEXT = {
+    "frequency": "most frequent module given the neighbouring visible modules, counted on the train split",
+    "helix": (
+        "helix fitted to the visible modules' CENTRES (the information the model has), each "
+        "weighted by its module's size in its local frame, through the beam spot; crossed with "
+        "the layer of the hidden hit (the one crossed between the neighbouring hits, else a "
+        "neighbour's layer where the crossing lies in a module still unused (an overlap), else "
+        "from the train-split layer statistics), predicting the module whose bounds contain the "
+        "crossing"
+    ),
+    "helix+frequency": (
+        "the frequency baseline's candidates (and the helix's pick), those the centre-based helix "
+        "passes through first, in frequency order"
+    ),
+    "helix_hits": (
+        "the same helix algorithm on the measured hit positions: the REFERENCE for models that see "
+        "module ids only (they never have those positions), and the BASELINE that models seeing "
+        "hit positions must beat"
+    ),
+    "copy_input": "copies the token visible at the evaluated position (only meaningful under 'unmasked')",
+}
+
 # Beam spot (transverse, longitudinal sigma, mm) used as a pseudo-point by the helix fits: the
 # luminous region is about 0.04 mm x 6 mm wide in TrackML; the transverse value is loosened
 # for particles produced a little off the beam line, z to cover the spread of vertices.
 BEAM_SIGMA_MM = (1.0, 10.0)
 HIT_SIGMA_MM = 0.1  # a measured pixel hit: resolution and multiple scattering, roughly
-
-
-@dataclass
-class TopKTable:
-    """For each context key, the ``k`` most frequent targets (most frequent first, ties by id).
-
-    Attributes
-    ----------
-    keys : (U,) sorted int64 context keys.
-    top : (U, k) int64 targets, -1 where a key has fewer than k distinct targets.
-    """
-
-    keys: np.ndarray
-    top: np.ndarray
-
-    @classmethod
-    def count(cls, keys: np.ndarray, targets: np.ndarray, k: int) -> TopKTable:
-        """Count (key, target) occurrences, vectorized (pandas groupby), and keep the top ``k``."""
-        frame = pd.DataFrame(
-            {"key": np.asarray(keys, np.int64), "target": np.asarray(targets, np.int64)}
-        )
-        counts = frame.groupby(["key", "target"], sort=False).size().reset_index(name="n")
-        counts = counts.sort_values(["key", "n", "target"], ascending=[True, False, True])
-        counts["rank"] = counts.groupby("key", sort=False).cumcount()
-        counts = counts[counts["rank"] < k]
-        unique_keys = np.unique(counts["key"].to_numpy())
-        top = np.full((len(unique_keys), k), -1, dtype=np.int64)
-        row = np.searchsorted(unique_keys, counts["key"].to_numpy())
-        top[row, counts["rank"].to_numpy()] = counts["target"].to_numpy()
-        return cls(keys=unique_keys, top=top)
-
-    def lookup(self, keys: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """(N, k) top targets of each key; rows with an unknown (or invalid) key are all -1."""
-        keys = np.asarray(keys, dtype=np.int64)
-        k = self.top.shape[1]
-        if len(self.keys) == 0:
-            return np.full((len(keys), k), -1, dtype=np.int64)
-        index = np.clip(np.searchsorted(self.keys, keys), 0, len(self.keys) - 1)
-        found = self.keys[index] == keys
-        if valid is not None:
-            found &= valid
-        return np.where(found[:, None], self.top[index], -1)
-
-
-def neighbours(
-    tokens: np.ndarray, visible: np.ndarray, target: np.ndarray
-) -> dict[str, np.ndarray]:
-    """The nearest visible hit indices around each target hit.
-
-    Parameters
-    ----------
-    tokens : (N, L) any per-hit values (only the shape is used).
-    visible : (N, L) bool, hits that may be used (padding must be False).
-    target : (N,) index of the hidden hit.
-
-    Returns
-    -------
-    dict of (N,) int64 hit indices ``prev1, prev2`` (nearest first before the target) and
-    ``next1, next2`` (after it), -1 where there is none.
-    """
-    n, width = np.asarray(tokens).shape[:2]
-    index = np.broadcast_to(np.arange(width), (n, width))
-    target = np.asarray(target)[:, None]
-    before = np.where(visible & (index < target), index, -1)
-    prev1 = before.max(axis=1)
-    prev2 = np.where(before < prev1[:, None], before, -1).max(axis=1)
-    after = np.where(visible & (index > target), index, width)
-    next1 = after.min(axis=1)
-    next2 = np.where(after > next1[:, None], after, width).min(axis=1)
-    next1 = np.where(next1 == width, -1, next1)
-    next2 = np.where(next2 == width, -1, next2)
-    return {"prev1": prev1, "prev2": prev2, "next1": next1, "next2": next2}
-
-
-def _at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """values[row, index[row]], -1 where index is -1."""
-    picked = np.take_along_axis(values, np.clip(index, 0, None)[:, None], axis=1)[:, 0]
-    return np.where(index >= 0, picked, -1).astype(np.int64)
-
-
-def _merge_candidates(columns: list[np.ndarray], exclude: np.ndarray, k: int) -> np.ndarray:
-    """Concatenate candidate lists in priority order, drop -1, repeats and excluded ids, keep k."""
-    cand = np.concatenate(columns, axis=1)
-    bad = cand < 0
-    bad |= np.any(cand[:, :, None] == exclude[:, None, :], axis=2)
-    for j in range(1, cand.shape[1]):
-        bad[:, j] |= np.any(cand[:, :j] == cand[:, j : j + 1], axis=1)
-    order = np.argsort(bad, axis=1, kind="stable")
-    cand = np.take_along_axis(np.where(bad, -1, cand), order, axis=1)
-    out = np.full((len(cand), k), -1, dtype=np.int64)
-    width = min(k, cand.shape[1])
-    out[:, :width] = cand[:, :width]
-    return out
-
-
-class ContextModel:
-    """Most frequent symbols (modules or layers) given neighbouring symbols, counted on tracks.
-
-    Tables (all over every hit of every training track, flight order):
-    ``between`` (previous, next) -> hit, ``before2`` (next, next-but-one) -> hit,
-    ``after2`` (previous-but-one, previous) -> hit, ``after1`` previous -> hit,
-    ``before1`` next -> hit, and the overall frequency.
-    """
-
-    def __init__(self, symbols: np.ndarray, lengths: np.ndarray, k: int = 5) -> None:
-        symbols = np.asarray(symbols, dtype=np.int64)
-        lengths = np.asarray(lengths, dtype=np.int64)
-        width = symbols.shape[1]
-        pos = np.arange(width)[None, :]
-        real = pos < lengths[:, None]
-        self.k = k
-
-        def shifted(offset: int) -> tuple[np.ndarray, np.ndarray]:
-            values = np.full_like(symbols, -1)
-            ok = np.zeros_like(real)
-            if offset > 0:
-                values[:, :-offset] = symbols[:, offset:]
-                ok[:, :-offset] = real[:, offset:]
-            else:
-                values[:, -offset:] = symbols[:, :offset]
-                ok[:, -offset:] = real[:, :offset]
-            return values, ok & real
-
-        prev1, ok_p1 = shifted(-1)
-        prev2, ok_p2 = shifted(-2)
-        next1, ok_n1 = shifted(1)
-        next2, ok_n2 = shifted(2)
-        target = symbols
-
-        def table(key: np.ndarray, ok: np.ndarray) -> TopKTable:
-            return TopKTable.count(key[ok], target[ok], k)
-
-        self.between = table(prev1 * _PACK + next1, ok_p1 & ok_n1)
-        self.after2 = table(prev2 * _PACK + prev1, ok_p2)
-        self.before2 = table(next1 * _PACK + next2, ok_n2)
-        self.after1 = table(prev1, ok_p1)
-        self.before1 = table(next1, ok_n1)
-        values, counts = np.unique(target[real], return_counts=True)
-        order = np.lexsort((values, -counts))[:k]
-        overall = np.full(k, -1, dtype=np.int64)
-        overall[: len(order)] = values[order]
-        self.overall = overall
-
-    def rank(
-        self, symbols: np.ndarray, visible: np.ndarray, target: np.ndarray, exclude: np.ndarray
-    ) -> np.ndarray:
-        """(N, k) candidate symbols for each target hit, most likely first, -1 when none.
-
-        Parameters
-        ----------
-        symbols : (N, L) symbols of the tracks (values at hidden hits are ignored).
-        visible : (N, L) bool, the hits that may be used.
-        target : (N,) hidden hit index.
-        exclude : (N, E) symbols never to propose (-1 entries are ignored).
-        """
-        symbols = np.asarray(symbols, dtype=np.int64)
-        near = neighbours(symbols, visible, target)
-        p1, p2 = _at(symbols, near["prev1"]), _at(symbols, near["prev2"])
-        n1, n2 = _at(symbols, near["next1"]), _at(symbols, near["next2"])
-        has_p1, has_p2, has_n1, has_n2 = p1 >= 0, p2 >= 0, n1 >= 0, n2 >= 0
-        inside = has_p1 & has_n1
-        columns = [
-            self.between.lookup(p1 * _PACK + n1, inside),
-            # a first hit: the two following; a last hit: the two preceding
-            self.before2.lookup(n1 * _PACK + n2, ~has_p1 & has_n2),
-            self.after2.lookup(p2 * _PACK + p1, ~has_n1 & has_p2),
-            self.after1.lookup(p1, has_p1),
-            self.before1.lookup(n1, has_n1),
-            np.broadcast_to(self.overall, (len(target), self.k)),
-        ]
-        return _merge_candidates(columns, exclude, self.k)
-
-
-def visible_tokens(tokens: np.ndarray, visible: np.ndarray) -> np.ndarray:
-    """(N, L) tokens of the visible hits, -1 elsewhere (for excluding already-used modules)."""
-    return np.where(visible, np.asarray(tokens, dtype=np.int64), -1)
+# Overlap search on a neighbour's layer: the modules with the nearest centres that are looked at,
+# and how far (mm) the crossing of the layer's mean surface may lie off a module's plane (the
+# stagger of overlapping modules; the far side of a small barrel is much farther).
+OVERLAP_CANDIDATES = 8
+PLANE_TOLERANCE_MM = 10.0
 
 
 class FrequencyBaseline:
@@ -347,8 +208,8 @@ class HelixBaseline:
         hit the first crossing. Returns (layer (N,), crossing (N, 3), found (N,) bool).
         """
         n = len(fit)
-        prev_layer = _at(layers, near["prev1"])
-        next_layer = _at(layers, near["next1"])
+        prev_layer = at_index(layers, near["prev1"])
+        next_layer = at_index(layers, near["next1"])
         lower = np.where(np.isfinite(s_lo), s_lo, fit.perigee_s_mm())
         both = np.isfinite(s_lo) & np.isfinite(s_hi)
         mid = np.where(both, 0.5 * (np.where(both, s_lo, 0.0) + np.where(both, s_hi, 0.0)), 0.0)
@@ -369,6 +230,58 @@ class HelixBaseline:
             chosen = np.where(better, y, chosen)
             point = np.where(better[:, None], xyz, point)
         return chosen, point, np.isfinite(best)
+
+    def _outside_unused(
+        self, state: _HelixState, layer: np.ndarray, xyz_mm: np.ndarray, direction: np.ndarray
+    ) -> np.ndarray:
+        """(N,) how far each crossing lies outside the nearest unused module of its layer.
+
+        In units of the module's half-sizes (``ModuleFrames.outside_local``: at most 1 inside),
+        the crossing ``xyz_mm`` (N, 3) of the layer's mean surface moved onto each module's
+        plane along ``direction`` (N, 3); modules whose plane lies farther from the crossing
+        than ``PLANE_TOLERANCE_MM`` (the far side of a small barrel) do not count. Among the
+        ``OVERLAP_CANDIDATES`` modules of ``layer`` (N,) with the nearest centres; inf where none.
+        """
+        tokens, _ = self.surfaces.nearest_modules(
+            layer, xyz_mm, k=OVERLAP_CANDIDATES, exclude=state.exclude
+        )
+        rows = self.bounds.clipped(tokens)
+        xyz = np.broadcast_to(xyz_mm[:, None, :], (*tokens.shape, 3))
+        near_plane = np.abs(self.bounds.to_local(rows, xyz)[..., 2]) <= PLANE_TOLERANCE_MM
+        along = np.broadcast_to(direction[:, None, :], xyz.shape)
+        outside = self.bounds.outside_local(rows, self.bounds.to_local_on_plane(rows, xyz, along))
+        result: np.ndarray = np.where((tokens >= 0) & near_plane, outside, np.inf).min(axis=1)
+        return result
+
+    def _overlap_layer(self, state: _HelixState) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layer of a neighbouring visible hit whose crossing lies in a module still unused.
+
+        A track crossing the overlap of two modules of one layer leaves a hit on each; with one
+        of them visible, the helix's crossing of that layer lies inside the other, which is then
+        where the hidden hit is. Of the previous and the next visible hit's layers, the one whose
+        crossing lies deepest inside (or least outside) an unused module (``_outside_unused``).
+
+        Returns
+        -------
+        layer (N,) int64, crossing (N, 3) mm (of the layer's mean surface) and outside (N,):
+        ``_outside_unused`` of that crossing, at most 1 where an unused module contains it, inf
+        where neither neighbour's layer is crossed near the gap.
+        """
+        n = len(state.fit)
+        best = np.full(n, np.inf)
+        chosen = np.zeros(n, dtype=np.int64)
+        point = np.zeros((n, 3))
+        for key in ("prev1", "next1"):
+            layer = at_index(state.layers, state.near[key])
+            has = layer >= 0
+            layer = np.where(has, layer, 0)
+            xyz, direction, accepted = self.crossing(state, layer)
+            outside = self._outside_unused(state, layer, xyz, direction)
+            better = has & accepted & (outside < best)
+            best = np.where(better, outside, best)
+            chosen = np.where(better, layer, chosen)
+            point = np.where(better[:, None], xyz, point)
+        return chosen, point, best
 
     def fit(
         self,
@@ -438,6 +351,84 @@ class HelixBaseline:
         accepted = crosses & in_window & self.surfaces.covers(layer, xyz)
         return xyz, state.fit.direction_at(s), accepted
 
+    def choose_layer(
+        self, state: _HelixState, visible: np.ndarray, target: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The layer of each hidden hit and the helix's crossing of it.
+
+        In order: a layer the helix crosses strictly between the neighbouring visible hits; else
+        a neighbour's own layer where its crossing lies in a module the track has not used (an
+        overlap: the hidden hit is the second hit on that layer; between two visible hits with
+        no layer crossed in the gap, the neighbour's layer whose crossing comes nearest such a
+        module); else, at a track's end, the next layer crossed beyond it; else the most frequent
+        layer for this context (``layer_model``) that the helix crosses near the gap, else the
+        most frequent one.
+
+        Returns
+        -------
+        layer (N,) int64 layer index and crossing (N, 3) mm (of the layer's mean surface).
+        """
+        n = len(state.fit)
+        chosen, point, found = self._crossed_layer(
+            state.fit, state.layers, state.near, state.s_lo, state.s_hi
+        )
+        candidates = self.layer_model.rank(
+            state.layers, np.asarray(visible, bool), np.asarray(target), np.full((n, 1), -1)
+        )
+        settled = found.copy()
+        fallback_layer = int(self.layer_model.overall[0])
+        for c in range(candidates.shape[1]):
+            layer = candidates[:, c]
+            has = layer >= 0
+            layer_safe = np.where(has, layer, fallback_layer)
+            xyz_c, _, accepted = self.crossing(state, layer_safe)
+            accepted &= has
+            take = (accepted | (c == 0)) & ~settled
+            chosen = np.where(take, layer_safe, chosen)
+            point = np.where(take[:, None], xyz_c, point)
+            settled |= accepted
+        # Overlaps: an unused module of a neighbour's layer contains the crossing (at most 1),
+        # or, between two visible hits with no layer crossed in the gap, the nearer one wins.
+        inside = np.isfinite(state.s_lo) & np.isfinite(state.s_hi)
+        overlap_layer, overlap_point, overlap_score = self._overlap_layer(state)
+        take = (overlap_score <= 1.0) | (inside & np.isfinite(overlap_score))
+        take &= ~(found & inside)
+        chosen = np.where(take, overlap_layer, chosen)
+        point = np.where(take[:, None], overlap_point, point)
+        return chosen, point
+
+    def predict_with_crossing(
+        self,
+        tokens: np.ndarray,
+        visible: np.ndarray,
+        target: np.ndarray,
+        hits_mm: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Ranked modules of each hidden hit and where the helix crosses the best one.
+
+        Parameters are those of ``predict``.
+
+        Returns
+        -------
+        ranked : (N, k) module tokens, best first (-1: none).
+        crossing_mm : (N, 3) the helix's crossing of the best module's plane (of the chosen
+            layer's mean surface where no module is ranked or the helix runs along the plane).
+        """
+        state = self.fit(tokens, visible, target, hits_mm)
+        layer, point = self.choose_layer(state, visible, target)
+        # The crossing of the layer's mean surface is not moved onto each candidate's plane along
+        # the track (measured: that lets far neighbours of forward tracks look containing).
+        ranked, _ = self.surfaces.rank_modules(
+            self.bounds, layer, point, k=self.k, exclude=state.exclude
+        )
+        best = self.bounds.clipped(ranked[:, 0])
+        direction = state.fit.direction_at(state.fit.arc_length_mm(point[:, :2]))
+        on_plane = self.bounds.to_global(
+            best, self.bounds.to_local_on_plane(best, point, direction)
+        )
+        usable = (ranked[:, 0] >= 0) & np.all(np.isfinite(on_plane), axis=1)
+        return ranked, np.where(usable[:, None], on_plane, point)
+
     def predict(
         self,
         tokens: np.ndarray,
@@ -454,35 +445,7 @@ class HelixBaseline:
         target : (N,) hidden hit index.
         hits_mm : (N, L, 3) measured hit positions (required with ``use_hits=True``).
         """
-        state = self.fit(tokens, visible, target, hits_mm)
-        n = len(state.fit)
-        chosen, point, found = self._crossed_layer(
-            state.fit, state.layers, state.near, state.s_lo, state.s_hi
-        )
-        # No other layer crossed in the gap: a second hit in a neighbour's layer (an overlap) or a
-        # layer the fit misses; take the most frequent layer for this context that the helix
-        # crosses inside its coverage near the window, else the most frequent one.
-        candidates = self.layer_model.rank(
-            state.layers, np.asarray(visible, bool), np.asarray(target), np.full((n, 1), -1)
-        )
-        settled = found.copy()
-        fallback_layer = int(self.layer_model.overall[0])
-        for c in range(candidates.shape[1]):
-            layer = candidates[:, c]
-            has = layer >= 0
-            layer_safe = np.where(has, layer, fallback_layer)
-            xyz_c, _, accepted = self.crossing(state, layer_safe)
-            accepted &= has
-            take = (accepted | (c == 0)) & ~settled
-            chosen = np.where(take, layer_safe, chosen)
-            point = np.where(take[:, None], xyz_c, point)
-            settled |= accepted
-        # The crossing of the layer's mean surface is not moved onto each candidate's plane along
-        # the track (measured: that lets far neighbours of forward tracks look containing).
-        ranked, _ = self.surfaces.rank_modules(
-            self.bounds, chosen, point, k=self.k, exclude=state.exclude
-        )
-        return ranked
+        return self.predict_with_crossing(tokens, visible, target, hits_mm)[0]
 
 
 class HelixFrequencyBaseline:
@@ -514,7 +477,7 @@ class HelixFrequencyBaseline:
         freq = self.frequency.predict(tokens, visible, target)
         helix = self.helix.predict(tokens, visible, target, hits_mm)
         state = self.helix.fit(tokens, visible, target, hits_mm)
-        cand = _merge_candidates([freq, helix[:, :1]], state.exclude, freq.shape[1] + 1)
+        cand = merge_candidates([freq, helix[:, :1]], state.exclude, freq.shape[1] + 1)
         table = self.helix.surfaces.layer_of_token
         score = np.full(cand.shape, np.inf)
         for c in range(cand.shape[1]):

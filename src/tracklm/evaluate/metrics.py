@@ -121,6 +121,48 @@ def median_distance_mm(distances_mm: np.ndarray) -> float:
     return float(np.median(distances_mm)) if distances_mm.size else float("nan")
 
 
+def mean_distance_mm(distances_mm: np.ndarray) -> float:
+    """Mean distance in mm of the finite entries (``inf``: no prediction, left out; they count in
+    the accuracy and the fractions within a distance); ``nan`` when none is finite."""
+    distances_mm = np.asarray(distances_mm, dtype=np.float64)
+    finite = distances_mm[np.isfinite(distances_mm)]
+    return float(np.mean(finite)) if finite.size else float("nan")
+
+
+def quantile_distance_mm(distances_mm: np.ndarray, q: float) -> float:
+    """The ``q`` quantile (0..1) of distances in mm (``inf`` and ``nan`` entries count as large;
+    ``nan`` when empty)."""
+    distances_mm = np.asarray(distances_mm, dtype=np.float64).ravel()
+    if distances_mm.size == 0:
+        return float("nan")
+    # numpy's linear interpolation, written out: numpy's own gives nan next to an inf
+    ordered = np.sort(np.where(np.isnan(distances_mm), np.inf, distances_mm))
+    h = q * (ordered.size - 1)
+    lo, hi = ordered[int(np.floor(h))], ordered[int(np.ceil(h))]
+    if not np.isfinite(hi):
+        return float(hi if h > np.floor(h) else lo)
+    return float(lo + (h - np.floor(h)) * (hi - lo))
+
+
+def position_summary(distances_mm: np.ndarray) -> dict[str, float]:
+    """Median and 68% and 95% quantiles of position errors (``position_mm`` in ``metrics.json``).
+
+    Parameters
+    ----------
+    distances_mm : (N,) distance in mm between a predicted position (e.g. a helix's crossing of
+        the predicted module) and the true hit; ``inf``/``nan`` (no position) count as large.
+
+    Returns
+    -------
+    dict ``median``, ``q68``, ``q95`` in mm (``nan`` when empty).
+    """
+    return {
+        "median": quantile_distance_mm(distances_mm, 0.5),
+        "q68": quantile_distance_mm(distances_mm, 0.68),
+        "q95": quantile_distance_mm(distances_mm, 0.95),
+    }
+
+
 def grouped_mean(values: np.ndarray, groups: np.ndarray, keys: Iterable[Any]) -> dict[str, float]:
     """Mean of ``values`` within each group, for the given group keys (``nan`` for empty groups).
 
@@ -282,7 +324,7 @@ def masked_module_summary(
     Returns
     -------
     dict with accuracy, top5_accuracy, within_20mm, within_100mm, median_distance_mm,
-    by_position, by_length, by_track and n_predictions.
+    mean_distance_mm, q90_distance_mm, by_position, by_length, by_track and n_predictions.
     """
     correct = np.asarray(predicted) == np.asarray(true)
     summary: dict[str, Any] = {"accuracy": exact_accuracy(predicted, true)}
@@ -291,6 +333,8 @@ def masked_module_summary(
     summary["within_20mm"] = fraction_within(distances_mm, 20.0)
     summary["within_100mm"] = fraction_within(distances_mm, 100.0)
     summary["median_distance_mm"] = median_distance_mm(distances_mm)
+    summary["mean_distance_mm"] = mean_distance_mm(distances_mm)
+    summary["q90_distance_mm"] = quantile_distance_mm(distances_mm, 0.9)
     summary["by_position"] = grouped_mean(correct, position_name, POSITION_NAMES)
     summary["by_length"] = grouped_mean(correct, lengths, length_keys)
     if side is not None:

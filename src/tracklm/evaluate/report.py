@@ -32,7 +32,12 @@ from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.evaluate import metrics as M
 from tracklm.evaluate import plots
-from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
+from tracklm.evaluate.baselines import (
+    BASELINE_TEXT,
+    FrequencyBaseline,
+    HelixBaseline,
+    HelixFrequencyBaseline,
+)
 from tracklm.evaluate.counting import counting_split
 from tracklm.evaluate.markdown import report_markdown
 from tracklm.evaluate.masked import (
@@ -58,24 +63,6 @@ PROTOCOL_TEXT = {
         "unmasked: the evaluated hit's true token stays visible in the input, as in the public "
         "code's evaluation; the model can copy it, so this figure does NOT measure prediction"
     ),
-}
-BASELINE_TEXT = {
-    "frequency": "most frequent module given the neighbouring visible modules, counted on the train split",
-    "helix": (
-        "helix fitted to the visible modules' CENTRES (the information the model has), each "
-        "weighted by its module's size in its local frame, through the beam spot; crossed with "
-        "the layer of the hidden hit (chosen by the train-split layer statistics and the helix), "
-        "predicting the module whose bounds contain the crossing"
-    ),
-    "helix+frequency": (
-        "the frequency baseline's candidates (and the helix's pick), those the centre-based helix "
-        "passes through first, in frequency order"
-    ),
-    "helix_hits": (
-        "REFERENCE, not a fair baseline: the same helix algorithm on the measured hit positions, "
-        "information the model does not have"
-    ),
-    "copy_input": "copies the token visible at the evaluated position (only meaningful under 'unmasked')",
 }
 
 
@@ -350,7 +337,8 @@ def predict_single_hits(
     One row per hidden hit: the track, its side and position, the true token, and for the model
     and every baseline (and ``copy_input`` when unmasked) the prediction ``<name>_pred``, whether
     the truth is in its top 5 (``<name>_top5``) and the distance to the truth
-    (``<name>_distance_mm``).
+    (``<name>_distance_mm``); for the helices, the distance between their crossing of the
+    predicted module and the true hit (``<name>_position_mm``).
     """
     vocab = pairs.vocab
     tokens, lengths, tracks, encoded = pairs.tokens, pairs.lengths, pairs.tracks, pairs.encoded
@@ -360,12 +348,17 @@ def predict_single_hits(
         "last": lengths - 1,
     }
     baseline_ranked: dict[tuple[str, str], np.ndarray] = {}
+    crossing_mm: dict[tuple[str, str], np.ndarray] = {}  # of the helices: their predicted hit
     for position, hit in hit_of.items():
         visible = pairs.real & (np.arange(tracks.max_length)[None, :] != hit[:, None])
         for baseline in baselines:
-            baseline_ranked[(baseline.name, position)] = baseline.predict(
-                tokens, visible, hit, tracks.hits
-            )
+            key = (baseline.name, position)
+            if isinstance(baseline, HelixBaseline):
+                baseline_ranked[key], crossing_mm[key] = baseline.predict_with_crossing(
+                    tokens, visible, hit, tracks.hits
+                )
+            else:
+                baseline_ranked[key] = baseline.predict(tokens, visible, hit, tracks.hits)
     records = []
     for side in SIDES:
         for position, hit_by_track in hit_of.items():
@@ -394,6 +387,11 @@ def predict_single_hits(
                 b_ranked = baseline_ranked[(baseline.name, position)][track]
                 frame[f"{baseline.name}_pred"] = b_ranked[:, 0]
                 frame[f"{baseline.name}_top5"] = M.top_k_hits(b_ranked, true, 5)
+                if (baseline.name, position) in crossing_mm:
+                    frame[f"{baseline.name}_position_mm"] = np.linalg.norm(
+                        crossing_mm[(baseline.name, position)][track] - tracks.hits[track, hit],
+                        axis=1,
+                    )
             if located is not None:
                 true_mm = tracks.hits[track, hit].astype(np.float64)
                 frame["model_position_mm"] = np.linalg.norm(located - true_mm, axis=1)
@@ -425,7 +423,7 @@ def predictor_summary(pred: pd.DataFrame, name: str) -> dict[str, Any]:
     if top5 in pred:  # rebuild a (N, 5) "ranked" whose top-5 hit equals the stored flag
         flag = pred[top5].to_numpy()
         ranked = np.where(flag[:, None], true_all[:, None], -1).repeat(5, axis=1)
-    return M.masked_module_summary(
+    summary = M.masked_module_summary(
         pred[f"{name}_pred"].to_numpy(),
         true_all,
         pred[f"{name}_distance_mm"].to_numpy(),
@@ -434,6 +432,9 @@ def predictor_summary(pred: pd.DataFrame, name: str) -> dict[str, Any]:
         ranked=ranked,
         side=pred["side"].to_numpy(),
     )
+    if f"{name}_position_mm" in pred:
+        summary["position_mm"] = M.position_summary(pred[f"{name}_position_mm"].to_numpy())
+    return summary
 
 
 def summarise(
@@ -450,10 +451,7 @@ def summarise(
         "protocol_description": PROTOCOL_TEXT[protocol],
         "split": None,
         "n_tracks": int(n),
-        "masked_module": {
-            **predictor_summary(pred, "model"),
-            **_position_block(pred, "model_position_mm"),
-        },
+        "masked_module": predictor_summary(pred, "model"),
         "pair_pt": {
             "accuracy": M.binary_accuracy(pair_logits, pair_labels),
             "auc": M.roc_auc(pair_logits, pair_labels),
@@ -468,15 +466,6 @@ def summarise(
         "baseline_descriptions": {name: BASELINE_TEXT[name] for name in names[1:]},
         "pairing": "tracks of one event in a seeded random cycle: each track is A once and B once",
     }
-
-
-def _position_block(pred: pd.DataFrame, column: str) -> dict[str, Any]:
-    """``{"position_mm": {median, q68, q95}}`` of a distance column, or nothing without it."""
-    if column not in pred:
-        return {}
-    distances = pred[column].to_numpy(np.float64)
-    q = np.quantile(distances, [0.5, 0.68, 0.95]) if len(distances) else [np.nan] * 3
-    return {"position_mm": {"median": float(q[0]), "q68": float(q[1]), "q95": float(q[2])}}
 
 
 def accuracy_by_volume_layer(
