@@ -182,9 +182,9 @@ def test_the_position_head_learns_where_a_hidden_hit_lies(toy_data: Path) -> Non
         toy_data / "train", dataset.vocab, batch_size=32, seed=1, pairing="event",
         pair_task="pt", mask_schedule=MaskSchedule((0.3,), ()), hits=True,
     )[0]  # fmt: skip
-    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(60):
+    for _ in range(120):
         out = model(
             batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
             labels=batch["labels"], hits=batch["hits"], hit_labels=batch["hit_labels"],
@@ -194,7 +194,7 @@ def test_the_position_head_learns_where_a_hidden_hit_lies(toy_data: Path) -> Non
         out.loss.backward()
         optimiser.step()
         losses.append(out.position_loss.item())
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.3 * losses[0], losses[::20]
 
 
 def test_hide_hits_splits_visible_from_targets() -> None:

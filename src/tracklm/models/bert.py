@@ -35,7 +35,7 @@ from tracklm.errors import InputError
 from tracklm.models import cpu_kernels, hub
 from tracklm.models.config import TrackingBertConfig as TrackingBertConfig  # re-exported
 from tracklm.models.cpu_kernels import Dropout, DropoutRng
-from tracklm.models.inputs import N_GEOMETRY, ModuleInputs, PositionHead, position_loss, to_global
+from tracklm.models.inputs import N_GEOMETRY, ModuleInputs, PositionHead, to_global
 from tracklm.models.layout import TokenLayout
 
 AttentionBackend = Literal["packed", "eager", "sdpa"]
@@ -448,7 +448,7 @@ class TrackingBert(nn.Module):
         if at is None:
             hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)  # (b, t, d)
             pair_logits = self.pair_head(hidden) if pair else None
-            return HeadOutputs(self.mlm_head(hidden, table), pair_logits, hidden)
+            return HeadOutputs(self._module_logits(hidden, table), pair_logits, hidden)
         b, t = input_ids.shape
         k = at.shape[0]
         if pair:  # [CLS] sits at position 0 of each row
@@ -459,7 +459,18 @@ class TrackingBert(nn.Module):
             hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)
             rows = hidden.reshape(b * t, -1).index_select(0, at)  # (k [+ b], d)
         pair_logits = self.pair_head.classify(rows[k:]) if pair else None
-        return HeadOutputs(self.mlm_head(rows[:k], table), pair_logits, None, rows[:k])
+        return HeadOutputs(self._module_logits(rows[:k], table), pair_logits, None, rows[:k])
+
+    def _module_logits(self, hidden: Tensor, table: Tensor) -> Tensor:
+        """(..., d) hidden states -> (..., v) masked-module logits; a hits model adds where its
+        predicted point lies against every module (``PositionHead.module_scores``)."""
+        logits: Tensor = self.mlm_head(hidden, table)
+        if self.position_head is None or self.module_inputs is None:
+            return logits
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        geometry = self.module_inputs.module_geometry
+        scores = self.position_head.module_scores(flat, geometry).to(logits.dtype)
+        return logits + scores.view(logits.shape)
 
     def forward(
         self,
@@ -532,8 +543,7 @@ class TrackingBert(nn.Module):
         true_mm = hit_labels.reshape(-1, 3).index_select(0, where).float()  # (k, 3)
         table = self.module_inputs.module_geometry[targets]  # (k, N_GEOMETRY)
         keep = torch.isfinite(true_mm).all(dim=-1) & (table[:, 14] > 0.5)
-        predicted = self.position_head(rows[keep], table[keep])
-        return position_loss(predicted, table[keep], true_mm[keep])
+        return self.position_head.loss(rows[keep], table[keep], true_mm[keep])
 
     def locate(self, rows: Tensor, modules: Tensor) -> Tensor:
         """Predicted hidden-hit positions (k, 3) in mm, on the planes of ``modules`` (k,) token
