@@ -10,8 +10,10 @@ Heads: masked-module (dense + GELU + LayerNorm, then a decoder tied to the token
 run only where it is read: the vocabulary, about 4,010 tokens, dwarfs the hidden size, 64) and
 pair (pooler on ``[CLS]``, then one logit of pT(B) > pT(A)); ``TrackingBert.heads_at``.
 
-Beside this file: ``cpu_kernels.py`` (CPU training fast paths: packed attention, cheap dropout),
-``export.py`` (ONNX graphs), ``hub.py`` (model directory and card).
+Beside this file: ``heads.py`` (the two heads), ``inputs.py`` (what a ``geometry`` or ``hits``
+model reads beside the token, and its hidden-hit position head), ``cpu_kernels.py`` (CPU training
+fast paths: packed attention, cheap dropout), ``export.py`` (ONNX graphs), ``hub.py`` (model
+directory and card).
 
 Shape legend: ``b`` batch, ``t`` tokens (input width), ``n`` real (unpadded) tokens in the batch,
 ``d`` hidden, ``h`` heads, ``e`` head size (d / h), ``f`` feed-forward width, ``v`` vocabulary,
@@ -35,7 +37,9 @@ from tracklm.errors import InputError
 from tracklm.models import cpu_kernels, hub
 from tracklm.models.config import TrackingBertConfig as TrackingBertConfig  # re-exported
 from tracklm.models.cpu_kernels import Dropout, DropoutRng
-from tracklm.models.inputs import N_GEOMETRY, ModuleInputs, PositionHead, to_global
+from tracklm.models.heads import MaskedModuleHead as MaskedModuleHead  # re-exported
+from tracklm.models.heads import PairHead as PairHead  # re-exported
+from tracklm.models.inputs import ModuleInputs, PositionHead, to_global
 from tracklm.models.layout import TokenLayout
 
 AttentionBackend = Literal["packed", "eager", "sdpa"]
@@ -232,41 +236,6 @@ class Block(nn.Module):
         return out
 
 
-class MaskedModuleHead(nn.Module):
-    """Scores every vocabulary token at some positions; decoder tied to the token embeddings."""
-
-    def __init__(self, config: TrackingBertConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.norm = cpu_kernels.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, hidden: Tensor, token_embedding: Tensor) -> Tensor:
-        """(..., d) hidden states and the (v, d) embedding table -> (..., v) logits."""
-        x = self.norm(F.gelu(self.dense(hidden)))
-        return F.linear(x, token_embedding, self.bias)
-
-
-class PairHead(nn.Module):
-    """Pooler (dense + tanh) on ``[CLS]``, then one logit of pT(B) > pT(A) (or ``num_outputs``)."""
-
-    def __init__(self, config: TrackingBertConfig, num_outputs: int = 1) -> None:
-        super().__init__()
-        self.num_outputs = num_outputs
-        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
-        self.classifier = nn.Linear(config.hidden_size, num_outputs)
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        """(b, t, d) hidden states -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
-        return self.classify(hidden[:, 0])
-
-    def classify(self, cls: Tensor) -> Tensor:
-        """(b, d) hidden states at ``[CLS]`` -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
-        pooled = torch.tanh(self.pooler(cls))  # (b, d)
-        logits: Tensor = self.classifier(pooled)  # (b, num_outputs)
-        return logits.squeeze(-1) if self.num_outputs == 1 else logits
-
-
 # ----------------------------------------------------------------------------- model
 class TrackingBert(nn.Module):
     """TrackingBERT encoder with its masked-module and pair heads.
@@ -349,15 +318,7 @@ class TrackingBert(nn.Module):
         ``geometry`` or ``hits`` model reads; it is saved with the weights."""
         if self.module_inputs is None:
             raise ValueError("a model with inputs 'tokens' holds no module geometry")
-        target = self.module_inputs.module_geometry
-        value = torch.as_tensor(table, dtype=target.dtype)
-        if tuple(value.shape) != (self.config.vocab_size, N_GEOMETRY):
-            raise ValueError(
-                f"module geometry of shape {tuple(value.shape)}, expected "
-                f"({self.config.vocab_size}, {N_GEOMETRY})"
-            )
-        with torch.no_grad():
-            target.copy_(value.to(target.device))
+        self.module_inputs.set_table(table)
 
     def num_parameters(self) -> int:
         """Number of trainable numbers (the tied table counted once)."""
@@ -541,9 +502,7 @@ class TrackingBert(nn.Module):
         """Position loss at the k labelled positions (their hidden rows (k, d), true tokens (k,))."""
         assert self.position_head is not None and self.module_inputs is not None
         true_mm = hit_labels.reshape(-1, 3).index_select(0, where).float()  # (k, 3)
-        table = self.module_inputs.module_geometry[targets]  # (k, N_GEOMETRY)
-        keep = torch.isfinite(true_mm).all(dim=-1) & (table[:, 14] > 0.5)
-        return self.position_head.loss(rows[keep], table[keep], true_mm[keep])
+        return self.position_head.loss(rows, self.module_inputs.module_geometry[targets], true_mm)
 
     def locate(self, rows: Tensor, modules: Tensor) -> Tensor:
         """Predicted hidden-hit positions (k, 3) in mm, on the planes of ``modules`` (k,) token

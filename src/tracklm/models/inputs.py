@@ -150,6 +150,17 @@ class ModuleInputs(nn.Module):
         if hits:
             self.hits = _mlp(N_HIT_FEATURES, hidden_size)
 
+    def set_table(self, table: Tensor | np.ndarray) -> None:
+        """Set the (v, ``N_GEOMETRY``) table (``module_geometry_table``); saved with the weights."""
+        target = self.module_geometry
+        value = torch.as_tensor(table, dtype=target.dtype)
+        if value.shape != target.shape:
+            raise ValueError(
+                f"module geometry of shape {tuple(value.shape)}, expected {tuple(target.shape)}"
+            )
+        with torch.no_grad():
+            target.copy_(value.to(target.device))
+
     def module_embeddings(self) -> Tensor:
         """(v, d) the geometry part of every token's embedding (zeros for special tokens).
 
@@ -237,7 +248,9 @@ class PositionHead(nn.Module):
     def loss(self, hidden: Tensor, rows: Tensor, true_mm: Tensor) -> Tensor:
         """Position loss of k hidden hits: mean L1 error on the true module (in half-sizes) plus
         that of the global point (in cm); ``rows`` (k, ``N_GEOMETRY``) of the true modules,
-        ``true_mm`` (k, 3). 0 when k = 0."""
+        ``true_mm`` (k, 3), rows without a known position or module skipped. 0 when none is left."""
+        keep = torch.isfinite(true_mm).all(dim=-1) & (rows[:, 14] > 0.5)
+        hidden, rows, true_mm = hidden[keep], rows[keep], true_mm[keep]
         if hidden.shape[0] == 0:
             return hidden.sum() * 0.0
         target = to_local(rows, true_mm)[:, :2].clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)

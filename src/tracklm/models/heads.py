@@ -1,0 +1,45 @@
+"""The two pre-training heads of TrackingBERT: masked modules and the pair task (``bert.py``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tracklm.models import cpu_kernels
+from tracklm.models.config import TrackingBertConfig
+
+
+class MaskedModuleHead(nn.Module):
+    """Scores every vocabulary token at some positions; decoder tied to the token embeddings."""
+
+    def __init__(self, config: TrackingBertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = cpu_kernels.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: Tensor, token_embedding: Tensor) -> Tensor:
+        """(..., d) hidden states and the (v, d) embedding table -> (..., v) logits."""
+        x = self.norm(F.gelu(self.dense(hidden)))
+        return F.linear(x, token_embedding, self.bias)
+
+
+class PairHead(nn.Module):
+    """Pooler (dense + tanh) on ``[CLS]``, then one logit of pT(B) > pT(A) (or ``num_outputs``)."""
+
+    def __init__(self, config: TrackingBertConfig, num_outputs: int = 1) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, num_outputs)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """(b, t, d) hidden states -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
+        return self.classify(hidden[:, 0])
+
+    def classify(self, cls: Tensor) -> Tensor:
+        """(b, d) hidden states at ``[CLS]`` -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
+        pooled = torch.tanh(self.pooler(cls))  # (b, d)
+        logits: Tensor = self.classifier(pooled)  # (b, num_outputs)
+        return logits.squeeze(-1) if self.num_outputs == 1 else logits
