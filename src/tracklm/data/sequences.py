@@ -116,8 +116,8 @@ def place_hits(
     batch, width = encoded.input_ids.shape
     out = np.full((batch, width, 3), np.nan, dtype=np.float32)
     j = np.arange(width)[None, :]
-    parts = [(encoded.offset_a, hits_a, lengths_a)]
-    if hits_b is not None:
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(encoded.offset_a, hits_a, lengths_a)]
+    if hits_b is not None and lengths_b is not None:
         parts.append((encoded.offset_b, hits_b, lengths_b))
     for offset, hits, lengths in parts:
         hits = np.asarray(hits, dtype=np.float32)

@@ -112,7 +112,7 @@ def module_features(rows: Tensor) -> Tensor:
 def to_local(rows: Tensor, xyz_mm: Tensor) -> Tensor:
     """(..., 3) global points in mm -> (..., 3) (u / half_u, v / half_v, w in mm) in the frames
     of the modules whose table ``rows`` (..., ``N_GEOMETRY``) are given."""
-    rotation = rows[..., 3:12].unflatten(-1, (3, 3))  # (..., 3, 3), columns u, v, w
+    rotation = rows[..., 3:12].reshape(*rows.shape[:-1], 3, 3)  # (..., 3, 3), columns u, v, w
     local = torch.einsum("...ij,...i->...j", rotation, xyz_mm - rows[..., 0:3])
     return torch.stack(
         [local[..., 0] / rows[..., 12], local[..., 1] / rows[..., 13], local[..., 2]], dim=-1
@@ -121,7 +121,7 @@ def to_local(rows: Tensor, xyz_mm: Tensor) -> Tensor:
 
 def to_global(rows: Tensor, uv: Tensor) -> Tensor:
     """(..., 2) normalised (u / half_u, v / half_v) on the modules' planes -> (..., 3) global mm."""
-    rotation = rows[..., 3:12].unflatten(-1, (3, 3))
+    rotation = rows[..., 3:12].reshape(*rows.shape[:-1], 3, 3)
     local = torch.stack([uv[..., 0] * rows[..., 12], uv[..., 1] * rows[..., 13]], dim=-1)
     return rows[..., 0:3] + torch.einsum("...ij,...j->...i", rotation[..., :, :2], local)
 
@@ -234,16 +234,17 @@ class PositionHead(nn.Module):
         """(k, d) hidden states and the (v, ``N_GEOMETRY``) table -> (k, v) additions to the
         masked-module logits (0 for special tokens)."""
         point = self.point_mm(hidden).to(table.dtype)  # (k, 3)
-        rotation = table[:, 3:12].unflatten(-1, (3, 3))  # (v, 3, 3), columns u, v, w
+        rotation = table[:, 3:12].reshape(-1, 3, 3)  # (v, 3, 3), columns u, v, w
         # local = R^T (point - centre), as one product: (k, 3) @ (3, v * 3), less R^T centre
         axes = rotation.permute(1, 0, 2).reshape(3, -1)  # (3, v * 3)
         origin = torch.einsum("vij,vi->vj", rotation, table[:, 0:3]).reshape(-1)  # (v * 3,)
-        local = (point @ axes - origin).unflatten(-1, (table.shape[0], 3))  # (k, v, 3)
+        local = (point @ axes - origin).reshape(point.shape[0], table.shape[0], 3)  # (k, v, 3)
         out_u = F.relu(local[..., 0].abs() - table[:, 12])
         out_v = F.relu(local[..., 1].abs() - table[:, 13])
         outside = (out_u.square() + out_v.square() + local[..., 2].square()).clamp(max=_FAR_MM**2)
         width = self.log_width.exp()
-        return -outside / (2.0 * width * width) * table[:, 14]
+        scores: Tensor = -outside / (2.0 * width * width) * table[:, 14]
+        return scores
 
     def loss(self, hidden: Tensor, rows: Tensor, true_mm: Tensor) -> Tensor:
         """Position loss of k hidden hits: mean L1 error on the true module (in half-sizes) plus
@@ -256,7 +257,8 @@ class PositionHead(nn.Module):
         target = to_local(rows, true_mm)[:, :2].clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)
         on_module = (self(hidden, rows).float() - target.float()).abs().sum(dim=-1)
         in_space = (self.point_mm(hidden).float() - true_mm.float()).abs().sum(dim=-1) / 10.0
-        return (on_module + in_space).mean()
+        total: Tensor = (on_module + in_space).mean()
+        return total
 
 
 def check_hits_present(reads_hits: bool, hits_mm: np.ndarray, where: str) -> None:
