@@ -194,7 +194,7 @@ def test_the_position_head_learns_where_a_hidden_hit_lies(toy_data: Path) -> Non
         out.loss.backward()
         optimiser.step()
         losses.append(out.position_loss.item())
-    assert losses[-1] < 0.3 * losses[0], losses[::20]
+    assert losses[-1] < 0.5 * losses[0], losses[::20]
 
 
 def test_hide_hits_splits_visible_from_targets() -> None:

@@ -333,6 +333,7 @@ class TrackingBert(nn.Module):
         *,
         at: Tensor | None = None,
         hits: Tensor | None = None,
+        geometry: Tensor | None = None,
     ) -> Tensor:
         """Encoder output.
 
@@ -348,6 +349,8 @@ class TrackingBert(nn.Module):
         hits : (b, t, 3) measured hit positions in mm, NaN where unknown (special tokens, hidden
             hits); required by an ``inputs: hits`` model, ignored by the others. A position is
             read only at module tokens (``inputs.known_hits``): never at ``[MASK]``.
+        geometry : the (v, d) ``ModuleInputs.module_embeddings`` when already computed (for
+            ``heads_at``, whose decoder reads them too); computed here when None.
 
         Returns
         -------
@@ -365,7 +368,7 @@ class TrackingBert(nn.Module):
             if self.config.reads_hits and hits is None:
                 raise ValueError("this model reads hit positions (inputs: hits): pass hits")
             packed_hits = layout.pack(hits) if self.config.reads_hits and hits is not None else None
-            table = self.module_inputs.module_embeddings()  # (v, d)
+            table = self.module_inputs.module_embeddings() if geometry is None else geometry
             extra = self.module_inputs(layout.pack(input_ids), packed_hits, table)  # (n, d)
         x: Tensor = self.embeddings(input_ids, token_type_ids, layout, extra)  # (n, d)
         for block in self.blocks[:-1]:
@@ -405,9 +408,12 @@ class TrackingBert(nn.Module):
         HeadOutputs: mlm_logits (k, v) in the order of ``at``, or (b, t, v); pair_logits (b,) or
         None; hidden_states (b, t, d) without ``at``, else None; rows (k, d) with ``at``.
         """
-        table = self.decoder_table()
+        geometry = None if self.module_inputs is None else self.module_inputs.module_embeddings()
+        table = self.embedding_table() if geometry is None else self.embedding_table() + geometry
         if at is None:
-            hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)  # (b, t, d)
+            hidden = self.encode(
+                input_ids, token_type_ids, attention_mask, hits=hits, geometry=geometry
+            )  # (b, t, d)
             pair_logits = self.pair_head(hidden) if pair else None
             return HeadOutputs(self._module_logits(hidden, table), pair_logits, hidden)
         b, t = input_ids.shape
@@ -415,23 +421,21 @@ class TrackingBert(nn.Module):
         if pair:  # [CLS] sits at position 0 of each row
             at = torch.cat([at, torch.arange(b, device=at.device) * t])  # (k + b,)
         if self.prune_last_block:
-            rows = self.encode(input_ids, token_type_ids, attention_mask, at=at, hits=hits)
+            rows = self.encode(
+                input_ids, token_type_ids, attention_mask, at=at, hits=hits, geometry=geometry
+            )
         else:
-            hidden = self.encode(input_ids, token_type_ids, attention_mask, hits=hits)
+            hidden = self.encode(
+                input_ids, token_type_ids, attention_mask, hits=hits, geometry=geometry
+            )
             rows = hidden.reshape(b * t, -1).index_select(0, at)  # (k [+ b], d)
         pair_logits = self.pair_head.classify(rows[k:]) if pair else None
         return HeadOutputs(self._module_logits(rows[:k], table), pair_logits, None, rows[:k])
 
     def _module_logits(self, hidden: Tensor, table: Tensor) -> Tensor:
-        """(..., d) hidden states -> (..., v) masked-module logits; a hits model adds where its
-        predicted point lies against every module (``PositionHead.module_scores``)."""
+        """(..., d) hidden states -> (..., v) masked-module logits against the decoder ``table``."""
         logits: Tensor = self.mlm_head(hidden, table)
-        if self.position_head is None or self.module_inputs is None:
-            return logits
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        geometry = self.module_inputs.module_geometry
-        scores = self.position_head.module_scores(flat, geometry).to(logits.dtype)
-        return logits + scores.view(logits.shape)
+        return logits
 
     def forward(
         self,

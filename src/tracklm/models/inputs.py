@@ -19,8 +19,6 @@ Shape legend: ``n`` tokens, ``k`` predicted positions, ``v`` vocabulary, ``d`` h
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -41,8 +39,6 @@ N_GEOMETRY = len(GEOMETRY_COLUMNS)
 _CENTRE_SCALE_MM = 1000.0
 _SIZE_SCALE_MM = 50.0
 _LOCAL_CLAMP = 4.0  # normalised local coordinates beyond this are not a hit of the module
-_INITIAL_WIDTH_MM = 20.0  # of the module scores (``PositionHead.module_scores``), then learned
-_FAR_MM = 300.0  # distances beyond this score as this one
 # Fourier features of a point (``point_features``): the azimuth at harmonics 1, 2, 4, ..., 256
 # (down to 2.5 mm at r = 100 mm), z and r at periods 4000 mm / 2^j (down to about 16 and 62 mm).
 _PHI_OCTAVES = 9
@@ -199,25 +195,14 @@ def module_geometry_placeholder(vocab_size: int) -> Tensor:
 
 
 class PositionHead(nn.Module):
-    """Where a hidden hit lies: a point in space, and its place on a given module.
-
-    * ``point_mm``: the hidden hit's global position, regressed from its hidden state. It also
-      scores every module (``module_scores``) by how far the point lies outside the module
-      (beyond its half-sizes in u and v, and off its plane in w), over a learned width: modules
-      that contain the point score 0, the others less. Added to the masked-module logits, this
-      lets the model name the module through a place, as a helix crossing does.
-    * ``forward``: (u / half_u, v / half_v) on a given module's plane (the true module when
-      training, the predicted one when evaluating), for the precise position.
-    """
+    """Where in a given module the hidden hit lies: (u / half_u, v / half_v) on its plane (the
+    true module when training, the predicted one when evaluating)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.module = nn.Linear(N_MODULE_FEATURES, hidden_size)
         self.out = nn.Linear(hidden_size, 2)
-        self.point = _mlp(hidden_size, hidden_size)
-        self.point_out = nn.Linear(hidden_size, 3)
-        self.log_width = nn.Parameter(torch.tensor(math.log(_INITIAL_WIDTH_MM)))
 
     def forward(self, hidden: Tensor, rows: Tensor) -> Tensor:
         """(k, d) hidden states and (k, ``N_GEOMETRY``) rows of the modules -> (k, 2)."""
@@ -225,39 +210,16 @@ class PositionHead(nn.Module):
         out: Tensor = self.out(x)
         return out
 
-    def point_mm(self, hidden: Tensor) -> Tensor:
-        """(k, d) hidden states -> (k, 3) predicted global positions in mm."""
-        out: Tensor = self.point_out(F.gelu(self.point(hidden))) * _CENTRE_SCALE_MM
-        return out
-
-    def module_scores(self, hidden: Tensor, table: Tensor) -> Tensor:
-        """(k, d) hidden states and the (v, ``N_GEOMETRY``) table -> (k, v) additions to the
-        masked-module logits (0 for special tokens)."""
-        point = self.point_mm(hidden).to(table.dtype)  # (k, 3)
-        rotation = table[:, 3:12].reshape(-1, 3, 3)  # (v, 3, 3), columns u, v, w
-        # local = R^T (point - centre), as one product: (k, 3) @ (3, v * 3), less R^T centre
-        axes = rotation.permute(1, 0, 2).reshape(3, -1)  # (3, v * 3)
-        origin = torch.einsum("vij,vi->vj", rotation, table[:, 0:3]).reshape(-1)  # (v * 3,)
-        local = (point @ axes - origin).reshape(point.shape[0], table.shape[0], 3)  # (k, v, 3)
-        out_u = F.relu(local[..., 0].abs() - table[:, 12])
-        out_v = F.relu(local[..., 1].abs() - table[:, 13])
-        outside = (out_u.square() + out_v.square() + local[..., 2].square()).clamp(max=_FAR_MM**2)
-        width = self.log_width.exp()
-        scores: Tensor = -outside / (2.0 * width * width) * table[:, 14]
-        return scores
-
     def loss(self, hidden: Tensor, rows: Tensor, true_mm: Tensor) -> Tensor:
-        """Position loss of k hidden hits: mean L1 error on the true module (in half-sizes) plus
-        that of the global point (in cm); ``rows`` (k, ``N_GEOMETRY``) of the true modules,
-        ``true_mm`` (k, 3), rows without a known position or module skipped. 0 when none is left."""
+        """Mean L1 error, in half-sizes, of the predicted positions of k hidden hits on their
+        true modules (``rows`` (k, ``N_GEOMETRY``)), against ``true_mm`` (k, 3); rows without
+        a known position or module are skipped; 0 when none is left."""
         keep = torch.isfinite(true_mm).all(dim=-1) & (rows[:, 14] > 0.5)
         hidden, rows, true_mm = hidden[keep], rows[keep], true_mm[keep]
         if hidden.shape[0] == 0:
             return hidden.sum() * 0.0
         target = to_local(rows, true_mm)[:, :2].clamp(-_LOCAL_CLAMP, _LOCAL_CLAMP)
-        on_module = (self(hidden, rows).float() - target.float()).abs().sum(dim=-1)
-        in_space = (self.point_mm(hidden).float() - true_mm.float()).abs().sum(dim=-1) / 10.0
-        total: Tensor = (on_module + in_space).mean()
+        total: Tensor = (self(hidden, rows).float() - target.float()).abs().sum(dim=-1).mean()
         return total
 
 
