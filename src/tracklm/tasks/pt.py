@@ -18,8 +18,8 @@ Every hit is shown, with its measured position (read by an ``inputs: hits`` mode
   direction (a positive particle turns clockwise seen from +z, the field being along +z).
 * Metrics: the relative pT error's ``q68_abs`` (68% quantile of its absolute value, the
   headline: it counts a bias that ``sigma68`` hides), ``sigma68``, ``std``, ``bias`` (median),
-  the rank correlation ``spearman`` of predicted and true pT, the same above 1 GeV for the
-  widths and bias, and the charge accuracy.
+  the rank correlation ``spearman`` of predicted and true pT; ``sigma68``, ``q68_abs`` and
+  ``bias`` also above 1 GeV (``ABOVE_1GEV``); the charge accuracy.
 """
 
 from __future__ import annotations
