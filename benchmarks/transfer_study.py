@@ -3,9 +3,12 @@
 For every task, every transfer mode (finetune, frozen, scratch) and every training size, run
 ``tracklm finetune`` from one pre-trained model on one dataset, then write::
 
-    OUT/transfer_study.json         every run's headline metric, timing and full metrics
+    OUT/transfer_study.json         every run's headline metric, timing and full metrics, and
+                                    per task the references: ``baseline``, every classical
+                                    baseline by name (``baselines``, e.g. pt's ``circle`` and
+                                    ``circle_hits``) and ``zero_shot``
     OUT/transfer_<task>.png         data-efficiency curve: headline metric vs training tracks,
-                                    one line per mode, the baseline and zero-shot as flat lines
+                                    one line per mode, each baseline and zero-shot as flat lines
     OUT/runs/<task>-<mode>-<size>/  each run's directory (metrics.json, model/, manifest.json)
 
 The budget is fixed per run by ``--max-steps`` (default from the built-in ``tasks`` preset
@@ -55,10 +58,17 @@ def data_efficiency_figure(task: str, runs: list[dict], references: dict) -> Fig
         points = [(x, y) for x, y in points if y is not None]
         if points:
             ax.plot(*zip(*points), marker="o", label=mode)
-    for name, style in (("baseline", "--"), ("zero_shot", ":")):
-        value = (references.get(name) or {}).get(spec.headline)
+    flat = {
+        name if name == "baseline" else f"baseline {name}": scores
+        for name, scores in reference_baselines(references).items()
+    }
+    flat["zero-shot"] = references.get("zero_shot")
+    styles = ["--", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2))]
+    for i, (label, scores) in enumerate(flat.items()):
+        value = (scores or {}).get(spec.headline)
         if value is not None:
-            ax.axhline(value, linestyle=style, color="grey", label=name.replace("_", "-"))
+            style = ":" if label == "zero-shot" else styles[i % len(styles)]
+            ax.axhline(value, linestyle=style, color="grey", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("training tracks")
     better = "higher" if spec.higher_is_better else "lower"
@@ -68,7 +78,22 @@ def data_efficiency_figure(task: str, runs: list[dict], references: dict) -> Fig
     return figure
 
 
-def main(argv: list[str] | None = None) -> int:
+def reference_baselines(references: dict) -> dict[str, dict | None]:
+    """A task's baselines by name (``baselines``), or its one ``baseline`` as ``baseline`` for
+    results written before ``baselines`` existed."""
+    return references.get("baselines") or {"baseline": references.get("baseline")}
+
+
+def log_references(task: str, references: dict) -> None:
+    """One line per task: the headline metric of each baseline and of the zero-shot model."""
+    headline = TASKS[task].headline
+    scores = {name: (m or {}).get(headline) for name, m in reference_baselines(references).items()}
+    scores["zero_shot"] = (references.get("zero_shot") or {}).get(headline)
+    logger.info("%-11s references, %s: %s", task, headline, scores)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="pre-trained model directory")
     parser.add_argument("--data", type=Path, required=True, help="prepared dataset directory")
@@ -88,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"FinetuneConfig YAML (default: the built-in tasks preset {PRESET!r})",
     )
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
@@ -119,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.perf_counter() - t0
                 if first:
                     references[task] = {
-                        "baseline": result["baseline"],
-                        "zero_shot": result["zero_shot"],
+                        key: result.get(key) for key in ("baseline", "baselines", "zero_shot")
                     }
+                    log_references(task, references[task])
                 headline = result["metrics"].get(TASKS[task].headline)
                 runs.append({
                     "task": task, "mode": mode, "train_size": size, "n_train_tracks": result["n_train_tracks"],

@@ -45,16 +45,22 @@ METRIC_KEYS = {
     },
     "outliers": {"auc", "efficiency_at_fpr_1pct", "efficiency_at_fpr_5pct", "position_accuracy"},
     "extrapolate": {"next1_accuracy", "next1_top5_accuracy", "next2_accuracy"},
-    "pt": {"pt_sigma68", "pt_std", "pt_bias", "charge_accuracy"},
+    "pt": {"pt_sigma68", "pt_std", "pt_bias", "pt_q68_abs", "pt_spearman", "charge_accuracy"},
 }
+BASELINE_NAMES = {"holes": {"helix"}, "outliers": {"helix"}, "extrapolate": {"helix"},
+                  "pt": {"circle", "circle_hits"}}  # fmt: skip
 
 
 def _check_pt_metrics(block: dict, n_examples: int) -> None:
     """pT metrics that exist and make sense: widths positive, bias above -1 (pT > 0), fractions."""
     assert block["n_tracks"] == n_examples > 0
-    for key in ("pt_sigma68", "pt_std", "pt_sigma68_above_1gev"):
+    for key in ("pt_sigma68", "pt_std", "pt_sigma68_above_1gev", "pt_q68_abs"):
         assert block[key] is not None and 0 < block[key] < 1e3, key
-    assert block["pt_bias"] is not None and -1 < block["pt_bias"] < 1e3
+    assert block["pt_q68_abs_above_1gev"] is not None and 0 < block["pt_q68_abs_above_1gev"] < 1e3
+    for key in ("pt_bias", "pt_bias_above_1gev"):
+        assert block[key] is not None and -1 < block[key] < 1e3, key
+    # A barely trained head may predict one pT for every track: no rank correlation (null).
+    assert block["pt_spearman"] is None or -1 <= block["pt_spearman"] <= 1
     assert 0 <= block["charge_accuracy"] <= 1
 
 
@@ -68,22 +74,33 @@ def test_task_runs_end_to_end_and_writes_schema_valid_metrics(task, toy_data, ti
     result = finetune(task, tiny_model, toy_data, out, FAST, train_size=300, seed=1)
     written = json.loads((out / "metrics.json").read_text())
     assert written == result
-    assert {"task", "mode", "train_size", "metrics", "baseline", "zero_shot"} <= set(written)
+    assert {"task", "mode", "train_size", "metrics", "baseline", "baselines", "zero_shot"} <= set(
+        written
+    )
+    # Every baseline by name; ``baseline`` stays the task's first one.
+    assert set(written["baselines"]) == BASELINE_NAMES[task]
+    assert written["baseline"] == written["baselines"][TASKS[task].baseline_name]
     assert (written["task"], written["mode"], written["train_size"]) == (task, "finetune", 300)
     assert written["n_train_tracks"] == 300
     assert written["training"]["steps"] == 4
-    for section in ("metrics", "baseline") + (("zero_shot",) if task != "pt" else ()):
-        assert METRIC_KEYS[task] <= set(written[section]), section
+    sections = [written["metrics"], *written["baselines"].values()]
+    sections += [written["zero_shot"]] if task != "pt" else []
+    for section in sections:
+        assert METRIC_KEYS[task] <= set(section)
         if task == "pt":
-            _check_pt_metrics(written[section], written["n_test_examples"])
+            _check_pt_metrics(section, written["n_test_examples"])
         else:
-            for value in written[section].values():
-                assert value is None or value >= 0, section
+            for value in section.values():
+                assert value is None or value >= 0
     if task == "pt":
         assert written["zero_shot"] is None
         # the helix baseline measures pT from module centres: coarse, but far from random
         assert written["baseline"]["pt_sigma68"] < 0.5
         assert written["baseline"]["charge_accuracy"] > 0.6
+        # the same circle through the measured hits: close to the truth on simulated tracks
+        circle_hits = written["baselines"]["circle_hits"]
+        assert abs(circle_hits["pt_bias"]) < 0.05 and circle_hits["pt_q68_abs"] < 0.3
+        assert circle_hits["pt_spearman"] > 0.8 and circle_hits["charge_accuracy"] > 0.9
     for name in ("config.json", "model.safetensors", "vocab.json", "head.safetensors", "head.json"):
         assert (out / "model" / name).is_file()
     assert json.loads((out / "model" / "head.json").read_text())["task"] == task
@@ -168,6 +185,24 @@ def test_baselines_find_what_the_toy_geometry_allows(pixel_toy_data):
     assert scores["outliers"]["auc"] > 0.6
     assert scores["extrapolate"]["next1_top5_accuracy"] > 0.3
     assert scores["pt"]["charge_accuracy"] > 0.65
+
+
+def test_circle_hits_measures_exact_helices(pixel_toy_data):
+    """The circle through the beam line and the exact hits gives the tracks' pT and charge."""
+    dataset = open_dataset(pixel_toy_data)
+    context = TaskContext.from_dataset(dataset)
+    tracks = dataset.split("test").take(slice(None))
+    spec = TASKS["pt"]
+    examples = spec.make_examples(tracks, context, np.random.default_rng(0))
+    predicted = spec.extra_baselines["circle_hits"](examples, context)
+    truth = examples.labels["pt_gev"]
+    np.testing.assert_allclose(predicted["pt_gev"], truth, rtol=0.02)
+    charge = np.where(examples.labels["charge_positive"] > 0.5, 1, -1)
+    np.testing.assert_array_equal(predicted["charge"], charge)
+    hits = spec.metrics(predicted, examples, context)
+    centres = spec.metrics(spec.baseline(examples, context), examples, context)
+    assert hits["pt_q68_abs"] < 0.01 and hits["pt_spearman"] > 0.99
+    assert hits["pt_q68_abs"] < centres["pt_q68_abs"]
 
 
 def test_transfer_study_preset_sets_only_what_differs_from_the_defaults():

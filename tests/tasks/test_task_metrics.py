@@ -57,3 +57,44 @@ def test_detection_metrics_use_the_shared_auc():
     labels = np.array([1, 1, 0, 0, 0])
     assert metrics.detection_metrics(scores, labels)["auc"] == pytest.approx(4.5 / 6)
     assert metrics.detection_metrics(scores, labels)["auc"] == shared.roc_auc(scores, labels)
+
+
+def test_q68_abs_sees_the_bias_that_sigma68_hides():
+    true = np.exp(np.linspace(np.log(0.5), np.log(20.0), 1000))
+    biased = 0.2 * true  # 80% low on every track: a zero width around the median
+    res = metrics.relative_resolution(biased, true)
+    assert res["sigma68"] == pytest.approx(0.0, abs=1e-9)
+    assert res["bias"] == pytest.approx(-0.8)
+    assert res["q68_abs"] == pytest.approx(0.8)
+    assert res["spearman"] == pytest.approx(1.0)
+    # Relative errors -0.1 ... 0.1 uniformly, shifted by +0.05: |error| uniform on [0, 0.15],
+    # except [0, 0.05] twice as dense (half of it); 68.27% lies below 0.05 + (0.6827 - 0.5) * 0.2.
+    shifted = true * (1.05 + np.linspace(-0.1, 0.1, 1000))
+    res = metrics.relative_resolution(shifted, true)
+    assert res["sigma68"] == pytest.approx(0.06827, abs=1e-3)
+    assert res["q68_abs"] == pytest.approx(0.05 + 0.1827 * 0.2, abs=1e-3)
+
+
+def test_perfect_and_reversed_predictors():
+    true = np.array([0.5, 1.0, 2.0, 4.0, 8.0])
+    perfect = metrics.relative_resolution(true, true)
+    assert perfect["q68_abs"] == 0.0 and perfect["sigma68"] == 0.0 and perfect["bias"] == 0.0
+    assert perfect["spearman"] == pytest.approx(1.0)
+    reversed_ = metrics.relative_resolution(true[::-1].copy(), true)
+    assert reversed_["spearman"] == pytest.approx(-1.0)
+    assert set(metrics.relative_resolution(np.array([]), np.array([]))) == set(perfect)
+    assert all(
+        np.isnan(v) for v in metrics.relative_resolution(np.array([]), np.array([])).values()
+    )
+
+
+def test_spearman_hand_computed_with_ties():
+    # Ranks of a: 1, 2.5, 2.5, 4; of b: 2, 1, 3, 4. Centred (mean 2.5): a -1.5, 0, 0, 1.5;
+    # b -0.5, -1.5, 0.5, 1.5. Sum of products 3; norms sqrt(4.5) and sqrt(5).
+    a = np.array([1.0, 2.0, 2.0, 3.0])
+    b = np.array([2.0, 1.0, 3.0, 4.0])
+    assert metrics.spearman_correlation(a, b) == pytest.approx(3 / np.sqrt(4.5 * 5))
+    # Invariant under a monotone map, and nan when one side is constant or too short.
+    assert metrics.spearman_correlation(np.exp(a), b**3) == pytest.approx(3 / np.sqrt(22.5))
+    assert np.isnan(metrics.spearman_correlation(np.ones(4), b))
+    assert np.isnan(metrics.spearman_correlation(a[:1], b[:1]))

@@ -9,7 +9,9 @@ A task is a frozen ``TaskSpec`` of plain functions (composition, not a class tre
 * ``predict(outputs) -> dict of numpy arrays``: the task's predictions.
 * ``metrics(predictions, examples, context) -> dict``: one function scores the fine-tuned model,
   the zero-shot model and the classical baseline alike, so their numbers compare like for like.
-* ``baseline(examples, context) -> predictions``: a classical method (helix fits).
+* ``baseline(examples, context) -> predictions``: a classical method (helix fits), named
+  ``baseline_name``; ``extra_baselines`` maps the names of further classical methods to functions
+  of the same form, scored alike.
 * ``zero_shot(encoder, examples, context, batch_size) -> predictions`` or None: the pre-trained
   masked-module head used without training.
 
@@ -22,7 +24,7 @@ position (NaN): a deleted hit's position goes with it, an inserted or appended `
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -173,6 +175,9 @@ class TaskSpec:
     description : one line for reports.
     headline : the metric key (in ``metrics``) that summarises the task, e.g. for transfer plots.
     higher_is_better : direction of ``headline``.
+    baseline_name : the name of ``baseline`` among the task's baselines.
+    extra_baselines : further classical methods by name (after ``baseline``), each
+        ``(examples, context) -> predictions`` like ``baseline``.
     """
 
     name: str
@@ -187,6 +192,10 @@ class TaskSpec:
     zero_shot: Callable[[TrackingBert, Examples, TaskContext, int], dict[str, np.ndarray]] | None
     headline: str
     higher_is_better: bool = True
+    baseline_name: str = "helix"
+    extra_baselines: Mapping[str, Callable[[Examples, TaskContext], dict[str, np.ndarray]]] = field(
+        default_factory=dict
+    )
 
 
 # ----------------------------------------------------------------------------- token arrays

@@ -13,7 +13,8 @@ then linear decay: ``tracklm/train/optim.py``, as in pre-training) on examples m
 the ``train`` split, validated on ``val``; the result is scored on ``test`` beside the task's
 classical baseline and its zero-shot use of the pre-trained masked-module head. Output::
 
-    RUN2/metrics.json   {"task", "mode", "train_size", "metrics", "baseline", "zero_shot", ...}
+    RUN2/metrics.json   {"task", "mode", "train_size", "metrics", "baseline", "baselines",
+                         "zero_shot", ...}
     RUN2/model/         encoder (save_pretrained) + head.safetensors + head.json
     RUN2/manifest.json
 """
@@ -57,6 +58,7 @@ MODES = ("finetune", "frozen", "scratch")
 ADAM_BETAS = (0.9, 0.999)  # torch's AdamW defaults
 HEAD_WEIGHTS_FILE = "head.safetensors"
 HEAD_FILE = "head.json"
+REFERENCE_KEYS = ("baseline", "baselines", "zero_shot")
 
 
 # ----------------------------------------------------------------------------- encoder per mode
@@ -328,8 +330,9 @@ def finetune(
     max_steps : optimiser steps (``settings.max_steps`` when None).
     max_time : stop training after this many minutes.
     seed : seeds track sampling, example labels, initialisation and shuffling.
-    references : also score the classical baseline and the zero-shot model (``null`` otherwise;
-        the transfer study computes them once per task).
+    references : also score the classical baselines (``baseline``, and each by name in
+        ``baselines``: ``score_references``) and the zero-shot model (``null`` otherwise; the
+        transfer study computes them once per task).
 
     Returns
     -------
@@ -358,8 +361,7 @@ def finetune(
         "mode": mode,
         "train_size": train_size,
         "metrics": spec.metrics(predictions, test, context),
-        "baseline": None,
-        "zero_shot": None,
+        **dict.fromkeys(REFERENCE_KEYS),
         "n_train_tracks": n_train_tracks,
         "n_train_examples": len(examples["train"]),
         "n_test_examples": len(test),
@@ -369,8 +371,8 @@ def finetune(
         "data": str(data),
     }
     if references:
-        result["baseline"], result["zero_shot"] = score_references(
-            spec, model, test, context, settings.eval_batch_size, device
+        result.update(
+            score_references(spec, model, test, context, settings.eval_batch_size, device)
         )
     result = json_ready(result)
     _log_result(spec, mode, result)
@@ -552,16 +554,30 @@ def score_references(
     context: TaskContext,
     batch_size: int,
     device: torch.device,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Metrics of the task's classical baseline and of the zero-shot pre-trained model (None
-    when the task has no zero-shot use), on the test examples."""
-    baseline = spec.metrics(spec.baseline(test, context), test, context)
-    if spec.zero_shot is None:
-        return baseline, None
-    pretrained = TrackingBert.from_pretrained(model, map_location=device)
-    return baseline, spec.metrics(
-        spec.zero_shot(pretrained, test, context, batch_size), test, context
-    )
+) -> dict[str, Any]:
+    """The reference scores of ``metrics.json`` (``REFERENCE_KEYS``), on the test examples.
+
+    Returns
+    -------
+    ``baseline``: the metrics of ``spec.baseline``; ``baselines``: the metrics of every classical
+    baseline by name (``spec.baseline`` under ``spec.baseline_name``, then
+    ``spec.extra_baselines``); ``zero_shot``: those of the pre-trained model used without
+    training, None when the task has no zero-shot use.
+    """
+    methods = {spec.baseline_name: spec.baseline, **spec.extra_baselines}
+    baselines = {
+        name: spec.metrics(method(test, context), test, context) for name, method in methods.items()
+    }
+    zero_shot = None
+    if spec.zero_shot is not None:
+        pretrained = TrackingBert.from_pretrained(model, map_location=device)
+        predictions = spec.zero_shot(pretrained, test, context, batch_size)
+        zero_shot = spec.metrics(predictions, test, context)
+    return {
+        "baseline": baselines[spec.baseline_name],
+        "baselines": baselines,
+        "zero_shot": zero_shot,
+    }
 
 
 def _log_result(spec: TaskSpec, mode: str, result: dict[str, Any]) -> None:
