@@ -12,7 +12,7 @@ from tracklm.data.masking import IGNORE_INDEX
 from tracklm.data.sequences import encode_pairs
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
-from tracklm.evaluate.markdown import headline_table
+from tracklm.evaluate.markdown import headline_table, report_markdown
 from tracklm.evaluate.masked import (
     mask_inputs,
     masked_module_logits,
@@ -154,6 +154,11 @@ def test_headline_table_has_the_model_and_every_baseline(masked_report):
     assert table.count("\n| ") == 6  # header, model and four baselines
     assert "| helix_hits (reference: measured hits) |" in table
     assert "| mean distance [mm] | 90% quantile [mm] |" in table
+    assert metrics["model_inputs"] == "tokens"
+    # for a model that reads the hit positions, helix_hits is a baseline like the others
+    hits = {**metrics, "model_inputs": "hits"}
+    assert "| helix_hits |" in headline_table(hits)
+    assert "`helix_hits` is the baseline this model must beat" in report_markdown(hits, {})
 
 
 def test_plots_and_manifest_are_written(masked_report):

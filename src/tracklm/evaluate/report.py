@@ -157,6 +157,7 @@ def run_evaluate(
         metrics["baselines_counted_on"] = counting.record()
         metrics["split"] = split
         metrics["model"] = str(model)
+        metrics["model_inputs"] = net.config.inputs
         metrics["data"] = str(data)
         metrics["selected_tracks"] = (
             "all" if max_tracks is None else f"random {len(tracks)} (seed {seed})"
