@@ -26,7 +26,6 @@ from tracklm._fs import atomic_output_dir, write_json
 from tracklm.data.batches import input_width
 from tracklm.data.sequences import EncodedInputs, encode_pairs, place_hits
 from tracklm.detector.frames import ModuleFrames
-from tracklm.detector.geometry import Detector
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
@@ -209,21 +208,8 @@ def write_report_files(
 
 
 def module_bounds(dataset: PreparedDataset) -> ModuleFrames:
-    """The modules' frames and bounds from the detector the dataset was prepared with.
-
-    ``manifest.json`` records it under ``inputs.detector.name`` (``"trackml"`` or a
-    ``detectors.csv`` path). When it is absent, unreadable or does not hold every module of the
-    dataset, the bounds are guessed from the module centres (``ModuleFrames.approximate``).
-    """
-    name = (dataset.manifest.get("inputs") or {}).get("detector", {}).get("name")
-    if name:
-        try:
-            return Detector.load(name).frames_by_token(dataset.modules, len(dataset.vocab))
-        except Exception as exc:  # any failure: fall back, and say so
-            log.warning("detector %s not usable for module bounds (%s); guessing", name, exc)
-    else:
-        log.warning("dataset records no detector; module bounds guessed from centres")
-    return ModuleFrames.approximate(dataset.modules, len(dataset.vocab))
+    """The modules' frames and bounds by token id (``PreparedDataset.frames``)."""
+    return dataset.frames()
 
 
 # ----------------------------------------------------------------------------- evaluation steps
