@@ -289,3 +289,15 @@ def test_pair_logits_are_the_pair_head_on_clean_pairs(special_loving_model):
         ).pair_logits.numpy()
     assert logits.shape == (len(encoded.input_ids),)
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_report_scores_the_pair_baselines(masked_report):
+    out, metrics = masked_report
+    baselines = metrics["pair_pt"]["baselines"]
+    assert list(baselines) == ["lookup", "circle", "circle_hits"]
+    for block in baselines.values():
+        assert 0.0 <= block["accuracy"] <= 1.0 and 0.0 <= block["auc"] <= 1.0
+    # the measured hits order pT well (the toy events are simulated helices in 2 T)
+    assert baselines["circle_hits"]["accuracy"] > 0.8
+    assert baselines["circle_hits"]["auc"] > baselines["circle"]["auc"]
+    assert "| circle_hits: circle through the beam line" in (out / "report.md").read_text()

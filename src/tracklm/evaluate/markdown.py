@@ -104,6 +104,10 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def _auc(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3f}"
+
+
 def _counted_on(record: dict[str, Any] | None) -> str:
     """The sentence saying which tracks the baselines counted on, or why they are left out."""
     if not record:
@@ -220,6 +224,14 @@ def _breakdowns(metrics: dict[str, Any]) -> list[str]:
         f"on {pp['n_pairs']} pairs ({pp['input']}; {_pct(pp['fraction_positive'])} positive).",
         "",
     ]
+    if pp.get("baselines"):
+        lines += ["| predictor | accuracy | ROC AUC |", "|---|---|---|"]
+        lines.append(f"| model | {_pct(pp['accuracy'])} | {_auc(pp['auc'])} |")
+        for name, block in pp["baselines"].items():
+            lines.append(
+                f"| {name}: {block['description']} | {_pct(block['accuracy'])} | {_auc(block['auc'])} |"
+            )
+        lines.append("")
     lines += [
         "## By volume and layer of the true module",
         "",

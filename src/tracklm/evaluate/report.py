@@ -47,6 +47,7 @@ from tracklm.evaluate.masked import (
     predict_pair_logits,
     rank_and_locate,
 )
+from tracklm.evaluate.pair_baselines import pair_baselines
 from tracklm.io.dataset import PreparedDataset, TrackArrays, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models.bert import TrackingBert
@@ -563,6 +564,9 @@ def evaluate_masked_modules(
     metrics = summarise(pred, names, protocol, pair_logits, pairs.pair_labels)
     metrics["masked_module"]["by_volume_layer"] = accuracy_by_volume_layer(pred, names, dataset)
     metrics["multi_mask"] = multi_mask_accuracy(net, pairs, baselines, protocol, seed, batch_size)
+    metrics["pair_pt"]["baselines"] = pair_baselines(
+        tracks, pairs.track_of["B"], pairs.pair_labels, train, centres, dataset.b_field_t
+    )
     return EvaluationResult(
         metrics=metrics,
         predictions=pred,

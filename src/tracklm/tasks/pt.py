@@ -44,7 +44,7 @@ from tracklm.tasks.common import (
     track_mask,
 )
 from tracklm.tasks.metrics import relative_resolution
-from tracklm.tracking.helix import fit_helix
+from tracklm.tracking.helix import beam_line_circle
 
 MIN_HITS = 3
 ABOVE_1GEV = ("sigma68", "q68_abs", "bias")
@@ -117,33 +117,11 @@ def metrics(
     return out
 
 
-def circle_from_beam_line(
-    points_mm: np.ndarray, used: np.ndarray, b_field_t: float
-) -> dict[str, np.ndarray]:
-    """pT and charge of a circle in x-y through the beam line (0, 0) and the points.
-
-    Parameters
-    ----------
-    points_mm : (N, L, 3) points of each track in mm, in flight order.
-    used : (N, L) bool, the points to fit (at least 2 per track for a curvature).
-    b_field_t : the field along +z in tesla.
-
-    Returns
-    -------
-    predictions: ``pt_gev`` (N,) float64 in GeV and ``charge`` (N,) int8 (+1 / -1).
-    """
-    n = len(points_mm)
-    points = np.concatenate([np.zeros((n, 1, 3)), np.where(used[..., None], points_mm, 0.0)], 1)
-    mask = np.concatenate([np.ones((n, 1), dtype=bool), used], axis=1)
-    fit = fit_helix(points, mask, b_field_t=b_field_t)
-    return {"pt_gev": fit.pt_gev(), "charge": fit.charge()}
-
-
 def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
     """``circle``: through the beam line and the module centres (module docstring)."""
     tokens, lengths = examples.tokens, examples.lengths
     used = track_mask(lengths, tokens.shape[1])
-    return circle_from_beam_line(context.centres_of(tokens), used, context.b_field_t)
+    return beam_line_circle(context.centres_of(tokens), used, context.b_field_t)
 
 
 def circle_hits_baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
@@ -152,7 +130,7 @@ def circle_hits_baseline(examples: Examples, context: TaskContext) -> dict[str, 
         raise ValueError("the circle_hits baseline needs the tracks' hit positions")
     hits = np.asarray(examples.hits, dtype=np.float64)
     used = track_mask(examples.lengths, hits.shape[1]) & np.isfinite(hits).all(axis=-1)
-    return circle_from_beam_line(hits, used, context.b_field_t)
+    return beam_line_circle(hits, used, context.b_field_t)
 
 
 SPEC = TaskSpec(

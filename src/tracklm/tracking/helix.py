@@ -483,3 +483,25 @@ def fit_helix(
         straight=straight,
         b_field_t=float(b_field_t),
     )
+
+
+def beam_line_circle(
+    points_mm: np.ndarray, used: np.ndarray, b_field_t: float
+) -> dict[str, np.ndarray]:
+    """pT and charge of a circle in x-y through the beam line (0, 0) and the points.
+
+    Parameters
+    ----------
+    points_mm : (N, L, 3) points of each track in mm, in flight order.
+    used : (N, L) bool, the points to fit (at least 2 per track for a curvature).
+    b_field_t : the field along +z in tesla.
+
+    Returns
+    -------
+    predictions: ``pt_gev`` (N,) float64 in GeV and ``charge`` (N,) int8 (+1 / -1).
+    """
+    n = len(points_mm)
+    points = np.concatenate([np.zeros((n, 1, 3)), np.where(used[..., None], points_mm, 0.0)], 1)
+    mask = np.concatenate([np.ones((n, 1), dtype=bool), used], axis=1)
+    fit = fit_helix(points, mask, b_field_t=b_field_t)
+    return {"pt_gev": fit.pt_gev(), "charge": fit.charge()}
