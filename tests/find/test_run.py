@@ -175,3 +175,43 @@ def test_the_real_subsampled_event(real_event_dir: Path, tmp_path: Path) -> None
     assert manifest["magnetic_field"]["tesla"] == 2.0
     score = run_score(real_event_dir, tmp_path / "tracks", tmp_path / "score")
     assert score["pixel_trackml_score"] > 0.95 and score["fake_rate"] < 0.02, score
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_model_method_feeds_a_hits_model_the_positions_of_the_shown_hits(
+    two_events: Path, toy_data: Path, tmp_path: Path
+) -> None:
+    """A model that reads hit positions serves the finder too (it refused to run without them)."""
+    import torch
+
+    from tracklm.find.hits import EventHits
+    from tracklm.find.model import TrackScorer
+    from tracklm.io.dataset import open_dataset
+    from tracklm.models import TrackingBert, TrackingBertConfig
+    from tracklm.models.inputs import module_geometry_table
+
+    dataset = open_dataset(toy_data)
+    torch.manual_seed(5)
+    config = TrackingBertConfig.preset("tiny", vocab_size=len(dataset.vocab), inputs="hits")
+    model = TrackingBert(config)
+    model.set_module_geometry(module_geometry_table(dataset.frames()))
+    model.save_pretrained(tmp_path / "model", dataset.vocab)
+    out = tmp_path / "tracks"
+    run_find(two_events, out, method="model", model=tmp_path / "model")
+    for event_id in list_events(two_events):
+        hits = read_part(event_path(two_events, event_id, "hits"), "hits")
+        tracks = read_part(event_path(out, event_id, "tracks"), "tracks")
+        assert sorted(tracks["hit_id"]) == sorted(hits["hit_id"])
+    # the scorer lays out the shown hits' positions, NaN at the asked one
+    ids = np.asarray(dataset.vocab.modules[:3], dtype=np.int64)
+    xyz = np.array([[30.0, 5.0, 10.0], [70.0, 12.0, 22.0], [115.0, 20.0, 35.0]])
+    hits = EventHits(
+        hit_id=np.arange(1, 4), xyz_mm=xyz, r_mm=np.hypot(xyz[:, 0], xyz[:, 1]),
+        phi=np.arctan2(xyz[:, 1], xyz[:, 0]), layer=np.zeros(3, np.int64),
+        module=np.arange(3), module_ids=ids,
+    )  # fmt: skip
+    scorer = TrackScorer(TrackingBert.from_pretrained(tmp_path / "model"), hits)
+    shown = np.array([[0, 1, -1, 2]])
+    placed = scorer._positions(shown)
+    assert placed is not None and placed.shape == (1, 6, 3)
+    assert np.isnan(placed[0, [0, 3, 5]]).all() and np.isfinite(placed[0, [1, 2, 4]]).all()

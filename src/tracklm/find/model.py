@@ -69,6 +69,10 @@ class TrackScorer:
         ids = hits.module_ids
         self.token = vocab.encode(ids[:, 0], ids[:, 1], ids[:, 2], unknown="unk").astype(np.int64)
         self.distance = np.linalg.norm(hits.xyz_mm, axis=1)
+        # a model that reads hit positions gets those of the hits it is shown (never the asked one)
+        self.xyz: np.ndarray | None = (
+            np.asarray(hits.xyz_mm, dtype=np.float32) if model.config.reads_hits else None
+        )
         # [CLS] A [SEP]: the widest single track the position table takes.
         self.context_hits = min(model.config.max_length - 2, 16)
         self.batch_rows = batch_rows
@@ -81,6 +85,17 @@ class TrackScorer:
         ordered = np.take_along_axis(hits, order, axis=1)
         result: np.ndarray = np.where(valid, ordered, -1)
         return result
+
+    def _positions(self, hit_ids: np.ndarray) -> np.ndarray | None:
+        """(B, L + 2, 3) positions of (B, L) hit ids laid out like ``_inputs`` (NaN where the id
+        is negative: the asked hit, padding, ``[CLS]``, ``[SEP]``), or None for a model that
+        does not read hits."""
+        if self.xyz is None:
+            return None
+        b, width = hit_ids.shape
+        out = np.full((b, width + 2, 3), np.nan, dtype=np.float32)
+        out[:, 1:-1] = np.where((hit_ids >= 0)[..., None], self.xyz[np.maximum(hit_ids, 0)], np.nan)
+        return out
 
     def _inputs(self, tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``[CLS] tokens [SEP]`` rows (input ids, attention mask) for (B, L) tokens."""
@@ -100,10 +115,12 @@ class TrackScorer:
         position: np.ndarray,
         targets: np.ndarray,
         top_k: int = 0,
+        positions: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """log p(``targets`` (B, T) token ids) at input ``position`` (B,) of each row, special
         tokens excluded, and whether each target is among the model's ``top_k`` first choices;
-        rows in batches of ``batch_rows``. Targets < 0 give -inf (and False)."""
+        rows in batches of ``batch_rows``. Targets < 0 give -inf (and False). ``positions``
+        (B, W, 3): the shown hits' positions for a model that reads them (``_positions``)."""
         out = np.full(targets.shape, -np.inf)
         in_top = np.zeros(targets.shape, dtype=bool)
         with torch.inference_mode():
@@ -115,6 +132,7 @@ class TrackScorer:
                     torch.zeros(ids[sl].shape, dtype=torch.long),
                     torch.as_tensor(mask[sl]),
                     torch.as_tensor(np.stack([rows, position[sl]], axis=1)),
+                    hits=None if positions is None else torch.as_tensor(positions[sl]),
                 ).float()  # (b, v)
                 logp = torch.log_softmax(module_logits_only(logits, self.vocab.num_special), 1)
                 target = targets[sl]
@@ -137,7 +155,11 @@ class TrackScorer:
         rows = np.arange(track.size)
         true = ids[rows, position + 1].copy()
         ids[rows, position + 1] = self.vocab.mask_id
-        logp = self.masked_log_probs(ids, mask, position + 1, true[:, None])[0][:, 0]
+        shown = ordered[track].copy()
+        shown[rows, position] = -1  # the asked hit carries no position
+        logp = self.masked_log_probs(
+            ids, mask, position + 1, true[:, None], positions=self._positions(shown)
+        )[0][:, 0]
         total = np.bincount(track, weights=logp, minlength=len(lengths))
         result: np.ndarray = total / np.maximum(lengths, 1)
         return result
@@ -180,7 +202,11 @@ class TrackScorer:
         position = np.where(backward, 0, lengths)
         with_mask[np.arange(b), position] = self.vocab.mask_id
         ids, mask = self._inputs(with_mask, lengths + 1)
-        return self.masked_log_probs(ids, mask, position + 1, candidate_tokens, top_k)
+        shown = np.full((b, keep + 1), -1, dtype=np.int64)  # the [MASK] keeps -1: no position
+        shown[np.arange(b)[:, None], cols] = window
+        return self.masked_log_probs(
+            ids, mask, position + 1, candidate_tokens, top_k, self._positions(shown)
+        )
 
 
 def model_decider(config: FinderConfig, hits: EventHits, scorer: TrackScorer) -> StepDecider:
