@@ -132,11 +132,10 @@ def baseline_accuracies(data: str | os.PathLike[str], seed: int = 0) -> dict[str
     baselines: dict[str, Any] = {"frequency": frequency}
     try:
         from tracklm.detector.layers import TokenLayers
-        from tracklm.evaluate.report import module_bounds
 
         surfaces = TokenLayers.from_modules(dataset.modules, len(dataset.vocab))
         helix = HelixBaseline(surfaces, train_tokens, train_lengths, dataset.module_centres,
-                              use_hits=False, bounds=module_bounds(dataset))  # fmt: skip
+                              use_hits=False, bounds=dataset.frames())  # fmt: skip
         baselines["helix"] = helix
         baselines["helix+frequency"] = HelixFrequencyBaseline(frequency, helix)
     except Exception as exc:  # e.g. a synthetic dataset without module geometry

@@ -18,7 +18,7 @@ reproduces the public code's inflated figure (the model can copy the answer).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -168,13 +168,36 @@ def masked_module_logits(
     -------
     The concatenation over batches of ``reduce``'s output, as numpy ((0,) when K = 0).
     """
+    out = [
+        reduce(logits, batch).cpu().numpy()
+        for logits, _, batch in _masked_batches(
+            model, input_ids, token_type_ids, attention_mask, positions, num_special,
+            batch_size=batch_size, description=description, hits=hits,
+        )
+    ]  # fmt: skip
+    return np.concatenate(out) if out else np.zeros((0,))
+
+
+def _masked_batches(
+    model: TrackingBert,
+    input_ids: np.ndarray,
+    token_type_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    positions: np.ndarray,
+    num_special: int,
+    *,
+    batch_size: int,
+    description: str | None,
+    hits: np.ndarray | None,
+) -> Iterator[tuple[Tensor, Tensor, slice]]:
+    """The loop of ``masked_module_logits``: per batch of rows, the (k, v) float logits with
+    special tokens excluded, the (k, d) hidden rows (``TrackingBert.locate`` reads them) and the
+    batch's slice of the K pairs; under ``torch.inference_mode``."""
     device = next(model.parameters()).device
     positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
     if np.any(np.diff(positions[:, 0]) < 0):
         raise ValueError("positions must be sorted by row")
-    n = len(input_ids)
-    starts = range(0, n, batch_size)
-    out = []
+    starts = range(0, len(input_ids), batch_size)
     model.eval()
     with torch.inference_mode():
         for start in tqdm(
@@ -187,59 +210,6 @@ def masked_module_logits(
             lo, hi = np.searchsorted(positions[:, 0], [start, stop])
             if hi == lo:
                 continue
-            where = torch.as_tensor(positions[lo:hi] - np.array([start, 0]), device=device)
-            logits = model.predict_masked(
-                torch.as_tensor(input_ids[start:stop], device=device),
-                torch.as_tensor(token_type_ids[start:stop], device=device),
-                torch.as_tensor(attention_mask[start:stop], device=device),
-                where,
-                hits=_rows_of(hits, start, stop, device),
-            ).float()  # (k, v)
-            kept = reduce(module_logits_only(logits, num_special), slice(int(lo), int(hi)))
-            out.append(kept.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0,))
-
-
-def _rows_of(hits: np.ndarray | None, start: int, stop: int, device: torch.device) -> Tensor | None:
-    return None if hits is None else torch.as_tensor(hits[start:stop], device=device)
-
-
-def predict_masked_positions(
-    model: TrackingBert,
-    input_ids: np.ndarray,
-    token_type_ids: np.ndarray,
-    attention_mask: np.ndarray,
-    labels: np.ndarray,
-    hits: np.ndarray,
-    modules: np.ndarray,
-    batch_size: int = 1024,
-) -> np.ndarray:
-    """Where an ``inputs: hits`` model puts each hidden hit, on the plane of a given module.
-
-    Parameters
-    ----------
-    model : a ``TrackingBert`` with ``inputs: hits``.
-    input_ids, token_type_ids, attention_mask, labels : (B, W) arrays as for
-        ``predict_masked_modules``.
-    hits : (B, W, 3) visible hit positions, NaN at the labelled positions (``hide_hits``).
-    modules : (K,) token id of the module to place each labelled hit on (row-major order of the
-        labels), e.g. the model's best guess.
-
-    Returns
-    -------
-    (K, 3) float64 predicted positions in mm.
-    """
-    device = next(model.parameters()).device
-    positions = np.argwhere(np.asarray(labels) != IGNORE_INDEX)  # (K, 2), row-major
-    modules = np.asarray(modules, dtype=np.int64)
-    out = []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(input_ids), batch_size):
-            stop = start + batch_size
-            lo, hi = np.searchsorted(positions[:, 0], [start, stop])
-            if hi == lo:
-                continue
             heads = model.masked_heads(
                 torch.as_tensor(input_ids[start:stop], device=device),
                 torch.as_tensor(token_type_ids[start:stop], device=device),
@@ -248,9 +218,12 @@ def predict_masked_positions(
                 _rows_of(hits, start, stop, device),
             )
             assert heads.rows is not None
-            where = model.locate(heads.rows, torch.as_tensor(modules[lo:hi], device=device))
-            out.append(where.double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3))
+            logits = module_logits_only(heads.mlm_logits.float(), num_special)  # (k, v)
+            yield logits, heads.rows, slice(int(lo), int(hi))
+
+
+def _rows_of(hits: np.ndarray | None, start: int, stop: int, device: torch.device) -> Tensor | None:
+    return None if hits is None else torch.as_tensor(hits[start:stop], device=device)
 
 
 def predict_masked_modules(
@@ -368,14 +341,18 @@ def rank_and_locate(
         (``inputs: hits`` models), else None.
     """
     visible = None if hits is None else hide_hits(hits, labels)[0]
-    ranked = predict_masked_modules(
-        model, input_ids, encoded.token_type_ids, encoded.attention_mask, labels, num_special,
-        k=5, batch_size=batch_size, description=description, hits=visible,
-    )  # fmt: skip
-    if visible is None or not model.config.reads_hits:
-        return ranked, None
-    positions = predict_masked_positions(
-        model, input_ids, encoded.token_type_ids, encoded.attention_mask, labels, visible,
-        ranked[:, 0], batch_size=batch_size,
-    )  # fmt: skip
-    return ranked, positions
+    locate = visible is not None and model.config.reads_hits
+    asked = np.argwhere(np.asarray(labels) != IGNORE_INDEX)  # (K, 2), row-major
+    ranked, located = [], []
+    for logits, rows, _ in _masked_batches(
+        model, input_ids, encoded.token_type_ids, encoded.attention_mask, asked, num_special,
+        batch_size=batch_size, description=description, hits=visible,
+    ):  # fmt: skip
+        top = torch.topk(logits, k=min(5, logits.shape[1] - num_special), dim=1).indices
+        ranked.append(top.cpu().numpy())
+        if locate:
+            located.append(model.locate(rows, top[:, 0]).double().cpu().numpy())
+    best = np.concatenate(ranked).astype(np.int64) if ranked else np.zeros((0, 5), np.int64)
+    if not locate:
+        return best, None
+    return best, np.concatenate(located) if located else np.zeros((0, 3))

@@ -25,7 +25,6 @@ import pandas as pd
 from tracklm._fs import atomic_output_dir, write_json
 from tracklm.data.batches import input_width
 from tracklm.data.sequences import EncodedInputs, encode_pairs, place_hits
-from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
@@ -208,11 +207,6 @@ def write_report_files(
     (directory / "report.md").write_text(report_markdown(metrics, figures))
 
 
-def module_bounds(dataset: PreparedDataset) -> ModuleFrames:
-    """The modules' frames and bounds by token id (``PreparedDataset.frames``)."""
-    return dataset.frames()
-
-
 # ----------------------------------------------------------------------------- evaluation steps
 Baseline = FrequencyBaseline | HelixBaseline | HelixFrequencyBaseline
 
@@ -298,7 +292,7 @@ def fit_baselines(dataset: PreparedDataset, train: TrackArrays) -> list[Baseline
     """The baselines, counted and fitted on the train split: frequency, helix (module centres),
     helix+frequency and the helix on measured hits (a reference)."""
     surfaces = TokenLayers.from_modules(dataset.modules, len(dataset.vocab))
-    bounds = module_bounds(dataset)
+    bounds = dataset.frames()
     centres = dataset.module_centres
     frequency = FrequencyBaseline(train.tokens, train.lengths)
     helix = HelixBaseline(

@@ -421,7 +421,7 @@ class TrackingBert(nn.Module):
                 input_ids, token_type_ids, attention_mask, hits=hits, geometry=geometry
             )  # (b, t, d)
             pair_logits = self.pair_head(hidden) if pair else None
-            return HeadOutputs(self._module_logits(hidden, table), pair_logits, hidden)
+            return HeadOutputs(self.mlm_head(hidden, table), pair_logits, hidden)
         b, t = input_ids.shape
         k = at.shape[0]
         if pair:  # [CLS] sits at position 0 of each row
@@ -436,12 +436,7 @@ class TrackingBert(nn.Module):
             )
             rows = hidden.reshape(b * t, -1).index_select(0, at)  # (k [+ b], d)
         pair_logits = self.pair_head.classify(rows[k:]) if pair else None
-        return HeadOutputs(self._module_logits(rows[:k], table), pair_logits, None, rows[:k])
-
-    def _module_logits(self, hidden: Tensor, table: Tensor) -> Tensor:
-        """(..., d) hidden states -> (..., v) masked-module logits against the decoder ``table``."""
-        logits: Tensor = self.mlm_head(hidden, table)
-        return logits
+        return HeadOutputs(self.mlm_head(rows[:k], table), pair_logits, None, rows[:k])
 
     def forward(
         self,
