@@ -239,6 +239,11 @@ def test_a_hits_model_refuses_a_dataset_without_positions(toy_data: Path, tmp_pa
     with pytest.raises(InputError, match=r"test/hits.npy: holds no hit positions, but the model"):
         run_evaluate(tmp_path / "model", data, tmp_path / "report")
     assert not (tmp_path / "report").exists()
+    from tracklm.tasks.finetune import run_finetune
+
+    with pytest.raises(InputError, match=r"test/hits.npy: holds no hit positions, but the model"):
+        run_finetune("pt", tmp_path / "model", data, tmp_path / "pt", max_steps=1)
+    assert not (tmp_path / "pt").exists()
     # a tokens model evaluates the same data
     build(toy_data, "tokens").save_pretrained(tmp_path / "tokens", open_dataset(toy_data).vocab)
     run_evaluate(tmp_path / "tokens", data, tmp_path / "report", max_tracks=50)

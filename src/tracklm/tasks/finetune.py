@@ -44,6 +44,7 @@ from tracklm.evaluate.metrics import json_ready
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models.bert import TrackingBert
+from tracklm.models.inputs import check_hits_present
 from tracklm.tasks import extrapolate, holes, outliers, pt
 from tracklm.tasks.common import Examples, TaskContext, TaskSpec
 from tracklm.tasks.config import FinetuneConfig, load_finetune_config
@@ -419,6 +420,9 @@ def open_inputs(
     encoder = load_encoder(model, mode, seed)
     dataset = open_dataset(data)
     encoder.check_vocab(dataset.vocab, str(dataset.path / "vocab.json"))
+    for split in ("train", "test"):  # a hits model needs positions where it trains and is scored
+        where = str(dataset.path / split / "hits.npy")
+        check_hits_present(encoder.config.reads_hits, dataset.split(split).hits, where)
     return encoder, dataset, TaskContext.from_dataset(dataset)
 
 
