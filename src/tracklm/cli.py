@@ -171,6 +171,14 @@ def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
         help="what the model reads of each hit: module tokens (the paper's), plus their "
         "geometry, plus the measured hit positions (default: the preset's, tokens)",
     )
+    p.add_argument(
+        "--objective",
+        default=None,
+        choices=["masked", "next-module"],  # models.config.OBJECTIVES (no torch import here)
+        help="what the model learns to predict: masked modules from both sides (the paper's) "
+        "or each next module and the end of the track, with causal attention (default: the "
+        "preset's, masked)",
+    )
 
 
 def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -323,8 +323,10 @@ def test_a_directory_written_by_earlier_versions_loads(
         "position_embedding": "learned", "type_vocab_size": 2, "layer_norm_eps": 1e-12,
         "initializer_range": 0.02, "pad_token_id": 0,
     }  # fmt: skip
-    # the file gained what the model reads (issue 13); a file without those keys still loads
-    assert written == {**earlier, "inputs": "tokens", "position_loss_weight": 1.0}
+    # the file gained what the model reads (issue 13) and its objective (issue 14); a file
+    # without those keys still loads
+    added = {"inputs": "tokens", "position_loss_weight": 1.0, "objective": "masked"}
+    assert written == {**earlier, **added}
     (tmp_path / "model" / "config.json").write_text(json.dumps(earlier))
     ids, types, attn = make_batch(vocab)
     expected = model(ids, types, attn).mlm_logits

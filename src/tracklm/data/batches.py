@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tracklm.data.masking import MaskSchedule, mask_modules
 from tracklm.data.pairs import Pairs, draw_pairs, epoch_rng
-from tracklm.data.sequences import encode_pairs, hide_hits, place_hits
+from tracklm.data.sequences import encode_pairs, hide_hits, next_module_targets, place_hits
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.io.dataset import load_split
 
@@ -60,6 +60,9 @@ class PairBatches(Dataset):
     mask_schedule : mask rate as a function of the step.
     rank, world_size : this process's rank and the number of ranks; ranks get disjoint batches.
     hits : also give the hit positions (for a model with ``inputs: hits``).
+    next_module : targets of the ``next-module`` objective instead of masking: nothing is
+        masked, every real position but the last is labelled with the next token, and every hit
+        position is visible (``sequences.next_module_targets``).
 
     Notes
     -----
@@ -84,9 +87,11 @@ class PairBatches(Dataset):
         rank: int = 0,
         world_size: int = 1,
         hits: bool = False,
+        next_module: bool = False,
     ) -> None:
         self.split_dir = Path(split_dir)
         self.hits = hits
+        self.next_module = next_module
         self.vocab = vocab
         self.batch_size = batch_size
         self.seed = seed
@@ -158,29 +163,37 @@ class PairBatches(Dataset):
         else:
             tokens_b, lengths_b = tokens[pairs.index_b], lengths[pairs.index_b]
         encoded = encode_pairs(tokens_a, lengths_a, tokens_b, lengths_b, self.vocab, self.width)
-        epoch, index = divmod(step, self.batches_per_epoch)
-        rng = epoch_rng(self.seed, epoch, _MASK_STREAM + index * self.world_size + self.rank)
-        masked = mask_modules(
-            encoded.input_ids,
-            encoded.token_type_ids,
-            self.vocab,
-            self.mask_schedule.rate_at(step),
-            rng,
-        )
-        batch = {
-            "input_ids": torch.from_numpy(masked.input_ids),
-            "token_type_ids": torch.from_numpy(encoded.token_type_ids),
-            "attention_mask": torch.from_numpy(encoded.attention_mask),
-            "labels": torch.from_numpy(masked.labels),
-            "step": torch.tensor(step, dtype=torch.int64),
-        }
-        if pairs.labels is not None:
-            batch["pair_labels"] = torch.from_numpy(pairs.labels)
+        placed = None
         if self.hits:
             assert self._hits is not None
             hits_b = None if pairs.index_b is None else self._hits[pairs.index_b]
             placed = place_hits(encoded, self._hits[pairs.index_a], lengths_a, hits_b, lengths_b)
-            visible, targets = hide_hits(placed, masked.labels)
+        if self.next_module:
+            input_ids = encoded.input_ids
+            labels, targets = next_module_targets(encoded, placed)
+            visible = placed
+        else:
+            epoch, index = divmod(step, self.batches_per_epoch)
+            rng = epoch_rng(self.seed, epoch, _MASK_STREAM + index * self.world_size + self.rank)
+            masked = mask_modules(
+                encoded.input_ids,
+                encoded.token_type_ids,
+                self.vocab,
+                self.mask_schedule.rate_at(step),
+                rng,
+            )
+            input_ids, labels = masked.input_ids, masked.labels
+            visible, targets = hide_hits(placed, labels) if placed is not None else (None, None)
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "token_type_ids": torch.from_numpy(encoded.token_type_ids),
+            "attention_mask": torch.from_numpy(encoded.attention_mask),
+            "labels": torch.from_numpy(labels),
+            "step": torch.tensor(step, dtype=torch.int64),
+        }
+        if pairs.labels is not None:
+            batch["pair_labels"] = torch.from_numpy(pairs.labels)
+        if visible is not None and targets is not None:
             batch["hits"] = torch.from_numpy(visible)
             batch["hit_labels"] = torch.from_numpy(targets)
         return batch

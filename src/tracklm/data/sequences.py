@@ -149,3 +149,34 @@ def hide_hits(
     visible = np.where(labelled, np.float32(np.nan), hits).astype(np.float32)
     targets = np.where(labelled, hits, np.float32(np.nan)).astype(np.float32)
     return visible, targets
+
+
+def next_module_targets(
+    encoded: EncodedInputs, hits: np.ndarray | None = None, ignore_index: int = -100
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Targets of the ``next-module`` objective: each real position predicts the next token.
+
+    The last hit of a track predicts its ``[SEP]`` (the end of the track); in pairs, track A's
+    ``[SEP]`` predicts B's first module. Nothing is hidden: under causal attention position p
+    sees no position after it, so the inputs stay as they are.
+
+    Parameters
+    ----------
+    encoded : inputs from ``encode_pairs`` (unmasked).
+    hits : (B, W, 3) positions from ``place_hits`` (a model that reads hits), or None.
+
+    Returns
+    -------
+    labels : (B, W) int64 the token at p + 1 at every real position p but the last, and
+        ``ignore_index`` there and on padding.
+    hit_labels : (B, W, 3) the position of the hit at p + 1 (NaN where p + 1 holds no hit), or
+        None without ``hits``.
+    """
+    ids, real = encoded.input_ids, encoded.attention_mask
+    labels = np.full_like(ids, ignore_index)
+    labels[:, :-1] = np.where(real[:, 1:], ids[:, 1:], ignore_index)
+    if hits is None:
+        return labels, None
+    hit_labels = np.full_like(hits, np.nan)
+    hit_labels[:, :-1] = hits[:, 1:]
+    return labels, hit_labels

@@ -8,9 +8,11 @@ exact GELU (``tests/models/test_hf_parity.py``). It works on the real (unpadded)
 
 Heads: masked-module (dense + GELU + LayerNorm, then a decoder tied to the token embeddings,
 run only where it is read: the vocabulary, about 4,010 tokens, dwarfs the hidden size, 64) and
-pair (pooler on ``[CLS]``, then one logit of pT(B) > pT(A)); ``TrackingBert.heads_at``.
+pair (pooler on ``[CLS]``, or on the last token of a causal model, then one logit of
+pT(B) > pT(A)); ``TrackingBert.heads_at``. A ``next-module`` model (``config.objective``) attends
+causally, and its masked-module head predicts each next token.
 
-Beside this file: ``heads.py`` (the two heads), ``inputs.py`` (what a ``geometry`` or ``hits``
+Beside this file: ``heads.py`` (the two heads and the output records), ``inputs.py`` (what a ``geometry`` or ``hits``
 model reads beside the token, and its hidden-hit position head), ``cpu_kernels.py`` (CPU training
 fast paths: packed attention, cheap dropout), ``export.py`` (ONNX graphs), ``hub.py`` (model
 directory and card).
@@ -24,8 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,8 +38,10 @@ from tracklm.errors import InputError
 from tracklm.models import cpu_kernels, hub
 from tracklm.models.config import TrackingBertConfig as TrackingBertConfig  # re-exported
 from tracklm.models.cpu_kernels import Dropout, DropoutRng
+from tracklm.models.heads import HeadOutputs as HeadOutputs  # re-exported
 from tracklm.models.heads import MaskedModuleHead as MaskedModuleHead  # re-exported
 from tracklm.models.heads import PairHead as PairHead  # re-exported
+from tracklm.models.heads import TrackingBertOutput as TrackingBertOutput  # re-exported
 from tracklm.models.inputs import ModuleInputs, PositionHead, to_global
 from tracklm.models.layout import TokenLayout
 
@@ -47,45 +50,6 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {"auto": "packed", "packed": "
 """The ``attention`` names ``TrackingBert`` takes, and the backend each selects (``auto``: the
 default)."""
 DROPOUT_RNGS: dict[str, DropoutRng] = {"sfc64": "sfc64", "torch": "torch"}
-
-
-# ----------------------------------------------------------------------------- outputs
-@dataclass
-class TrackingBertOutput:
-    """What ``TrackingBert.forward`` returns.
-
-    Attributes
-    ----------
-    loss : mlm_loss + pair_loss (those that were asked for), or None without labels.
-    mlm_loss : mean cross-entropy over labelled positions, or None.
-    pair_loss : mean binary cross-entropy of the pair logit, or None.
-    position_loss : mean L1 error (in module half-sizes) of the hidden hits' predicted
-        positions, or None (``inputs: hits`` with ``hit_labels`` only); weighted by
-        ``config.position_loss_weight`` in ``loss``.
-    mlm_logits : (k, v) at the labelled positions in row-major order when labels are given,
-        else (b, t, v).
-    pair_logits : (b,) logit of pT(B) > pT(A).
-    hidden_states : (b, t, d) encoder output (zeros at padding) without labels; None with labels,
-        where the last block computes only the positions the heads read (``TrackingBert.encode``
-        gives every position).
-    """
-
-    loss: Tensor | None
-    mlm_loss: Tensor | None
-    pair_loss: Tensor | None
-    mlm_logits: Tensor
-    pair_logits: Tensor
-    hidden_states: Tensor | None
-    position_loss: Tensor | None = None
-
-
-class HeadOutputs(NamedTuple):
-    """What ``TrackingBert.heads_at`` returns (see there)."""
-
-    mlm_logits: Tensor
-    pair_logits: Tensor | None
-    hidden_states: Tensor | None
-    rows: Tensor | None = None  # (k, d) hidden states at ``at`` (None without ``at``)
 
 
 # ----------------------------------------------------------------------------- modules
@@ -187,11 +151,12 @@ class SelfAttention(nn.Module):
         qkv = layout.spread(self.qkv(x))  # (b, t, 3d), copies of a real row at padding
         q, k, v = qkv.view(b, t, 3, h, e).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, e) each
         if backend == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.key_mask, dropout_p=p)
+            mask = layout.attention_mask()
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
             scores = torch.matmul(q * e**-0.5, k.transpose(-1, -2))  # (b, h, t, t)
-            if layout.key_mask is not None:
-                scores = scores + layout.key_bias(scores.dtype)  # -inf at padded keys
+            if layout.masked:
+                scores = scores + layout.key_bias(scores.dtype)  # -inf where masked
             y = torch.matmul(self.dropout(torch.softmax(scores, dim=-1)), v)  # (b, h, t, e)
         return layout.pack(y.transpose(1, 2).reshape(b, t, d))  # (n, d)
 
@@ -368,7 +333,7 @@ class TrackingBert(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = attention_mask.bool() if attention_mask is not None else None
-        layout = TokenLayout.of(mask, b, t)
+        layout = TokenLayout.of(mask, b, t, causal=self.config.causal)
         extra = None
         if self.module_inputs is not None:
             if self.config.reads_hits and hits is None:
@@ -388,6 +353,25 @@ class TrackingBert(nn.Module):
         return hidden
 
     # ------------------------------------------------------------------ heads
+    def summary_positions(self, attention_mask: Tensor | None, b: int, t: int) -> Tensor:
+        """(b,) positions in the flattened (b * t) grid of the token that sums up each row for
+        the pair head and the tasks' track-level heads: ``[CLS]`` (position 0) of a masked
+        model; the last real token of a causal one (the only one that sees the whole row)."""
+        device = self.embeddings.token.weight.device
+        if attention_mask is not None:
+            device = attention_mask.device
+        start = torch.arange(b, device=device) * t
+        if not self.config.causal:
+            return start
+        if attention_mask is None:
+            return start + (t - 1)
+        return start + attention_mask.long().sum(1) - 1
+
+    def summary(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
+        """(b, t, d) encoder output -> (b, d) at each row's ``summary_positions``."""
+        b, t = hidden.shape[:2]
+        return hidden.reshape(b * t, -1)[self.summary_positions(attention_mask, b, t)]
+
     def heads_at(
         self,
         input_ids: Tensor,
@@ -405,7 +389,7 @@ class TrackingBert(nn.Module):
         input_ids, token_type_ids, attention_mask : see ``encode``; (b, t).
         at : (k,) positions in the flattened (b * t) grid, in any order, repeats allowed; None
             for every position. With ``at`` the last block computes only those k positions and
-            the b ``[CLS]`` tokens the pair head reads (``prune_last_block``).
+            the b tokens the pair head reads (``summary_positions``; ``prune_last_block``).
         pair : also compute the pair logits.
         hits : see ``encode``.
 
@@ -420,12 +404,16 @@ class TrackingBert(nn.Module):
             hidden = self.encode(
                 input_ids, token_type_ids, attention_mask, hits=hits, geometry=geometry
             )  # (b, t, d)
-            pair_logits = self.pair_head(hidden) if pair else None
+            pair_logits = None
+            if pair:
+                b, t = input_ids.shape
+                summary = self.summary_positions(attention_mask, b, t)
+                pair_logits = self.pair_head.classify(hidden.reshape(b * t, -1)[summary])
             return HeadOutputs(self.mlm_head(hidden, table), pair_logits, hidden)
         b, t = input_ids.shape
         k = at.shape[0]
-        if pair:  # [CLS] sits at position 0 of each row
-            at = torch.cat([at, torch.arange(b, device=at.device) * t])  # (k + b,)
+        if pair:
+            at = torch.cat([at, self.summary_positions(attention_mask, b, t)])  # (k + b,)
         if self.prune_last_block:
             rows = self.encode(
                 input_ids, token_type_ids, attention_mask, at=at, hits=hits, geometry=geometry
@@ -550,9 +538,12 @@ class TrackingBert(nn.Module):
         hits: Tensor | None = None,
     ) -> HeadOutputs:
         """``heads_at`` at (k, 2) (row, input position) pairs, without the pair head: the
-        logits (k, v) and the hidden rows (k, d) that ``locate`` reads."""
+        logits (k, v) and the hidden rows (k, d) that ``locate`` reads. A causal model predicts
+        the token at position p from position p - 1 (which sees nothing from p on)."""
         positions = positions.to(device=input_ids.device, dtype=torch.long)
         at = positions[:, 0] * input_ids.shape[1] + positions[:, 1]  # (k,) in the (b * t) grid
+        if self.config.causal:
+            at = at - 1
         return self.heads_at(input_ids, token_type_ids, attention_mask, at, pair=False, hits=hits)
 
     # ------------------------------------------------------------------ vocabulary, save, load

@@ -15,6 +15,8 @@ from tracklm.presets import load_preset
 
 INPUT_MODES = ("tokens", "geometry", "hits")
 """What a model reads of each hit, in order of information (``TrackingBertConfig.inputs``)."""
+OBJECTIVES = ("masked", "next-module")
+"""What a model is pre-trained to predict (``TrackingBertConfig.objective``)."""
 
 
 @dataclass
@@ -43,6 +45,10 @@ class TrackingBertConfig:
         the position of a hidden hit).
     position_loss_weight : weight of the hidden-hit position loss beside the masked-module loss
         (``inputs: hits`` only).
+    objective : ``"masked"`` (the paper's: bidirectional attention, masked modules predicted from
+        both sides) or ``"next-module"`` (causal attention: each position predicts the next
+        token, the last hit predicting the ``[SEP]`` that ends the track; the pair head reads
+        the last token, the only one that sees both tracks).
     """
 
     vocab_size: int = 4010
@@ -60,6 +66,7 @@ class TrackingBertConfig:
     pad_token_id: int = 0
     inputs: Literal["tokens", "geometry", "hits"] = "tokens"
     position_loss_weight: float = 1.0
+    objective: Literal["masked", "next-module"] = "masked"
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -78,6 +85,8 @@ class TrackingBertConfig:
              f"pad_token_id {self.pad_token_id} outside the vocabulary"),
             (self.inputs not in INPUT_MODES,
              f"inputs {self.inputs!r} is not one of {', '.join(INPUT_MODES)}"),
+            (self.objective not in OBJECTIVES,
+             f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}"),
             (not self.position_loss_weight >= 0.0,
              f"position_loss_weight must be at least 0, got {self.position_loss_weight}"),
         ]  # fmt: skip
@@ -107,6 +116,11 @@ class TrackingBertConfig:
     def reads_hits(self) -> bool:
         """True when the model reads measured hit positions and predicts hidden ones."""
         return self.inputs == "hits"
+
+    @property
+    def causal(self) -> bool:
+        """True when each position attends only to itself and the positions before it."""
+        return self.objective == "next-module"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-friendly data."""

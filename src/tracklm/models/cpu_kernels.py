@@ -108,12 +108,14 @@ def packed_attention_applies(x: Tensor, training: bool) -> bool:
 
 
 def head_key_bias(layout: TokenLayout, num_heads: int, dtype: torch.dtype) -> Tensor:
-    """(b * h, 1, t) additive key mask (-inf at padded keys), repeated per head."""
+    """(b * h, q, t) additive attention mask (-inf at padded keys, and after the query in a
+    causal model; q = 1 without, t with), repeated per head."""
     b, t = layout.batch, layout.width
 
     def build() -> Tensor:
-        bias = layout.key_bias(dtype).expand(b, num_heads, 1, t)
-        return bias.reshape(b * num_heads, 1, t)
+        bias = layout.key_bias(dtype)
+        q = bias.shape[2]
+        return bias.expand(b, num_heads, q, t).reshape(b * num_heads, q, t)
 
     return layout.cached(("head_key_bias", num_heads, dtype), build)
 
@@ -140,10 +142,10 @@ class PackedAttention(torch.autograd.Function):
         e = d // h
         grid = layout.spread(qkv).view(b, t, 3, h, e).permute(2, 0, 3, 1, 4).contiguous()
         q, k, v = grid.view(3, b * h, t, e).unbind(0)
-        if layout.key_mask is None:
+        if not layout.masked:
             scores = torch.bmm(q, k.transpose(1, 2)).mul_(e**-0.5)  # (b*h, t, t)
         else:
-            bias = head_key_bias(layout, h, qkv.dtype)  # (b*h, 1, t), -inf at padded keys
+            bias = head_key_bias(layout, h, qkv.dtype)  # (b*h, 1 or t, t), -inf where masked
             scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=e**-0.5)
         probs = torch.softmax(scores, dim=-1)
         weights = probs if keep is None else probs * keep

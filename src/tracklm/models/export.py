@@ -99,7 +99,7 @@ class GatherAttention(SelfAttention):
         rows = self.qkv(x).reshape(-1, e)  # (n * 3h, e): [q heads, k heads, v heads] per token
         q, k, v = rows[query], rows[query + h], rows[query + 2 * h]  # (b, h, t, e) each
         scores = torch.matmul(q, k.transpose(-1, -2))  # (b, h, t, t), queries prescaled
-        if layout.key_mask is not None:
+        if layout.masked:
             scores = scores + layout.key_bias(scores.dtype)
         y = torch.matmul(torch.softmax(scores, dim=-1), v)  # (b, h, t, e)
         return y.reshape(b * h * t, e)[out].reshape(-1, d)  # (n, d)

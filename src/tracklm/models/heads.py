@@ -1,6 +1,10 @@
-"""The two pre-training heads of TrackingBERT: masked modules and the pair task (``bert.py``)."""
+"""The two pre-training heads of TrackingBERT, masked modules and the pair task, and what the
+model returns (``bert.py``)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -8,6 +12,44 @@ from torch import Tensor, nn
 
 from tracklm.models import cpu_kernels
 from tracklm.models.config import TrackingBertConfig
+
+
+@dataclass
+class TrackingBertOutput:
+    """What ``TrackingBert.forward`` returns.
+
+    Attributes
+    ----------
+    loss : mlm_loss + pair_loss (those that were asked for), or None without labels.
+    mlm_loss : mean cross-entropy over labelled positions, or None.
+    pair_loss : mean binary cross-entropy of the pair logit, or None.
+    position_loss : mean L1 error (in module half-sizes) of the hidden hits' predicted
+        positions, or None (``inputs: hits`` with ``hit_labels`` only); weighted by
+        ``config.position_loss_weight`` in ``loss``.
+    mlm_logits : (k, v) at the labelled positions in row-major order when labels are given,
+        else (b, t, v).
+    pair_logits : (b,) logit of pT(B) > pT(A).
+    hidden_states : (b, t, d) encoder output (zeros at padding) without labels; None with labels,
+        where the last block computes only the positions the heads read (``TrackingBert.encode``
+        gives every position).
+    """
+
+    loss: Tensor | None
+    mlm_loss: Tensor | None
+    pair_loss: Tensor | None
+    mlm_logits: Tensor
+    pair_logits: Tensor
+    hidden_states: Tensor | None
+    position_loss: Tensor | None = None
+
+
+class HeadOutputs(NamedTuple):
+    """What ``TrackingBert.heads_at`` returns (see there)."""
+
+    mlm_logits: Tensor
+    pair_logits: Tensor | None
+    hidden_states: Tensor | None
+    rows: Tensor | None = None  # (k, d) hidden states at ``at`` (None without ``at``)
 
 
 class MaskedModuleHead(nn.Module):
@@ -26,7 +68,7 @@ class MaskedModuleHead(nn.Module):
 
 
 class PairHead(nn.Module):
-    """Pooler (dense + tanh) on ``[CLS]``, then one logit of pT(B) > pT(A) (or ``num_outputs``)."""
+    """Pooler (dense + tanh) on ``[CLS]`` (``TrackingBert.summary_positions``), then one logit of pT(B) > pT(A) (or ``num_outputs``)."""
 
     def __init__(self, config: TrackingBertConfig, num_outputs: int = 1) -> None:
         super().__init__()

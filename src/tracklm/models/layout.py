@@ -26,23 +26,28 @@ class TokenLayout:
     batch, width : b and t.
     real : (n,) indices of the real tokens in the flattened (b * t) grid, row-major; None when
         every token is real (then n = b * t and packing is a reshape).
-    key_mask : (b, 1, 1, t) True where a key may be attended to, or None without padding.
+    key_mask : (b, 1, 1, t) True on real keys, or None without padding.
+    causal : each query attends only to the keys at or before its own position.
     """
 
     batch: int
     width: int
     real: Tensor | None = None
     key_mask: Tensor | None = None
+    causal: bool = False
     _memo: dict[Hashable, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, attention_mask: Tensor | None, batch: int, width: int) -> TokenLayout:
-        """The layout of a (b, t) bool ``attention_mask`` (None: every token real).
+    def of(
+        cls, attention_mask: Tensor | None, batch: int, width: int, causal: bool = False
+    ) -> TokenLayout:
+        """The layout of a (b, t) bool ``attention_mask`` (None: every token real), with
+        ``causal`` attention or not.
 
         An all-real batch needs neither mask nor packing; a traced or compiled graph keeps
         both, since the next batch may have padding.
         """
-        layout = cls(batch=batch, width=width)
+        layout = cls(batch=batch, width=width, causal=causal)
         if attention_mask is not None:
             tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # type: ignore[no-untyped-call]
             if tracing or not bool(attention_mask.all()):
@@ -92,9 +97,29 @@ class TokenLayout:
 
         return self.cached("any_source", build)
 
+    @property
+    def masked(self) -> bool:
+        """True when some query may not attend to some key (padding, or causal attention)."""
+        return self.key_mask is not None or self.causal
+
+    def attention_mask(self) -> Tensor | None:
+        """(b, 1, 1, t) or, causal, (b or 1, 1, t, t) bool: True where a query may attend to a
+        key; None when every query attends to every key."""
+        if not self.causal:
+            return self.key_mask
+
+        def build() -> Tensor:
+            t = self.width
+            device = self.key_mask.device if self.key_mask is not None else self.device
+            lower = torch.ones(t, t, dtype=torch.bool, device=device).tril()[None, None]
+            return lower if self.key_mask is None else lower & self.key_mask
+
+        return self.cached("attention_mask", build)
+
     def key_bias(self, dtype: torch.dtype) -> Tensor:
-        """(b, 1, 1, t) 0 where a key may be attended to, -inf at padding."""
-        mask = self.key_mask
+        """``attention_mask()`` as an additive bias: 0 where a query may attend to a key, -inf
+        elsewhere; (b, 1, 1, t), or (b or 1, 1, t, t) causal."""
+        mask = self.attention_mask()
         assert mask is not None
 
         def build() -> Tensor:

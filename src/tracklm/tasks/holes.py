@@ -14,8 +14,8 @@ positions of the remaining hits only.
 Natural holes (detector inefficiency) and tracks already missing a hit are not labelled; they are
 rare in the pixel selection and count against every method alike.
 
-* Model head: a track logit on ``[CLS]``; a logit per gap from the two hit states on either side;
-  module scores at the true gap from those two states through a decoder tied to the token
+* Model head: a track logit on ``[CLS]`` (a causal model: on its last token); a logit per gap
+  from the two hit states on either side; module scores at the true gap from those two states through a decoder tied to the token
   embeddings.
 * Zero-shot: insert ``[MASK]`` in each gap in turn; the masked-module head's probability that the
   missing hit lies on a layer other than those of the two neighbouring hits scores the gap (a gap
@@ -134,7 +134,7 @@ def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) ->
     at_gap = pairs[rows, batch["gap"][rows] - 1]  # (k, 2d)
     module_logits = head.module(at_gap, encoder.decoder_table())  # (k, v)
     return {
-        "hole_logit": head.detect.classify(hidden[:, 0]),
+        "hole_logit": head.detect.classify(encoder.summary(hidden, batch["attention_mask"])),
         "gap_logits": gap_logits,
         "module_logits": module_logits_only(module_logits, head.num_special),
         "positive": positive,

@@ -12,7 +12,8 @@ replacement module's frame (clipped to its outline), so it lies where a hit of t
 can lie, at the same place in it as the true hit in its own. (NaN there would give the outlier
 away; the true position would contradict the module the task claims.)
 
-* Model head: a track logit on ``[CLS]`` and a logit per hit.
+* Model head: a track logit on ``[CLS]`` (a causal model: on its last token) and a logit per
+  hit.
 * Zero-shot: mask each hit in turn; the pre-trained masked-module head's log-probability of the
   observed module given the others. The least probable hit is the outlier candidate and its
   negative log-probability the track score. The masked hit shows no position.
@@ -135,7 +136,7 @@ def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) ->
     hit = torch.arange(hidden.shape[1] - 2, device=hidden.device)[None, :]
     hit_logits = head.locate(hidden[:, 1:-1]).squeeze(-1)  # hit k at input position 1 + k
     return {
-        "outlier_logit": head.detect.classify(hidden[:, 0]),
+        "outlier_logit": head.detect.classify(encoder.summary(hidden, batch["attention_mask"])),
         "hit_logits": hit_logits.masked_fill(hit >= n_hits[:, None], float("-inf")),
     }
 

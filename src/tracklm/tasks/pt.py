@@ -4,7 +4,7 @@ Examples (from truth): tracks with at least 3 hits and a non-zero charge; labels
 (natural log of pT in GeV at production), ``pt_gev`` and ``charge_positive`` (1 for positive).
 Every hit is shown, with its measured position (read by an ``inputs: hits`` model).
 
-* Model head: pooler on ``[CLS]``, then two numbers: log pT (squared error) and the charge logit.
+* Model head: pooler on ``[CLS]`` (a causal model: on its last token), then two numbers: log pT (squared error) and the charge logit.
 * Zero-shot: none (the pre-training pair head ranks two tracks by pT but gives no scale).
 * Baselines (``baselines`` in metrics.json), one circle fit (``fit_helix``) in x-y through the
   beam line (0, 0) and
@@ -79,7 +79,7 @@ def make_head(encoder: TrackingBert) -> PairHead:
 def forward(encoder: TrackingBert, head: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
     assert isinstance(head, PairHead)
     hidden = encode_batch(encoder, batch)  # (b, w, d)
-    out = head.classify(hidden[:, 0])  # (b, 2)
+    out = head.classify(encoder.summary(hidden, batch["attention_mask"]))  # (b, 2)
     return {"log_pt": out[:, 0], "charge_logit": out[:, 1]}
 
 

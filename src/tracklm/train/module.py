@@ -197,13 +197,21 @@ class PretrainData(pl.LightningDataModule):
     config : the run's options.
     seed : run seed (pairs and masks of step ``s`` depend only on ``seed`` and ``s``).
     hits : serve hit positions too (a model with ``inputs: hits``).
+    next_module : serve the ``next-module`` objective's targets instead of masked tokens.
     """
 
     def __init__(
-        self, data: Path, vocab: ModuleVocab, config: PretrainConfig, seed: int, hits: bool = False
+        self,
+        data: Path,
+        vocab: ModuleVocab,
+        config: PretrainConfig,
+        seed: int,
+        hits: bool = False,
+        next_module: bool = False,
     ) -> None:
         super().__init__()
         self.hits = hits
+        self.next_module = next_module
         self.data = Path(data)
         self.vocab = vocab
         self.config = config
@@ -222,6 +230,7 @@ class PretrainData(pl.LightningDataModule):
             "rank": rank,
             "world_size": world,
             "hits": self.hits,
+            "next_module": self.next_module,
         }
         self.train_batches = PairBatches(
             self.data / "train", self.vocab, batch_size=c.batch_size, seed=self.seed,

@@ -45,7 +45,7 @@ from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models import TrackingBert, TrackingBertConfig
-from tracklm.models.config import INPUT_MODES
+from tracklm.models.config import INPUT_MODES, OBJECTIVES
 from tracklm.models.inputs import module_geometry_table
 from tracklm.train.checkpoint import AtomicCheckpointIO
 from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
@@ -74,6 +74,7 @@ def run_pretrain(
     resume: bool = False,
     seed: int = 0,
     inputs: str | None = None,
+    objective: str | None = None,
 ) -> Path:
     """Pre-train TrackingBERT (the ``tracklm pretrain`` verb).
 
@@ -93,6 +94,9 @@ def run_pretrain(
     inputs : what the model reads of each hit, ``tokens``, ``geometry`` or ``hits``
         (``TrackingBertConfig.inputs``); overrides the preset's and the config's choice. A
         resumed run keeps its own (a different one is refused).
+    objective : ``masked`` (the paper's) or ``next-module`` (causal attention, each position
+        predicting the next token; ``TrackingBertConfig.objective``); overrides the preset's and
+        the config's choice. A resumed run keeps its own (a different one is refused).
 
     Returns
     -------
@@ -117,12 +121,13 @@ def run_pretrain(
     else:
         cfg = load_pretrain_config(preset, config, overrides)
         checkpoint = None
-        if inputs is not None:
-            if inputs not in INPUT_MODES:
-                raise InputError(f"--inputs: {inputs!r} is not one of {', '.join(INPUT_MODES)}")
-            cfg = dataclasses.replace(
-                cfg, model_overrides={**cfg.model_overrides, "inputs": inputs}
-            )
+        chosen = {"inputs": (inputs, INPUT_MODES), "objective": (objective, OBJECTIVES)}
+        for name, (value, known) in chosen.items():
+            if value is None:
+                continue
+            if value not in known:
+                raise InputError(f"--{name}: {value!r} is not one of {', '.join(known)}")
+            cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, name: value})
     # Refuse bad model_overrides now, before a new run directory exists.
     try:
         planned = _model_config(
@@ -137,6 +142,11 @@ def run_pretrain(
         raise InputError(
             f"--inputs: the run in {run} trains a model with inputs {planned.inputs!r}, not "
             f"{inputs!r}; start a new run to change what the model reads"
+        )
+    if resume and objective is not None and objective != planned.objective:
+        raise InputError(
+            f"--objective: the run in {run} trains a model with objective "
+            f"{planned.objective!r}, not {objective!r}; start a new run to change it"
         )
     new_run = not resume and first_process
     # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
@@ -243,7 +253,14 @@ def _build_module_and_data(
     if model_config.reads_geometry:
         model.set_module_geometry(module_geometry_table(dataset.frames()))
     module = PretrainModule(model, config, seed)
-    data = PretrainData(dataset.path, dataset.vocab, config, seed, hits=model_config.reads_hits)
+    data = PretrainData(
+        dataset.path,
+        dataset.vocab,
+        config,
+        seed,
+        hits=model_config.reads_hits,
+        next_module=model_config.causal,
+    )
     return model_config, module, data
 
 
