@@ -1,0 +1,351 @@
+"""Completing tracks step by step: greedy, beam search or sampling, from either objective.
+
+A track grows one module at a time until the model ends it (or it reaches ``max_hits``):
+
+* a ``next-module`` model scores the next token at the last position (``models/decoding.py``,
+  with a key/value cache), ``[SEP]`` ending the track;
+* a ``masked`` model scores a trailing ``[MASK]`` (``[CLS] h_0 ... h_n [MASK] [SEP]``, the whole
+  sequence encoded again at each step). It was never taught to end a track, so it ends one with a
+  fixed score: the end gets probability ``stop_score`` against the modules' 1, i.e.
+  p(end) = s / (1 + s) and p(m) = p_model(m) / (1 + s); greedy decoding ends a track when no
+  module is more probable than ``stop_score``.
+
+Only module tokens and the end are ever chosen, and (``no_repeat``) never a module the track
+already holds. A model that reads hits (``inputs: hits``) reads the seeds' measured positions,
+and for each module it chooses, the position its position head predicts there.
+
+Shape legend: ``N`` tracks, ``S`` seed width, ``L`` ``max_hits``, ``b`` rows in a batch (tracks,
+or tracks x beams), ``v`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from tracklm.detector.vocab import ModuleVocab
+from tracklm.errors import InputError
+from tracklm.models.bert import TrackingBert
+from tracklm.models.decoding import CausalDecoder, KVCache
+
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How tracks are completed.
+
+    Attributes
+    ----------
+    strategy : ``greedy`` (the most probable token each step), ``beam`` (the most probable
+        tracks found by a beam search of ``beam_width``) or ``sample`` (draws, with
+        ``temperature`` and ``top_k``).
+    beam_width : beams per track.
+    temperature : divides the logits before sampling (1: the model's distribution).
+    top_k : sample among the k most probable tokens only (0: all).
+    max_hits : L, the longest track; a track of L hits ends there.
+    stop_score : a masked model's fixed score for ending the track (see the module docstring).
+    no_repeat : never choose a module the track already holds.
+    seed : seed of the sampling generator.
+    batch_size : tracks per batch.
+    """
+
+    strategy: str = "greedy"
+    beam_width: int = 4
+    temperature: float = 1.0
+    top_k: int = 0
+    max_hits: int = 8
+    stop_score: float = 0.3
+    no_repeat: bool = True
+    seed: int = 0
+    batch_size: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"--strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        checks = [
+            (self.beam_width >= 1, f"--beam-width must be at least 1, got {self.beam_width}"),
+            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
+            (self.top_k >= 0, f"--top-k must be at least 0, got {self.top_k}"),
+            (self.max_hits >= 1, f"max_hits must be at least 1, got {self.max_hits}"),
+            (self.stop_score > 0, f"--stop-score must be positive, got {self.stop_score}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+
+
+@dataclass
+class Generated:
+    """Completed tracks.
+
+    Attributes
+    ----------
+    tokens : (N, L) int64 the seeds then the generated modules, ``[PAD]`` (0) after the last.
+    lengths : (N,) int64 hits per track (seeds included).
+    positions_mm : (N, L, 3) float32 the seeds' positions, then the predicted position of each
+        generated hit (NaN after the end); None for a model that predicts no positions.
+    log_prob : (N,) the decoder's log-probability of the generated part (the end included).
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    positions_mm: np.ndarray | None
+    log_prob: np.ndarray
+
+
+class _Stepper:
+    """The model behind the search: scores of the next token for b rows, then one more token."""
+
+    def __init__(self, model: TrackingBert, vocab: ModuleVocab, stop_score: float) -> None:
+        self.model = model
+        self.vocab = vocab
+        self.causal = model.config.causal
+        self.reads_hits = model.config.reads_hits
+        self.decoder = CausalDecoder(model) if self.causal else None
+        self.log_stop = math.log(stop_score)
+        self.log_norm = math.log1p(stop_score)
+        self.cache = KVCache()
+        self.hidden: Tensor | None = None  # (b, d) at the last position (causal)
+        self.rows: Tensor | None = None  # (b, d) at the trailing [MASK] (masked)
+
+    def start(self, tokens: Tensor, hits: Tensor | None) -> None:
+        """Prefix ``[CLS] tokens`` (b, n) with hits (b, n, 3)."""
+        if self.decoder is None:
+            return
+        self.cache = KVCache()
+        b = tokens.shape[0]
+        cls = torch.full((b,), self.vocab.cls_id, dtype=torch.long)
+        self.hidden = self.decoder.step(cls, self.cache)
+        for i in range(tokens.shape[1]):
+            self.hidden = self.decoder.step(
+                tokens[:, i], self.cache, None if hits is None else hits[:, i]
+            )
+
+    def log_probs(self, tokens: Tensor, hits: Tensor | None) -> Tensor:
+        """(b, v) log-probabilities of the next token, after the rows' ``tokens`` (b, n)."""
+        if self.decoder is not None:
+            assert self.hidden is not None
+            return torch.log_softmax(self.decoder.logits(self.hidden).float(), dim=-1)
+        b, n = tokens.shape
+        v = self.vocab
+        ids = torch.cat(
+            [
+                torch.full((b, 1), v.cls_id, dtype=torch.long),
+                tokens,
+                torch.full((b, 1), v.mask_id, dtype=torch.long),
+                torch.full((b, 1), v.sep_id, dtype=torch.long),
+            ],
+            dim=1,
+        )
+        grid = None
+        if self.reads_hits:
+            grid = torch.full((b, n + 3, 3), float("nan"))
+            if hits is not None:
+                grid[:, 1 : n + 1] = hits
+        at = torch.stack([torch.arange(b), torch.full((b,), n + 1)], dim=1)
+        with torch.no_grad():
+            heads = self.model.masked_heads(ids, None, None, at, grid)
+        self.rows = heads.rows
+        out = torch.log_softmax(heads.mlm_logits.float(), dim=-1) - self.log_norm
+        out[:, v.sep_id] = self.log_stop - self.log_norm
+        return out
+
+    def locate(self, modules: Tensor) -> Tensor | None:
+        """(b, 3) predicted positions of the chosen next modules (``inputs: hits``), else None."""
+        if not self.reads_hits:
+            return None
+        rows = self.hidden if self.causal else self.rows
+        assert rows is not None
+        safe = modules.clamp(min=self.vocab.num_special)
+        with torch.no_grad():
+            return self.model.locate(rows, safe).float()
+
+    def reorder(self, parents: Tensor) -> None:
+        """Keep rows ``parents`` (b,) (beam search)."""
+        if self.decoder is not None:
+            self.cache = self.cache.select(parents)
+            assert self.hidden is not None
+            self.hidden = self.hidden.index_select(0, parents)
+        elif self.rows is not None:
+            self.rows = self.rows.index_select(0, parents)
+
+    def advance(self, chosen: Tensor, where: Tensor | None) -> None:
+        """Append ``chosen`` (b,) tokens with positions ``where`` (b, 3) or None."""
+        if self.decoder is not None:
+            self.hidden = self.decoder.step(chosen, self.cache, where)
+
+
+def _allowed(
+    log_probs: Tensor, tokens: Tensor, n: int, vocab: ModuleVocab, options: DecodeOptions
+) -> Tensor:
+    """Forbid special tokens but the end, repeated modules, and anything but the end at L hits."""
+    out = log_probs.clone()
+    special = torch.arange(vocab.num_special)
+    out[:, special[special != vocab.sep_id]] = -math.inf
+    if options.no_repeat and n > 0:
+        out.scatter_(1, tokens, -math.inf)
+    if n >= options.max_hits:
+        keep = out[:, vocab.sep_id].clone()
+        out.fill_(-math.inf)
+        out[:, vocab.sep_id] = keep
+    return out
+
+
+def complete(
+    model: TrackingBert,
+    vocab: ModuleVocab,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+    hits: np.ndarray | None,
+    options: DecodeOptions,
+    progress: Callable[[int], None] | None = None,
+) -> Generated:
+    """Complete tracks from their seeds (see the module docstring).
+
+    Parameters
+    ----------
+    model : a ``masked`` or ``next-module`` model (eval mode).
+    vocab : its vocabulary.
+    tokens : (N, S) seed token ids; row i's seeds are its first ``lengths[i]`` (0: none, an
+        unconditional track).
+    lengths : (N,) seeds per track.
+    hits : (N, S, 3) the seeds' measured positions in mm (read by an ``inputs: hits`` model, which
+        needs them), or None.
+    options : the strategy.
+    progress : called with the number of tracks done after each batch.
+    """
+    tokens = np.asarray(tokens, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n_tracks, big_l = tokens.shape[0], options.max_hits
+    if model.config.reads_hits and hits is None:
+        raise InputError("this model reads hit positions (inputs: hits): the seeds need them")
+    if lengths.size and int(lengths.max()) > big_l:
+        raise InputError(f"seeds of {int(lengths.max())} hits exceed max_hits {big_l}")
+    out_tokens = np.full((n_tracks, big_l), vocab.pad_id, dtype=np.int64)
+    out_lengths = np.zeros(n_tracks, dtype=np.int64)
+    out_hits = np.full((n_tracks, big_l, 3), np.nan, dtype=np.float32)
+    out_logp = np.zeros(n_tracks, dtype=np.float64)
+    generator = torch.Generator().manual_seed(options.seed)
+    done = 0
+    for seeds in np.unique(lengths):
+        index = np.flatnonzero(lengths == seeds)
+        for first in range(0, index.size, options.batch_size):
+            rows = index[first : first + options.batch_size]
+            seed_tokens = torch.as_tensor(tokens[rows, :seeds])
+            seed_hits = None
+            if hits is not None:
+                seed_hits = torch.as_tensor(np.asarray(hits[rows, :seeds], dtype=np.float32))
+            result = _search(model, vocab, seed_tokens, seed_hits, options, generator)
+            out_tokens[rows], out_lengths[rows], out_logp[rows] = result[0], result[1], result[3]
+            if result[2] is not None:
+                out_hits[rows] = result[2]
+            done += rows.size
+            if progress is not None:
+                progress(done)
+    positions = out_hits if model.config.reads_hits else None
+    return Generated(out_tokens, out_lengths, positions, out_logp)
+
+
+def _search(
+    model: TrackingBert,
+    vocab: ModuleVocab,
+    seeds: Tensor,
+    seed_hits: Tensor | None,
+    options: DecodeOptions,
+    generator: torch.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """One batch of tracks with the same number of seeds: greedy, sampling or beam search."""
+    width = options.beam_width if options.strategy == "beam" else 1
+    b0, k = seeds.shape
+    big_l = options.max_hits
+    rows = b0 * width
+    tokens = torch.full((rows, big_l), vocab.pad_id, dtype=torch.long)
+    tokens[:, :k] = seeds.repeat_interleave(width, dim=0)
+    hits = torch.full((rows, big_l, 3), float("nan"))
+    if seed_hits is not None:
+        hits[:, :k] = seed_hits.repeat_interleave(width, dim=0)
+    score = torch.zeros(rows, dtype=torch.float64)
+    if width > 1:  # one live beam per track to begin with (no duplicates)
+        score.view(b0, width)[:, 1:] = -math.inf
+    finished = torch.zeros(rows, dtype=torch.bool)
+    length = torch.full((rows,), k, dtype=torch.long)
+    stepper = _Stepper(model, vocab, options.stop_score)
+    stepper.start(tokens[:, :k], hits[:, :k] if model.config.reads_hits else None)
+    for n in range(k, big_l + 1):
+        if bool(finished.all()):
+            break
+        log_probs = stepper.log_probs(
+            tokens[:, :n], hits[:, :n] if model.config.reads_hits else None
+        )
+        log_probs = _allowed(log_probs, tokens[:, :n], n, vocab, options)
+        if options.strategy == "beam":
+            chosen, parents, gained = _beam_choice(log_probs, score, finished, width, vocab)
+            tokens, hits, finished, length = (
+                tokens[parents],
+                hits[parents],
+                finished[parents],
+                length[parents],
+            )
+            stepper.reorder(parents)
+            score = score[parents] + gained
+        else:
+            chosen = _pick(log_probs, options, generator)
+            gained = log_probs.gather(1, chosen[:, None]).squeeze(1).double()
+            score = score + torch.where(finished, torch.zeros_like(gained), gained)
+        ends = (chosen == vocab.sep_id) & ~finished
+        grows = ~finished & ~ends
+        where = stepper.locate(chosen)
+        if n < big_l:
+            tokens[:, n] = torch.where(grows, chosen, tokens[:, n])
+            if where is not None:
+                hits[grows, n] = where[grows]
+        length = length + grows.long()
+        finished = finished | ends
+        if n < big_l:
+            fed = torch.where(grows, chosen, torch.full_like(chosen, vocab.pad_id))
+            stepper.advance(fed, where)
+    if width > 1:  # the best beam of each track
+        best = score.view(b0, width).argmax(dim=1) + torch.arange(b0) * width
+        tokens, hits, length, score = tokens[best], hits[best], length[best], score[best]
+    keep = torch.arange(big_l)[None, :] < length[:, None]
+    tokens = torch.where(keep, tokens, torch.full_like(tokens, vocab.pad_id))
+    positions = hits.masked_fill(~keep[..., None], float("nan")).numpy()
+    return tokens.numpy(), length.numpy(), positions, score.numpy()
+
+
+def _pick(log_probs: Tensor, options: DecodeOptions, generator: torch.Generator) -> Tensor:
+    """(b,) greedy choice, or a draw with temperature and top-k (Gumbel-max)."""
+    if options.strategy == "greedy":
+        return log_probs.argmax(dim=1)
+    logits = log_probs / options.temperature
+    if options.top_k > 0 and options.top_k < logits.shape[1]:
+        threshold = torch.topk(logits, options.top_k, dim=1).values[:, -1:]
+        logits = logits.masked_fill(logits < threshold, -math.inf)
+    uniform = torch.rand(logits.shape, generator=generator).clamp_(min=1e-20)
+    return (logits - torch.log(-torch.log(uniform))).argmax(dim=1)
+
+
+def _beam_choice(
+    log_probs: Tensor, score: Tensor, finished: Tensor, width: int, vocab: ModuleVocab
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``width`` best continuations of each track's beams: chosen tokens (b,), the parent
+    row of each (b,), and the log-probability each adds (b,). A finished beam continues only
+    as itself (``[PAD]``, adding 0)."""
+    b, v = log_probs.shape
+    tracks = b // width
+    step = log_probs.double()
+    step[finished] = -math.inf
+    step[finished, vocab.pad_id] = 0.0
+    total = (score[:, None] + step).view(tracks, width * v)
+    best, flat = torch.topk(total, width, dim=1)  # (tracks, width)
+    parents = (flat // v + torch.arange(tracks)[:, None] * width).reshape(-1)
+    chosen = (flat % v).reshape(-1)
+    gained = step.view(tracks, width * v).gather(1, flat).reshape(-1)
+    gained = torch.where(torch.isfinite(best.reshape(-1)), gained, torch.zeros_like(gained))
+    return chosen, parents, gained

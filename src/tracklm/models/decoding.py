@@ -1,0 +1,131 @@
+"""One token at a time through a causal (``next-module``) TrackingBERT, with a key/value cache.
+
+Under causal attention a position's output depends only on the positions before it, so a track
+grows by one token per step at the cost of that one token: each block keeps the keys and values
+of every earlier position (``KVCache``), and the new token's query attends to them. The numbers
+are the model's own (``TrackingBert.encode`` on the whole sequence gives the same outputs, to
+float rounding; ``tests/generate/test_decode.py``). Single tracks only, laid out as
+``[CLS] h_0 h_1 ...`` (segment 0, positions 0, 1, ...): every row of a batch is at the same
+position, so the cache needs no padding.
+
+Shape legend: ``b`` rows (tracks or beams), ``d`` hidden, ``h`` heads, ``e`` head size, ``T``
+positions so far, ``v`` vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from tracklm.models.bert import TrackingBert
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every position so far, per block: (b, h, T, e) each."""
+
+    keys: list[Tensor] = field(default_factory=list)
+    values: list[Tensor] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        """T, the positions cached."""
+        return 0 if not self.keys else int(self.keys[0].shape[2])
+
+    def select(self, rows: Tensor) -> KVCache:
+        """The cache of rows ``rows`` (m,) (beam search reorders and prunes its beams)."""
+        return KVCache(
+            [k.index_select(0, rows) for k in self.keys],
+            [v.index_select(0, rows) for v in self.values],
+        )
+
+
+class CausalDecoder:
+    """Steps a causal ``TrackingBert`` one token at a time (eval mode, no gradients).
+
+    Parameters
+    ----------
+    model : a model with ``config.objective == "next-module"``.
+    """
+
+    def __init__(self, model: TrackingBert) -> None:
+        if not model.config.causal:
+            raise ValueError("CausalDecoder needs a next-module (causal) model")
+        self.model = model
+        self.num_heads = model.config.num_heads
+        module_inputs = model.module_inputs
+        self.geometry = None if module_inputs is None else module_inputs.module_embeddings()
+        self.table = model.decoder_table(self.geometry)  # (v, d)
+        embeddings = model.embeddings
+        positions = embeddings.position.weight if embeddings.position is not None else None
+        self.positions = positions if positions is not None else embeddings.sinusoid
+        self.segment0 = embeddings.segment.weight[0]  # (d,)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, cache: KVCache, hits: Tensor | None = None) -> Tensor:
+        """Feed one token per row at the next position; extends ``cache`` in place.
+
+        Parameters
+        ----------
+        tokens : (b,) token ids.
+        cache : the rows' cache (empty before ``[CLS]``).
+        hits : (b, 3) the token's hit position in mm (NaN: none), for an ``inputs: hits``
+            model; ignored otherwise.
+
+        Returns
+        -------
+        (b, d) the encoder output at the new position (``logits`` scores the token after it).
+        """
+        model = self.model
+        position = cache.length
+        if position >= self.positions.shape[0]:
+            raise ValueError(f"position {position} exceeds the model's max_length")
+        x = model.embeddings.token(tokens) + self.segment0 + self.positions[position]
+        if model.module_inputs is not None:
+            assert self.geometry is not None
+            if model.config.reads_hits and hits is None:
+                hits = torch.full((tokens.shape[0], 3), float("nan"), device=tokens.device)
+            x = x + model.module_inputs(
+                tokens, hits if model.config.reads_hits else None, self.geometry
+            )
+        x = model.embeddings.norm(x)  # (b, d); dropout is off in eval mode
+        fresh = not cache.keys
+        for index, block in enumerate(model.blocks):
+            x = self._block(block, x, cache, index, fresh)
+        return x
+
+    def _block(
+        self, block: torch.nn.Module, x: Tensor, cache: KVCache, index: int, fresh: bool
+    ) -> Tensor:
+        b, d = x.shape
+        h = self.num_heads
+        e = d // h
+        attention = block.attention
+        q, k, v = attention.qkv(x).view(b, 3, h, e).unbind(1)  # (b, h, e) each
+        k, v = k[:, :, None], v[:, :, None]  # (b, h, 1, e)
+        if fresh:
+            cache.keys.append(k)
+            cache.values.append(v)
+        else:
+            cache.keys[index] = torch.cat([cache.keys[index], k], dim=2)
+            cache.values[index] = torch.cat([cache.values[index], v], dim=2)
+        keys, values = cache.keys[index], cache.values[index]  # (b, h, T, e)
+        scores = torch.matmul(keys, q[..., None]).squeeze(-1) * e**-0.5  # (b, h, T)
+        y = torch.matmul(torch.softmax(scores, dim=-1)[:, :, None], values)  # (b, h, 1, e)
+        attended = attention.out(y.reshape(b, d))
+        x = block.attention_norm(x + attended)
+        out: Tensor = block.output_norm(x + block.feed_forward(x))
+        return out
+
+    @torch.no_grad()
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(b, d) encoder outputs -> (b, v) scores of the next token."""
+        out: Tensor = self.model.mlm_head(hidden, self.table)
+        return out
+
+    @torch.no_grad()
+    def locate(self, hidden: Tensor, modules: Tensor) -> Tensor:
+        """(b, 3) predicted positions (mm) of the next hit on ``modules`` (b,) (``inputs: hits``)."""
+        return self.model.locate(hidden, modules)
