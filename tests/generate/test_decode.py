@@ -113,7 +113,7 @@ def test_every_strategy_keeps_the_seeds_and_the_rules(toy_data: Path, objective:
 def test_beam_of_width_one_is_greedy_and_wider_beams_find_likelier_tracks(toy_data: Path) -> None:
     model = build(toy_data, "next-module", seed=11)
     tokens, _, _, k = seeds(toy_data, n=16)
-    greedy = complete(model, model.vocab, tokens, k, None, DecodeOptions())
+    greedy = complete(model, model.vocab, tokens, k, None, DecodeOptions(score=True))
     beam1 = complete(model, model.vocab, tokens, k, None, DecodeOptions("beam", beam_width=1))
     np.testing.assert_array_equal(beam1.tokens, greedy.tokens)
     np.testing.assert_allclose(beam1.log_prob, greedy.log_prob, rtol=1e-9)
@@ -129,7 +129,7 @@ def test_the_log_probability_is_the_models(toy_data: Path) -> None:
     vocab = model.vocab
     assert vocab is not None
     tokens, _, _, k = seeds(toy_data, n=4)
-    out = complete(model, vocab, tokens, k, None, DecodeOptions("sample", seed=2, max_hits=8))
+    out = complete(model, vocab, tokens, k, None, DecodeOptions("sample", seed=2, score=True))
     for row in range(4):
         n = int(out.lengths[row])
         seq = [vocab.cls_id, *out.tokens[row, :n].tolist(), vocab.sep_id]

@@ -53,6 +53,9 @@ class DecodeOptions:
     no_repeat : never choose a module the track already holds.
     seed : seed of the sampling generator.
     batch_size : tracks per batch.
+    score : report each track's log-probability (``Generated.log_prob``; a beam search always
+        computes it). Normalising a causal model's scores over the whole vocabulary costs about
+        as much as choosing the token, so greedy and sampled tracks skip it by default.
     """
 
     strategy: str = "greedy"
@@ -64,6 +67,7 @@ class DecodeOptions:
     no_repeat: bool = True
     seed: int = 0
     batch_size: int = 2048
+    score: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -90,7 +94,8 @@ class Generated:
     lengths : (N,) int64 hits per track (seeds included).
     positions_mm : (N, L, 3) float32 the seeds' positions, then the predicted position of each
         generated hit (NaN after the end); None for a model that predicts no positions.
-    log_prob : (N,) the decoder's log-probability of the generated part (the end included).
+    log_prob : (N,) the model's log-probability of the generated part (the end included); NaN
+        unless ``DecodeOptions.score`` or a beam search.
     """
 
     tokens: np.ndarray
@@ -102,12 +107,13 @@ class Generated:
 class _Stepper:
     """The model behind the search: scores of the next token for b rows, then one more token."""
 
-    def __init__(self, model: TrackingBert, vocab: ModuleVocab, stop_score: float) -> None:
+    def __init__(self, model: TrackingBert, vocab: ModuleVocab, options: DecodeOptions) -> None:
         self.model = model
         self.vocab = vocab
         self.causal = model.config.causal
         self.reads_hits = model.config.reads_hits
-        self.decoder = CausalDecoder(model) if self.causal else None
+        self.decoder = CausalDecoder(model, options.max_hits + 1) if self.causal else None
+        stop_score = options.stop_score
         self.log_stop = math.log(stop_score)
         self.log_norm = math.log1p(stop_score)
         self.cache = KVCache()
@@ -128,10 +134,11 @@ class _Stepper:
             )
 
     def log_probs(self, tokens: Tensor, hits: Tensor | None) -> Tensor:
-        """(b, v) log-probabilities of the next token, after the rows' ``tokens`` (b, n)."""
+        """(b, v) log-probabilities of the next token, after the rows' ``tokens`` (b, n), up to
+        a constant per row (a causal model's logits: normalised only where needed)."""
         if self.decoder is not None:
             assert self.hidden is not None
-            return torch.log_softmax(self.decoder.logits(self.hidden).float(), dim=-1)
+            return self.decoder.logits(self.hidden).float()
         b, n = tokens.shape
         v = self.vocab
         ids = torch.cat(
@@ -167,7 +174,7 @@ class _Stepper:
             return self.model.locate(rows, safe).float()
 
     def reorder(self, parents: Tensor) -> None:
-        """Keep rows ``parents`` (b,) (beam search)."""
+        """Keep rows ``parents`` (m,), in that order (beams reordered, finished tracks dropped)."""
         if self.decoder is not None:
             self.cache = self.cache.select(parents)
             assert self.hidden is not None
@@ -184,8 +191,9 @@ class _Stepper:
 def _allowed(
     log_probs: Tensor, tokens: Tensor, n: int, vocab: ModuleVocab, options: DecodeOptions
 ) -> Tensor:
-    """Forbid special tokens but the end, repeated modules, and anything but the end at L hits."""
-    out = log_probs.clone()
+    """Forbid special tokens but the end, repeated modules, and anything but the end at L hits
+    (in place)."""
+    out = log_probs
     special = torch.arange(vocab.num_special)
     out[:, special[special != vocab.sep_id]] = -math.inf
     if options.no_repeat and n > 0:
@@ -249,6 +257,8 @@ def complete(
             if progress is not None:
                 progress(done)
     positions = out_hits if model.config.reads_hits else None
+    if not (options.score or options.strategy == "beam"):
+        out_logp[:] = np.nan
     return Generated(out_tokens, out_lengths, positions, out_logp)
 
 
@@ -260,11 +270,17 @@ def _search(
     options: DecodeOptions,
     generator: torch.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """One batch of tracks with the same number of seeds: greedy, sampling or beam search."""
-    width = options.beam_width if options.strategy == "beam" else 1
+    """One batch of tracks with the same number of seeds: greedy, sampling or beam search.
+
+    Greedy and sampled tracks leave the batch as they end, so each step costs only the tracks
+    still growing; a beam search keeps every beam until the end.
+    """
+    beam = options.strategy == "beam"
+    width = options.beam_width if beam else 1
     b0, k = seeds.shape
     big_l = options.max_hits
     rows = b0 * width
+    reads_hits = model.config.reads_hits
     tokens = torch.full((rows, big_l), vocab.pad_id, dtype=torch.long)
     tokens[:, :k] = seeds.repeat_interleave(width, dim=0)
     hits = torch.full((rows, big_l, 3), float("nan"))
@@ -275,60 +291,70 @@ def _search(
         score.view(b0, width)[:, 1:] = -math.inf
     finished = torch.zeros(rows, dtype=torch.bool)
     length = torch.full((rows,), k, dtype=torch.long)
-    stepper = _Stepper(model, vocab, options.stop_score)
-    stepper.start(tokens[:, :k], hits[:, :k] if model.config.reads_hits else None)
+    active = torch.arange(rows)  # the rows the stepper holds, in its order
+    stepper = _Stepper(model, vocab, options)
+    stepper.start(tokens[:, :k], hits[:, :k] if reads_hits else None)
     for n in range(k, big_l + 1):
-        if bool(finished.all()):
+        if active.numel() == 0:
             break
-        log_probs = stepper.log_probs(
-            tokens[:, :n], hits[:, :n] if model.config.reads_hits else None
-        )
-        log_probs = _allowed(log_probs, tokens[:, :n], n, vocab, options)
-        if options.strategy == "beam":
+        now = tokens[active, :n]
+        log_probs = stepper.log_probs(now, hits[active, :n] if reads_hits else None)
+        norm = None  # a causal model's logits, normalised over every token (before the rules)
+        if stepper.causal and (beam or options.score):
+            norm = torch.logsumexp(log_probs, dim=-1, keepdim=True)
+            if beam:
+                log_probs = log_probs.sub_(norm)
+        log_probs = _allowed(log_probs, now, n, vocab, options)
+        if beam:
             chosen, parents, gained = _beam_choice(log_probs, score, finished, width, vocab)
-            tokens, hits, finished, length = (
-                tokens[parents],
-                hits[parents],
-                finished[parents],
-                length[parents],
-            )
+            tokens, hits = tokens[parents], hits[parents]
+            finished, length = finished[parents], length[parents]
             stepper.reorder(parents)
             score = score[parents] + gained
         else:
             chosen = _pick(log_probs, options, generator)
-            gained = log_probs.gather(1, chosen[:, None]).squeeze(1).double()
-            score = score + torch.where(finished, torch.zeros_like(gained), gained)
-        ends = (chosen == vocab.sep_id) & ~finished
-        grows = ~finished & ~ends
+            gained = log_probs.gather(1, chosen[:, None])
+            score[active] += (gained if norm is None else gained - norm).squeeze(1).double()
+        live = ~finished[active]
+        grows = live & (chosen != vocab.sep_id)
         where = stepper.locate(chosen)
+        target = active[grows]
         if n < big_l:
-            tokens[:, n] = torch.where(grows, chosen, tokens[:, n])
+            tokens[target, n] = chosen[grows]
             if where is not None:
-                hits[grows, n] = where[grows]
-        length = length + grows.long()
-        finished = finished | ends
-        if n < big_l:
-            fed = torch.where(grows, chosen, torch.full_like(chosen, vocab.pad_id))
-            stepper.advance(fed, where)
+                hits[target, n] = where[grows]
+        length[target] += 1
+        finished[active[live & ~grows]] = True
+        if n == big_l:
+            break
+        if not beam and not bool(grows.all()):  # ended tracks leave the batch
+            keep = grows.nonzero().squeeze(1)
+            active = active[keep]
+            stepper.reorder(keep)
+            chosen = chosen[keep]
+            where = None if where is None else where[keep]
+            grows = grows[keep]
+        fed = torch.where(grows, chosen, torch.full_like(chosen, vocab.pad_id))
+        stepper.advance(fed, where)
     if width > 1:  # the best beam of each track
         best = score.view(b0, width).argmax(dim=1) + torch.arange(b0) * width
         tokens, hits, length, score = tokens[best], hits[best], length[best], score[best]
-    keep = torch.arange(big_l)[None, :] < length[:, None]
-    tokens = torch.where(keep, tokens, torch.full_like(tokens, vocab.pad_id))
-    positions = hits.masked_fill(~keep[..., None], float("nan")).numpy()
+    keep_hits = torch.arange(big_l)[None, :] < length[:, None]
+    tokens = torch.where(keep_hits, tokens, torch.full_like(tokens, vocab.pad_id))
+    positions = hits.masked_fill(~keep_hits[..., None], float("nan")).numpy()
     return tokens.numpy(), length.numpy(), positions, score.numpy()
 
 
 def _pick(log_probs: Tensor, options: DecodeOptions, generator: torch.Generator) -> Tensor:
-    """(b,) greedy choice, or a draw with temperature and top-k (Gumbel-max)."""
+    """(b,) greedy choice, or a draw with temperature and top-k."""
     if options.strategy == "greedy":
         return log_probs.argmax(dim=1)
-    logits = log_probs / options.temperature
+    logits = log_probs / options.temperature if options.temperature != 1.0 else log_probs
     if options.top_k > 0 and options.top_k < logits.shape[1]:
         threshold = torch.topk(logits, options.top_k, dim=1).values[:, -1:]
         logits = logits.masked_fill(logits < threshold, -math.inf)
-    uniform = torch.rand(logits.shape, generator=generator).clamp_(min=1e-20)
-    return (logits - torch.log(-torch.log(uniform))).argmax(dim=1)
+    probs = torch.softmax(logits, dim=1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
 def _beam_choice(

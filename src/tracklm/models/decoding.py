@@ -24,21 +24,19 @@ from tracklm.models.bert import TrackingBert
 
 @dataclass
 class KVCache:
-    """Keys and values of every position so far, per block: (b, h, T, e) each."""
+    """Keys and values of every position so far, per block: (b, h, capacity, e) buffers of which
+    the first ``length`` positions are filled."""
 
     keys: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)
-
-    @property
-    def length(self) -> int:
-        """T, the positions cached."""
-        return 0 if not self.keys else int(self.keys[0].shape[2])
+    length: int = 0
 
     def select(self, rows: Tensor) -> KVCache:
-        """The cache of rows ``rows`` (m,) (beam search reorders and prunes its beams)."""
+        """The cache of rows ``rows`` (m,) (finished tracks leave; beams are reordered)."""
         return KVCache(
             [k.index_select(0, rows) for k in self.keys],
             [v.index_select(0, rows) for v in self.values],
+            self.length,
         )
 
 
@@ -48,9 +46,10 @@ class CausalDecoder:
     Parameters
     ----------
     model : a model with ``config.objective == "next-module"``.
+    capacity : positions the cache holds (default: the model's ``max_length``).
     """
 
-    def __init__(self, model: TrackingBert) -> None:
+    def __init__(self, model: TrackingBert, capacity: int | None = None) -> None:
         if not model.config.causal:
             raise ValueError("CausalDecoder needs a next-module (causal) model")
         self.model = model
@@ -62,6 +61,8 @@ class CausalDecoder:
         positions = embeddings.position.weight if embeddings.position is not None else None
         self.positions = positions if positions is not None else embeddings.sinusoid
         self.segment0 = embeddings.segment.weight[0]  # (d,)
+        limit = self.positions.shape[0]
+        self.capacity = limit if capacity is None else min(capacity, limit)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, cache: KVCache, hits: Tensor | None = None) -> Tensor:
@@ -80,8 +81,8 @@ class CausalDecoder:
         """
         model = self.model
         position = cache.length
-        if position >= self.positions.shape[0]:
-            raise ValueError(f"position {position} exceeds the model's max_length")
+        if position >= self.capacity:
+            raise ValueError(f"position {position} exceeds the cache's {self.capacity} positions")
         x = model.embeddings.token(tokens) + self.segment0 + self.positions[position]
         if model.module_inputs is not None:
             assert self.geometry is not None
@@ -91,27 +92,25 @@ class CausalDecoder:
                 tokens, hits if model.config.reads_hits else None, self.geometry
             )
         x = model.embeddings.norm(x)  # (b, d); dropout is off in eval mode
-        fresh = not cache.keys
         for index, block in enumerate(model.blocks):
-            x = self._block(block, x, cache, index, fresh)
+            x = self._block(block, x, cache, index)
+        cache.length += 1
         return x
 
-    def _block(
-        self, block: torch.nn.Module, x: Tensor, cache: KVCache, index: int, fresh: bool
-    ) -> Tensor:
+    def _block(self, block: torch.nn.Module, x: Tensor, cache: KVCache, index: int) -> Tensor:
         b, d = x.shape
         h = self.num_heads
         e = d // h
         attention = block.attention
         q, k, v = attention.qkv(x).view(b, 3, h, e).unbind(1)  # (b, h, e) each
-        k, v = k[:, :, None], v[:, :, None]  # (b, h, 1, e)
-        if fresh:
-            cache.keys.append(k)
-            cache.values.append(v)
-        else:
-            cache.keys[index] = torch.cat([cache.keys[index], k], dim=2)
-            cache.values[index] = torch.cat([cache.values[index], v], dim=2)
-        keys, values = cache.keys[index], cache.values[index]  # (b, h, T, e)
+        if index == len(cache.keys):  # the first position: buffers for every position
+            cache.keys.append(x.new_empty(b, h, self.capacity, e))
+            cache.values.append(x.new_empty(b, h, self.capacity, e))
+        t = cache.length
+        cache.keys[index][:, :, t] = k
+        cache.values[index][:, :, t] = v
+        keys = cache.keys[index][:, :, : t + 1]  # (b, h, T, e)
+        values = cache.values[index][:, :, : t + 1]
         scores = torch.matmul(keys, q[..., None]).squeeze(-1) * e**-0.5  # (b, h, T)
         y = torch.matmul(torch.softmax(scores, dim=-1)[:, :, None], values)  # (b, h, 1, e)
         attended = attention.out(y.reshape(b, d))
