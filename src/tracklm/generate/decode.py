@@ -113,6 +113,7 @@ class _Stepper:
         self.causal = model.config.causal
         self.reads_hits = model.config.reads_hits
         self.decoder = CausalDecoder(model, options.max_hits + 1) if self.causal else None
+        self.device = next(model.parameters()).device
         stop_score = options.stop_score
         self.log_stop = math.log(stop_score)
         self.log_norm = math.log1p(stop_score)
@@ -126,7 +127,7 @@ class _Stepper:
             return
         self.cache = KVCache()
         b = tokens.shape[0]
-        cls = torch.full((b,), self.vocab.cls_id, dtype=torch.long)
+        cls = torch.full((b,), self.vocab.cls_id, dtype=torch.long, device=self.device)
         self.hidden = self.decoder.step(cls, self.cache)
         for i in range(tokens.shape[1]):
             self.hidden = self.decoder.step(
@@ -143,19 +144,19 @@ class _Stepper:
         v = self.vocab
         ids = torch.cat(
             [
-                torch.full((b, 1), v.cls_id, dtype=torch.long),
+                torch.full((b, 1), v.cls_id, dtype=torch.long, device=self.device),
                 tokens,
-                torch.full((b, 1), v.mask_id, dtype=torch.long),
-                torch.full((b, 1), v.sep_id, dtype=torch.long),
+                torch.full((b, 1), v.mask_id, dtype=torch.long, device=self.device),
+                torch.full((b, 1), v.sep_id, dtype=torch.long, device=self.device),
             ],
             dim=1,
         )
         grid = None
         if self.reads_hits:
-            grid = torch.full((b, n + 3, 3), float("nan"))
+            grid = torch.full((b, n + 3, 3), float("nan"), device=self.device)
             if hits is not None:
                 grid[:, 1 : n + 1] = hits
-        at = torch.stack([torch.arange(b), torch.full((b,), n + 1)], dim=1)
+        at = torch.stack([torch.arange(b), torch.full((b,), n + 1)], dim=1).to(self.device)
         with torch.no_grad():
             heads = self.model.masked_heads(ids, None, None, at, grid)
         self.rows = heads.rows
@@ -194,7 +195,7 @@ def _allowed(
     """Forbid special tokens but the end, repeated modules, and anything but the end at L hits
     (in place)."""
     out = log_probs
-    special = torch.arange(vocab.num_special)
+    special = torch.arange(vocab.num_special, device=out.device)
     out[:, special[special != vocab.sep_id]] = -math.inf
     if options.no_repeat and n > 0:
         out.scatter_(1, tokens, -math.inf)
@@ -239,7 +240,7 @@ def complete(
     out_lengths = np.zeros(n_tracks, dtype=np.int64)
     out_hits = np.full((n_tracks, big_l, 3), np.nan, dtype=np.float32)
     out_logp = np.zeros(n_tracks, dtype=np.float64)
-    generator = torch.Generator().manual_seed(options.seed)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(options.seed)
     done = 0
     for seeds in np.unique(lengths):
         index = np.flatnonzero(lengths == seeds)
@@ -281,17 +282,20 @@ def _search(
     big_l = options.max_hits
     rows = b0 * width
     reads_hits = model.config.reads_hits
-    tokens = torch.full((rows, big_l), vocab.pad_id, dtype=torch.long)
+    device = next(model.parameters()).device
+    seeds = seeds.to(device)
+    seed_hits = None if seed_hits is None else seed_hits.to(device)
+    tokens = torch.full((rows, big_l), vocab.pad_id, dtype=torch.long, device=device)
     tokens[:, :k] = seeds.repeat_interleave(width, dim=0)
-    hits = torch.full((rows, big_l, 3), float("nan"))
+    hits = torch.full((rows, big_l, 3), float("nan"), device=device)
     if seed_hits is not None:
         hits[:, :k] = seed_hits.repeat_interleave(width, dim=0)
-    score = torch.zeros(rows, dtype=torch.float64)
+    score = torch.zeros(rows, dtype=torch.float64, device=device)
     if width > 1:  # one live beam per track to begin with (no duplicates)
         score.view(b0, width)[:, 1:] = -math.inf
-    finished = torch.zeros(rows, dtype=torch.bool)
-    length = torch.full((rows,), k, dtype=torch.long)
-    active = torch.arange(rows)  # the rows the stepper holds, in its order
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    length = torch.full((rows,), k, dtype=torch.long, device=device)
+    active = torch.arange(rows, device=device)  # the rows the stepper holds, in its order
     stepper = _Stepper(model, vocab, options)
     stepper.start(tokens[:, :k], hits[:, :k] if reads_hits else None)
     for n in range(k, big_l + 1):
@@ -337,12 +341,12 @@ def _search(
         fed = torch.where(grows, chosen, torch.full_like(chosen, vocab.pad_id))
         stepper.advance(fed, where)
     if width > 1:  # the best beam of each track
-        best = score.view(b0, width).argmax(dim=1) + torch.arange(b0) * width
+        best = score.view(b0, width).argmax(dim=1) + torch.arange(b0, device=device) * width
         tokens, hits, length, score = tokens[best], hits[best], length[best], score[best]
-    keep_hits = torch.arange(big_l)[None, :] < length[:, None]
+    keep_hits = torch.arange(big_l, device=device)[None, :] < length[:, None]
     tokens = torch.where(keep_hits, tokens, torch.full_like(tokens, vocab.pad_id))
-    positions = hits.masked_fill(~keep_hits[..., None], float("nan")).numpy()
-    return tokens.numpy(), length.numpy(), positions, score.numpy()
+    positions = hits.masked_fill(~keep_hits[..., None], float("nan")).cpu().numpy()
+    return tokens.cpu().numpy(), length.cpu().numpy(), positions, score.cpu().numpy()
 
 
 def _pick(log_probs: Tensor, options: DecodeOptions, generator: torch.Generator) -> Tensor:
@@ -370,7 +374,7 @@ def _beam_choice(
     step[finished, vocab.pad_id] = 0.0
     total = (score[:, None] + step).view(tracks, width * v)
     best, flat = torch.topk(total, width, dim=1)  # (tracks, width)
-    parents = (flat // v + torch.arange(tracks)[:, None] * width).reshape(-1)
+    parents = (flat // v + torch.arange(tracks, device=flat.device)[:, None] * width).reshape(-1)
     chosen = (flat % v).reshape(-1)
     gained = step.view(tracks, width * v).gather(1, flat).reshape(-1)
     gained = torch.where(torch.isfinite(best.reshape(-1)), gained, torch.zeros_like(gained))
