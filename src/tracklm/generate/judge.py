@@ -181,8 +181,10 @@ def _free_d0_fit(
     normal = np.einsum("nk,nki,nkj->nij", w, design, design)
     rhs = np.einsum("nk,nki,nk->ni", w, design, dphi)
     enough = use.sum(axis=1) >= 3
-    # A tiny ridge keeps degenerate rows (too few points, equal radii) solvable.
-    ridge = 1e-9 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(3) + 1e-300
+    # A tiny ridge, relative to each parameter's own scale, keeps degenerate rows (too few
+    # points, equal radii) solvable.
+    diagonal = np.diagonal(normal, axis1=1, axis2=2)
+    ridge = (1e-10 * diagonal + 1e-300)[:, :, None] * np.eye(3)
     params = np.linalg.solve(normal + ridge, rhs[..., None])[..., 0]
     residual = np.where(use, r_safe * (dphi - np.einsum("nki,ni->nk", design, params)), 0.0)
     return np.where(enough, params[:, 2], 0.0), np.where(enough[:, None], residual, 0.0)
@@ -442,8 +444,9 @@ def quantiled_kl(
     probabilities get ``epsilon`` added and are renormalised (so empty bins stay finite), then
     KL = sum_i p_ref,i log(p_ref,i / p_sample,i), in nats.
 
-    Ties: quantile edges that coincide (a value carrying more than 1/bins of the reference) are
-    merged, so such a value gets one bin. Discrete observables (integer-valued with at most 64
+    Ties: where several quantile edges coincide (a value carrying more than 1/bins of the
+    reference, e.g. the radius of one layer's module centres), they are merged and that value
+    gets a bin of its own, holding exactly that value. Discrete observables (integer-valued with at most 64
     distinct values in the reference, or ``discrete=True``) get one bin per distinct reference
     value instead, edges half-way between neighbouring values; sample values beyond the
     reference's range count in the outer bins.
@@ -468,7 +471,11 @@ def quantiled_kl(
         values = np.unique(b)
         inner = 0.5 * (values[1:] + values[:-1])
     else:
-        edges = np.unique(np.quantile(b, np.linspace(0.001, 0.999, bins + 1)))
+        edges = np.quantile(b, np.linspace(0.001, 0.999, bins + 1))
+        values, count = np.unique(edges, return_counts=True)
+        tied = values[count > 1]
+        # A tied value gets a bin of its own: [value, next float above it).
+        edges = np.unique(np.r_[values, np.nextafter(tied, np.inf)])
         inner = edges[1:-1]
     # Bin index = number of inner edges at or below the value: outer bins are open-ended.
     p_ref = np.bincount(np.searchsorted(inner, b, side="right"), minlength=inner.size + 1)
