@@ -227,6 +227,12 @@ def test_unfittable_flags_impossible_tracks(toy: tuple[TrackArrays, TaskContext]
     moved = hits.copy()
     moved[:, 1, 2] += 20.0 * MAX_PULL
     assert unfittable(tokens, lengths, context, moved).mean() > 0.9
+    # A special token inside a track is never a module; two hits always fit.
+    special = tokens.copy()
+    special[:, 1] = context.vocab.mask_id
+    assert unfittable(special, lengths, context).all()
+    two = np.where(np.arange(tokens.shape[1]) < 2, random, 0)
+    assert not unfittable(two, np.full(len(lengths), 2), context).any()
 
 
 def test_wrong_samples_are_many_floors_away(toy: tuple[TrackArrays, TaskContext]) -> None:

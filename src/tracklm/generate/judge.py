@@ -371,6 +371,10 @@ def unfittable(
     * the beam line lies more than ``MAX_BEAM_LINE_AHEAD_MM`` of arc length ahead of the first
       hit along the helix: the track runs towards the beam line (hits in reverse order).
 
+    These need 3 hits (a helix through the beam line passes through any 2 points); a track of
+    any length is also flagged when a hit is not a module (a special token or padding inside
+    the track).
+
     Calibration: about 1% of simulated tracks are flagged (half of them secondaries born far
     from the beam line); tracks of random modules on the right layers, hits shuffled out of
     order or reversed are nearly all flagged (``tests/generate/test_judge.py``).
@@ -390,7 +394,9 @@ def unfittable(
     other_layer = fits.layers[:, 1:] != fits.layers[:, :-1]
     backwards = np.any(fits.used[:, 1:] & other_layer & (step < -MAX_BACKWARD_STEP_MM), axis=1)
     inwards = fits.helix.perigee_s_mm() > MAX_BEAM_LINE_AHEAD_MM
-    result: np.ndarray = off_helix | backwards | inwards
+    helix_test = fits.used.sum(axis=1) >= 3
+    not_a_module = np.any(fits.used & (fits.layers < 0), axis=1)
+    result: np.ndarray = (helix_test & (off_helix | backwards | inwards)) | not_a_module
     return result
 
 
