@@ -24,7 +24,8 @@ Observables (``track_observables``, one value per track unless said)
 ``d0_mm``
     Signed transverse impact parameter from a circle with a free impact parameter: the
     azimuth of the points against their radius fitted, by weighted least squares, as
-    phi(r) = phi0 - kappa r / 2 + d0 / r (the circle to first order in kappa r and d0 / r).
+    phi(r) = phi0 - kappa r / 2 + d0 / r (the circle to first order in kappa r and d0 / r),
+    loosely held towards the beam line (``D0_PRIOR_SIGMA_MM``) where the points cannot fix it.
     Positive when the beam line lies to the right of the track, seen from +z.
 
 Helix quantities need 3 hits. When a track's points span less than ``MIN_RADIAL_SPREAD_MM``
@@ -85,6 +86,8 @@ POSITION_SIGMA_MM = 1.0
 softest tracks over the pixel layers, and what a position head can be expected to reach."""
 MODULE_NORMAL_SIGMA_MM = 0.5
 """Spread of a hit along its module's normal (``ModuleFrames.covariance``)."""
+D0_PRIOR_SIGMA_MM = 20.0
+"""Width of the beam-line constraint of the d0 fit (``_free_d0_fit``)."""
 MIN_RADIAL_SPREAD_MM = 5.0
 """Smallest spread in transverse radius of a track's points for its circle (pT, d0) to be
 determined."""
@@ -165,7 +168,9 @@ def _free_d0_fit(
 ) -> tuple[np.ndarray, np.ndarray]:
     """d0 (N,) and the weighted azimuth residuals times r (N, L) of phi = phi0 - k r / 2 + d0 / r.
 
-    Weighted linear least squares in (phi0, kappa, d0); azimuths are taken relative to the
+    Weighted linear least squares in (phi0, kappa, d0), with d0 = 0 +- ``D0_PRIOR_SIGMA_MM``
+    as one more measurement: it holds d0 where the points cannot fix it (module centres at
+    nearly equal radii) and barely moves it elsewhere. Azimuths are taken relative to the
     outermost point, so tracks that turn by less than pi need no unwrapping. Tracks with fewer
     than 3 points get d0 = 0 and residuals 0.
     """
@@ -183,6 +188,7 @@ def _free_d0_fit(
     enough = use.sum(axis=1) >= 3
     # A tiny ridge, relative to each parameter's own scale, keeps degenerate rows (too few
     # points, equal radii) solvable.
+    normal[:, 2, 2] += 1.0 / D0_PRIOR_SIGMA_MM**2
     diagonal = np.diagonal(normal, axis1=1, axis2=2)
     ridge = (1e-10 * diagonal + 1e-300)[:, :, None] * np.eye(3)
     params = np.linalg.solve(normal + ridge, rhs[..., None])[..., 0]
