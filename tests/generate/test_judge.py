@@ -194,6 +194,10 @@ def test_observables_of_simulated_tracks(toy: tuple[TrackArrays, TaskContext]) -
     ratio = measured["pt_gev"][primary] / np.asarray(tracks.pt)[primary]
     assert np.percentile(np.abs(ratio - 1.0), 68) < 0.1
     assert np.median(np.abs(measured["d0_mm"][primary])) < 0.5
+    # Hits without a position (NaN) fall back to their module centres.
+    unknown = track_observables(tokens, lengths, context, np.full(hits.shape, np.nan))
+    for name in OBSERVABLES:
+        assert np.allclose(unknown[name], obs[name], equal_nan=True), name
 
 
 def test_a_removed_interior_hit_is_a_hole(toy: tuple[TrackArrays, TaskContext]) -> None:

@@ -133,20 +133,27 @@ def _points_and_covariance(
     context: TaskContext,
     positions_mm: np.ndarray | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(N, L, 3) points (0 where unused) and (N, L, 3, 3) covariances about the true hits."""
+    """(N, L, 3) points (0 where unused) and (N, L, 3, 3) covariances about the true hits.
+
+    Module centres with the modules' covariances, or the given positions with
+    ``POSITION_SIGMA_MM``; a hit whose given position is not finite falls back to its module.
+    """
     n, width = used.shape
+    points = context.centres_of(tokens)
+    frames = context.frames
+    if frames is not None:
+        covariance = frames.covariance(tokens, normal_sigma_mm=MODULE_NORMAL_SIGMA_MM)
+    else:  # no frames: a pixel module's size, isotropic
+        covariance = np.broadcast_to(np.eye(3) * 10.0**2, (n, width, 3, 3))
     if positions_mm is not None:
-        points = np.asarray(positions_mm, dtype=np.float64)
-        if points.shape != (n, width, 3):
-            raise ValueError(f"positions_mm must be {(n, width, 3)}, got {points.shape}")
-        covariance = np.broadcast_to(np.eye(3) * POSITION_SIGMA_MM**2, (n, width, 3, 3))
-    else:
-        points = context.centres_of(tokens)
-        frames = context.frames
-        if frames is not None:
-            covariance = frames.covariance(tokens, normal_sigma_mm=MODULE_NORMAL_SIGMA_MM)
-        else:  # no frames: a pixel module's size, isotropic
-            covariance = np.broadcast_to(np.eye(3) * 10.0**2, (n, width, 3, 3))
+        positions = np.asarray(positions_mm, dtype=np.float64)
+        if positions.shape != (n, width, 3):
+            raise ValueError(f"positions_mm must be {(n, width, 3)}, got {positions.shape}")
+        measured = np.isfinite(positions).all(axis=-1)
+        points = np.where(measured[..., None], positions, points)
+        covariance = np.where(
+            measured[..., None, None], np.eye(3) * POSITION_SIGMA_MM**2, covariance
+        )
     points = np.where(used[..., None], np.nan_to_num(points), 0.0)
     return points, np.asarray(covariance, dtype=np.float64)
 
@@ -234,7 +241,8 @@ def fit_tracks(
     tokens : (N, L) int module token ids, ``[PAD]`` after each track's end.
     lengths : (N,) int number of hits.
     context : the dataset's ``TaskContext`` (module centres, layers, frames, field).
-    positions_mm : optional (N, L, 3) hit positions in mm; module centres otherwise.
+    positions_mm : optional (N, L, 3) hit positions in mm; module centres otherwise (and where
+        a position is NaN).
 
     Returns
     -------
