@@ -75,6 +75,8 @@ def test_wasserstein_matches_scipy_and_a_shift() -> None:
     a, b = rng.normal(size=700), rng.exponential(size=300)
     assert wasserstein_1(a, b) == pytest.approx(wasserstein_distance(a, b), rel=1e-12)
     assert wasserstein_1(a, a + 2.5) == pytest.approx(2.5)
+    hits_a, hits_b = rng.integers(4, 9, 500), rng.integers(4, 7, 300)  # ties everywhere
+    assert wasserstein_1(hits_a, hits_b) == pytest.approx(wasserstein_distance(hits_a, hits_b))
     assert wasserstein_1(np.r_[a, np.nan], b) == pytest.approx(wasserstein_1(a, b))
     assert np.isnan(wasserstein_1(np.array([np.nan]), b))
 
