@@ -37,6 +37,7 @@ _COMMANDS = {
     "demo": "tracklm.demo:run_demo",
     "score": "tracklm.score.run:run_score",
     "find": "tracklm.find.run:run_find",
+    "generate": "tracklm.generate.run:run_generate",
 }
 
 
@@ -320,6 +321,51 @@ def _add_find(sub: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_generate(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``tracklm generate``: options passed by name to ``tracklm.generate.run.run_generate``."""
+    p = sub.add_parser(
+        "generate", parents=[common], help="complete tracks from seeds, sample new ones, judge both"
+    )
+    p.add_argument("--model", type=Path, required=True, help="model directory (RUN/model)")
+    p.add_argument("--data", type=Path, required=True, help="dataset directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="split (default test)"
+    )
+    p.add_argument(
+        "--seed-hits", type=_non_negative_int, default=3,
+        help="complete each track from its first K hits (default 3; 0: no completions)",
+    )  # fmt: skip
+    p.add_argument(
+        "--samples", type=_non_negative_int, default=4000,
+        help="tracks to sample from nothing (default 4000; 0: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-tracks", type=_positive_int, default=4000,
+        help="complete at most N tracks of the split, chosen at random (default 4000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--strategy", default="greedy", choices=["greedy", "beam", "sample"],
+        help="how completions choose each next module (default greedy)",
+    )  # fmt: skip
+    p.add_argument("--beam-width", type=_positive_int, default=4, help="beams (default 4)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature (default 1)"
+    )
+    p.add_argument(
+        "--top-k", type=_non_negative_int, default=0,
+        help="sample among the k most probable modules only (default 0: all)",
+    )  # fmt: skip
+    p.add_argument(
+        "--stop-score", type=float, default=0.3,
+        help="a masked model's score for ending a track (default 0.3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=4096, help="tracks per batch (default 4096)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets and draws (default 0)")
+
+
 _VERB_OPTIONS = (
     _add_simulate,
     _add_prepare,
@@ -331,6 +377,7 @@ _VERB_OPTIONS = (
     _add_demo,
     _add_score,
     _add_find,
+    _add_generate,
 )
 """The sub-commands in the order ``--help`` lists them."""
 

@@ -66,7 +66,9 @@ def conditional_metrics(
         "exact_completion": float(exact.mean()) if n else float("nan"),
         "step_accuracy": step_accuracy,
         "step_tracks": step_tracks,
-        "generated_hits_accuracy": float(same[generated].mean()) if generated.any() else float("nan"),
+        "generated_hits_accuracy": float(same[generated].mean())
+        if generated.any()
+        else float("nan"),
         "length_error": {
             "mean": float(length_gap.mean()) if n else float("nan"),
             "mean_abs": float(np.abs(length_gap).mean()) if n else float("nan"),
