@@ -36,6 +36,8 @@ from tracklm.tracking.helix import HelixFit, fit_helix
 # helix uses them (``tracklm.evaluate.baselines``).
 BEAM_SIGMA_MM = (1.0, 10.0)
 HIT_SIGMA_MM = 0.1
+# Spread of the prior on the curvature (1/mm) of a fit through module centres; None: no prior.
+CURVATURE_SIGMA_PER_MM: float | None = 0.002
 # How far (mm of arc length) a layer's mean surface may lie behind the last module's plane and
 # still be searched (overlap partners of the last module; the stagger of a disk's modules).
 LAYER_BEHIND_MM = 10.0
@@ -179,7 +181,11 @@ class HelixFollower:
     candidates : nearest module centres looked at per layer crossing.
     coverage_margin_mm : a layer is searched only where the helix crosses it within its
         coverage (``TokenLayers.coverage_lo_mm`` / ``coverage_hi_mm``) widened by this margin.
-    refit : refit the helix after every emitted module, with the module's centre as a point.
+    refit : refit the helix after every emitted module, with the module's centre as a point;
+        default on module centres only (a module says little next to measured hits, and its
+        centre as a Gaussian point then pulls the fit off).
+    curvature_sigma_per_mm : on module centres, a Gaussian prior on the circle's curvature
+        about 0 (``fit_circle_origin``): three module centres barely measure it.
     overlaps : fit the two hits of a same-layer overlap at the middle of the overlap
         (``module_points``) rather than at their modules' centres.
     beam_sigma_mm : (transverse, z) spread of the beam spot pseudo-point.
@@ -196,8 +202,9 @@ class HelixFollower:
         overlap_tolerance: float = 0.0,
         candidates: int = 8,
         coverage_margin_mm: float = 0.0,
-        refit: bool = True,
+        refit: bool | None = None,
         overlaps: bool = True,
+        curvature_sigma_per_mm: float | None = CURVATURE_SIGMA_PER_MM,
         beam_sigma_mm: tuple[float, float] = BEAM_SIGMA_MM,
         hit_sigma_mm: float = HIT_SIGMA_MM,
     ) -> None:
@@ -215,7 +222,8 @@ class HelixFollower:
         self.overlap_tolerance = overlap_tolerance
         self.candidates = candidates
         self.coverage_margin_mm = coverage_margin_mm
-        self.refit = refit
+        self.refit = (not use_hits) if refit is None else refit
+        self.curvature_sigma_per_mm = curvature_sigma_per_mm
         self.overlaps = overlaps
         self.beam_sigma_mm = beam_sigma_mm
         self.hit_sigma_mm = hit_sigma_mm
@@ -234,6 +242,7 @@ class HelixFollower:
             np.concatenate([beam, cov], axis=1),
             through_origin=not self.use_hits,
             b_field_t=self.context.b_field_t,
+            curvature_sigma_per_mm=None if self.use_hits else self.curvature_sigma_per_mm,
         )
 
     def _plane_crossing(
