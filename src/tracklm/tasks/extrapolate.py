@@ -12,8 +12,9 @@ none, and nothing of the hits after the cut reaches the input.
 * Baseline: the helix follower of track generation (``tracklm.generate.follower.HelixFollower``
   on the kept module centres, told that at least one more hit exists): its first (second)
   generated module is the next (second next) module, so a second module of the last hit's layer
-  (an overlap) is predicted as such. The rest of each top-5 list: the nearest module centres to
-  the helix's crossing of the first (second) layer ahead that carries no kept hit.
+  (an overlap) is predicted as such. The rest of each top-5 list: the modules of the same layer
+  nearest to the follower's crossing, then the nearest module centres to a helix's crossing of
+  the first (second) layer ahead that carries no kept hit.
 """
 
 from __future__ import annotations
@@ -197,11 +198,16 @@ def _nearest_ahead(examples: Examples, context: TaskContext) -> list[np.ndarray]
     return out
 
 
-def _put_first(first: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """(N, K) ranked lists: ``first`` (N,) (``ABSENT``: none) then ``others`` (N, K) without it."""
-    merged = np.concatenate([first[:, None], np.where(others == first[:, None], ABSENT, others)], 1)
+def _merge_ranked(lists: list[np.ndarray]) -> np.ndarray:
+    """(N, TOP_K) ranked module lists: the columns of ``lists`` ((N, k_i) each) in order, every
+    module at its first place only, ``ABSENT`` at the end."""
+    merged = np.concatenate(lists, axis=1)
+    width = merged.shape[1]
+    earlier = np.tril(np.ones((width, width), dtype=bool), k=-1)  # [j, i]: i before j
+    repeated = np.any((merged[:, :, None] == merged[:, None, :]) & earlier[None], axis=2)
+    merged = np.where(repeated, ABSENT, merged)
     order = np.argsort(merged == ABSENT, axis=1, kind="stable")
-    return np.take_along_axis(merged, order, axis=1)[:, : others.shape[1]]
+    return np.take_along_axis(merged, order, axis=1)[:, :TOP_K]
 
 
 def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
@@ -211,11 +217,21 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
     follower = HelixFollower(context, use_hits=False, max_length=width + AHEAD)
     completion = follower.complete(tokens, lengths, min_generated=1)
     rows = np.arange(n)
+    exclude = np.where(track_mask(lengths, width), tokens, -1)
     out = {}
     for a, nearest in enumerate(_nearest_ahead(examples, context)):
         generated = completion.lengths > lengths + a
         first = np.where(generated, completion.tokens[rows, lengths + a], ABSENT)
-        out[f"next{a + 1}_top"] = _put_first(first, nearest)
+        # The modules of the generated module's layer nearest to the helix's crossing of it.
+        around = np.full((n, TOP_K), ABSENT, dtype=np.int64)
+        if generated.any():
+            around[generated], _ = context.surfaces.nearest_modules(
+                context.layer_of(first[generated]),
+                completion.positions_mm[rows, lengths + a][generated],
+                k=TOP_K,
+                exclude=exclude[generated],
+            )
+        out[f"next{a + 1}_top"] = _merge_ranked([first[:, None], around, nearest])
     return out
 
 
