@@ -6,20 +6,26 @@ seed hits, the way a tracking physicist would with the same information:
 1. Fit a helix to the seeds, as the masked evaluation's helix does
    (``tracklm.evaluate.baselines.HelixBaseline``): the beam spot as a leading pseudo-point, then
    the seed modules' CENTRES weighted by where on the module the hit may lie
-   (``ModuleFrames.covariance``), the x-y circle through the beam line (``fit_circle_origin``);
-   or, with ``use_hits=True``, the measured hit positions and a free circle.
+   (``ModuleFrames.covariance``), the x-y circle through the beam line (``fit_circle_origin``)
+   with a Gaussian prior on its curvature (three module centres barely measure it); two hits on
+   one layer (an overlap) stand at the middle of the two modules' overlap (``module_points``).
+   With ``use_hits=True``: the measured hit positions and a free circle.
 2. Find the arc length ``s_last`` at which the helix crosses the last module's plane.
-3. Cross every layer beyond ``s_last`` (``TokenLayers.intersect``), move each crossing onto the
-   planes of the layer's nearest modules along the track and keep the modules that contain it
-   (``ModuleFrames.outside_local`` at most 1 plus a tolerance), with the arc length at their
-   planes. On a layer the track has not touched yet the best containing module is kept with the
-   loose ``tolerance``; a further module of a layer (the second module of an overlap, also the
-   overlap partner of the last seed) only with the tight ``overlap_tolerance``.
-4. Emit the kept module with the smallest arc length beyond ``s_last`` (so two overlapping modules
-   of one layer come out in flight order), add its centre to the fit (``refit``), and repeat;
-   a track ends when no layer ahead has a containing module, or at ``max_length`` hits.
+3. Cross every layer beyond ``s_last`` (``TokenLayers.intersect``) inside its coverage, move each
+   crossing onto the planes of the layer's nearest modules along the track and keep the modules
+   that contain it (``ModuleFrames.outside_local`` at most 1 + a tolerance), with the arc length
+   at their planes: on a layer the track has not touched yet its best module (``tolerance``),
+   and any module within ``overlap_tolerance`` (the second module of an overlap, also the overlap
+   partner of the last seed).
+4. Emit the kept module with the smallest arc length beyond ``s_last`` (two overlapping modules
+   of one layer come out in flight order), refit with it (``refit``; on module centres only),
+   and repeat. A track ends when no layer ahead has a containing module, or at ``max_length``
+   hits; ``min_generated`` makes it go on (a next hit known to exist: the best module of the
+   next layer crossed, else of the last hit's layer).
 
-Everything is vectorised over tracks; the loops run over steps and layers. Lengths in mm.
+The tolerances, the prior and the refit choice were tuned on the simulated training split for
+exact completion. Everything is vectorised over tracks; the loops run over steps and layers.
+Lengths in mm.
 """
 
 from __future__ import annotations
@@ -119,12 +125,11 @@ def module_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Where each module says its hit is, for a helix fit through module centres.
 
-    A hit is anywhere on its module: the module's centre, with the covariance of a uniform
-    spread over it (``ModuleFrames.covariance``). Two consecutive hits on one layer (an overlap)
-    say more: the track crossed both modules, so both hits lie where the modules overlap. Both
-    then stand at the middle of that overlap (the intersection of the two outlines, in the
-    first module's local frame, the second module's centre projected onto it), with the spread
-    of the overlap, doubled since the two points stand for one constraint.
+    A hit is anywhere on its module: the centre, with the covariance of a uniform spread over
+    the module (``ModuleFrames.covariance``). Two consecutive hits on one layer (an overlap) lie
+    where the two modules overlap: both stand at the middle of the intersection of the two
+    outlines (in the first module's frame, the second module's centre moved into it), with the
+    spread of that intersection, doubled since the two points stand for one constraint.
 
     Parameters
     ----------
