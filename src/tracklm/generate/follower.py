@@ -31,12 +31,15 @@ Lengths in mm.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from tracklm.detector.frames import ModuleFrames
-from tracklm.tasks.common import TaskContext
 from tracklm.tracking.helix import HelixFit, fit_helix
+
+if TYPE_CHECKING:  # only its attributes are read: no run-time import of tasks (and torch)
+    from tracklm.tasks.common import TaskContext
 
 # Beam spot (transverse, z sigma in mm) and a measured hit's sigma, as the masked evaluation's
 # helix uses them (``tracklm.evaluate.baselines``).
