@@ -9,9 +9,12 @@ none, and nothing of the hits after the cut reaches the input.
 * Model head: module scores at the two ``[MASK]`` positions, a decoder of the same shape as the
   pre-trained masked-module head and started from its weights (random in ``scratch`` mode).
 * Zero-shot: the pre-trained masked-module head at the two ``[MASK]`` positions.
-* Baseline: a helix through the kept module centres, crossed with every layer beyond the last
-  hit; the first (second) crossed layer that carries no kept hit gives the next (second next)
-  module as the nearest module centres to the crossing.
+* Baseline: the helix follower of track generation (``tracklm.generate.follower.HelixFollower``
+  on the kept module centres, told that at least one more hit exists): its first (second)
+  generated module is the next (second next) module, so a second module of the last hit's layer
+  (an overlap) is predicted as such. The rest of each top-5 list: the modules of the same layer
+  nearest to the follower's crossing, then the nearest module centres to a helix's crossing of
+  the first (second) layer ahead that carries no kept hit.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tracklm.evaluate.metrics import (
     module_distance_mm,
     top_k_accuracy,
 )
+from tracklm.generate.follower import HelixFollower
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import TrackingBert
 from tracklm.tasks.common import (
@@ -159,8 +163,9 @@ def zero_shot(
     }
 
 
-def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
-    """Helix extrapolation to the next crossed layers (module docstring)."""
+def _nearest_ahead(examples: Examples, context: TaskContext) -> list[np.ndarray]:
+    """(N, TOP_K) module tokens per step ahead: the nearest module centres to a helix's crossing
+    of the first (second) layer beyond the last kept hit that carries no kept hit."""
     tokens, lengths = examples.tokens, examples.lengths
     n, width = tokens.shape
     rows = np.arange(n)
@@ -180,7 +185,7 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
         crossing_xyz[:, y] = xyz
     order = np.argsort(crossing_s, axis=1, kind="stable")
     exclude = np.where(real, tokens, -1)
-    out = {}
+    out = []
     for a in range(AHEAD):
         layer = order[:, a]
         found = np.isfinite(crossing_s[rows, layer])
@@ -189,7 +194,44 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
             top[found], _ = surfaces.nearest_modules(
                 layer[found], crossing_xyz[rows, layer][found], k=TOP_K, exclude=exclude[found]
             )
-        out[f"next{a + 1}_top"] = top
+        out.append(top)
+    return out
+
+
+def _merge_ranked(lists: list[np.ndarray]) -> np.ndarray:
+    """(N, TOP_K) ranked module lists: the columns of ``lists`` ((N, k_i) each) in order, every
+    module at its first place only, ``ABSENT`` at the end."""
+    merged = np.concatenate(lists, axis=1)
+    width = merged.shape[1]
+    earlier = np.tril(np.ones((width, width), dtype=bool), k=-1)  # [j, i]: i before j
+    repeated = np.any((merged[:, :, None] == merged[:, None, :]) & earlier[None], axis=2)
+    merged = np.where(repeated, ABSENT, merged)
+    order = np.argsort(merged == ABSENT, axis=1, kind="stable")
+    return np.take_along_axis(merged, order, axis=1)[:, :TOP_K]
+
+
+def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
+    """The helix follower's next two modules, then the nearest alternatives (module docstring)."""
+    tokens, lengths = examples.tokens, examples.lengths
+    n, width = tokens.shape
+    follower = HelixFollower(context, use_hits=False, max_length=width + AHEAD)
+    completion = follower.complete(tokens, lengths, min_generated=1)
+    rows = np.arange(n)
+    exclude = np.where(track_mask(lengths, width), tokens, -1)
+    out = {}
+    for a, nearest in enumerate(_nearest_ahead(examples, context)):
+        generated = completion.lengths > lengths + a
+        first = np.where(generated, completion.tokens[rows, lengths + a], ABSENT)
+        # The modules of the generated module's layer nearest to the helix's crossing of it.
+        around = np.full((n, TOP_K), ABSENT, dtype=np.int64)
+        if generated.any():
+            around[generated], _ = context.surfaces.nearest_modules(
+                context.layer_of(first[generated]),
+                completion.positions_mm[rows, lengths + a][generated],
+                k=TOP_K,
+                exclude=exclude[generated],
+            )
+        out[f"next{a + 1}_top"] = _merge_ranked([first[:, None], around, nearest])
     return out
 
 

@@ -263,6 +263,7 @@ def fit_circle_origin(
     y_mm: np.ndarray,
     mask: np.ndarray,
     sigma_phi_mm: np.ndarray | None = None,
+    curvature_sigma_per_mm: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Circles through the origin (the beam line), fitted as azimuth against radius.
 
@@ -272,6 +273,8 @@ def fit_circle_origin(
     Gauss-Newton steps on the exact form. Suited to coarse points (module centres): a point's
     radial error barely moves its azimuth, and two nearby points (an overlap) cannot bend the
     circle as they do an algebraic fit. Points within 1 mm of the axis are ignored.
+    ``curvature_sigma_per_mm``: a Gaussian prior on kappa (1/mm) about 0, the spread of the
+    tracks' curvatures, for points too coarse to measure it (None: no prior).
 
     Returns the same as ``fit_circle_xy``: centre_x, centre_y, radius (N,), straight (N,).
     """
@@ -287,6 +290,7 @@ def fit_circle_origin(
     dphi = np.where(use, _wrap_angle(phi - ref), 0.0)
     rr = np.where(use, r, 0.0)
     a0, kappa = np.zeros(len(x)), np.zeros(len(x))
+    prior = 0.0 if curvature_sigma_per_mm is None else 1.0 / curvature_sigma_per_mm**2
     for step in range(3):
         if step == 0:
             model, d_kappa = np.zeros_like(rr), -0.5 * rr
@@ -299,11 +303,12 @@ def fit_circle_origin(
         sw = w.sum(1)
         sw = np.where(sw > 0, sw, 1.0)
         mj, mr = (w * d_kappa).sum(1) / sw, (w * resid).sum(1) / sw
-        jj = (w * (d_kappa - mj[:, None]) ** 2).sum(1)
+        jj = (w * (d_kappa - mj[:, None]) ** 2).sum(1) + prior
         ok = jj > 1e-18
         dk = np.where(
             ok,
-            (w * (d_kappa - mj[:, None]) * (resid - mr[:, None])).sum(1) / np.where(ok, jj, 1.0),
+            ((w * (d_kappa - mj[:, None]) * (resid - mr[:, None])).sum(1) - prior * kappa)
+            / np.where(ok, jj, 1.0),
             0.0,
         )
         da = mr - dk * mj
@@ -377,6 +382,7 @@ def _fit_circle(
     cov: np.ndarray | None,
     iterations: int,
     through_origin: bool,
+    curvature_sigma_per_mm: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The x-y circle of ``fit_helix``: (centre_x, centre_y, radius, straight), each (N,)."""
     floor = _VARIANCE_FLOOR_MM2
@@ -387,7 +393,7 @@ def _fit_circle(
             tx, ty = -np.sin(phi_pt), np.cos(phi_pt)
             var = tx * tx * cov[..., 0, 0] + 2 * tx * ty * cov[..., 0, 1] + ty * ty * cov[..., 1, 1]
             sigma = np.sqrt(var + floor)
-        return fit_circle_origin(x, y, mask, sigma)
+        return fit_circle_origin(x, y, mask, sigma, curvature_sigma_per_mm)
     if cov is None:
         return fit_circle_xy(x, y, mask)
     # Start from the mean transverse variance, then the variance along the circle's normal.
@@ -434,6 +440,7 @@ def fit_helix(
     iterations: int = 3,
     through_origin: bool = False,
     b_field_t: float = TRACKML_FIELD_TESLA,
+    curvature_sigma_per_mm: float | None = None,
 ) -> HelixFit:
     """Fit helices to N tracks of up to K points each.
 
@@ -452,6 +459,8 @@ def fit_helix(
         algebraic fit; for primary tracks measured coarsely.
     b_field_t : the field the tracks moved in (tesla, along +z): the dataset's
         ``PreparedDataset.b_field_t``. Only ``pt_gev`` and ``charge`` depend on it.
+    curvature_sigma_per_mm : with ``through_origin``, a Gaussian prior on the curvature about 0
+        (``fit_circle_origin``); None: none.
 
     Returns
     -------
@@ -468,7 +477,9 @@ def fit_helix(
         if cov.shape != (*mask.shape, 3, 3):
             raise ValueError(f"covariance_mm2 must be (N, K, 3, 3), got {cov.shape}")
         cov = np.where(mask[..., None, None], cov, 0.0)
-    cx, cy, radius, straight = _fit_circle(x, y, mask, cov, iterations, through_origin)
+    cx, cy, radius, straight = _fit_circle(
+        x, y, mask, cov, iterations, through_origin, curvature_sigma_per_mm
+    )
     phi_ref, rotation, s, phi = _arc_lengths(x, y, mask, cx, cy, radius)
     z_ref, dz_ds = _fit_line(s, z, mask, cov, iterations, rotation, phi)
     return HelixFit(
