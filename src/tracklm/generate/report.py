@@ -134,12 +134,18 @@ def _plot_observables(path: Path, samples: dict[str, dict[str, dict[str, np.ndar
         bins = np.linspace(lo, hi + 1e-9, 41)
         if np.allclose(reference, np.round(reference)) and hi - lo < 40:
             bins = np.arange(np.floor(lo) - 0.5, np.ceil(hi) + 1.5)
+        reference = np.clip(reference, bins[0], bins[-1] - 1e-9 * (bins[-1] - bins[0]))
         ax.hist(reference, bins=bins, density=True, histtype="stepfilled", alpha=0.3,
                 color="grey", label="simulated")  # fmt: skip
         for index, (label, part) in enumerate(samples.items()):
             values = part["generated"][name]
-            ax.hist(values[np.isfinite(values)], bins=bins, density=True, histtype="step",
-                    color=f"C{index}", label=label)  # fmt: skip
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                continue
+            # beyond the range: shown in the edge bins
+            values = np.clip(values, bins[0], bins[-1] - 1e-9 * (bins[-1] - bins[0]))
+            ax.hist(values, bins=bins, density=True, histtype="step", color=f"C{index}",
+                    label=label)  # fmt: skip
         unit = UNITS.get(name)
         ax.set_xlabel(name if unit is None else f"{name.removesuffix('_' + unit)} ({unit})")
     for ax in grid[len(names) :]:
