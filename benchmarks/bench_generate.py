@@ -58,7 +58,7 @@ def complete_without_cache(
             logits.scatter_(1, seq[rows, 1:], -torch.inf)
             if n == max_hits:
                 break
-            choice = logits.argmax(dim=1)
+            choice = logits.max(dim=1).indices
             ends = choice == vocab.sep_id
             grow = rows[~ends]
             column = torch.zeros(b, dtype=torch.long)
