@@ -364,3 +364,32 @@ def test_geometry_model_exports_with_the_token_inputs(tmp_path):
                                 "attention_mask": attn.numpy(), "positions": positions.numpy()})  # fmt: skip
     chain, _ = logit_chains(model, 16)
     np.testing.assert_allclose(mlm, expected.numpy(), **float32_tolerance(expected, chain))
+
+
+def test_a_causal_model_exports_and_scores_each_position_from_the_one_before(tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs the 'onnx' package (extra 'export')")
+    vocab = make_vocab()
+    torch.manual_seed(5)
+    config = TrackingBertConfig.preset("tiny", vocab_size=len(vocab), objective="next-module")
+    model = TrackingBert(config).eval()
+    model.save_pretrained(tmp_path / "model", vocab)
+    session = _session(run_export(tmp_path / "model", "onnx", tmp_path / "causal.onnx"))
+    for batch, width in ((5, 16), (3, 19)):
+        ids, types, attn = make_inputs(vocab, batch, width, seed=batch)
+        positions = torch.tensor([[0, 1], [batch - 1, 2], [1, 3]])
+        with torch.no_grad():
+            expected = model.predict_masked(ids, types, attn, positions)
+            pair = model(ids, types, attn).pair_logits
+        mlm, got_pair = session.run(None, {
+            "input_ids": ids.numpy(), "token_type_ids": types.numpy(),
+            "attention_mask": attn.numpy(), "positions": positions.numpy()})  # fmt: skip
+        chain, pair_chain = logit_chains(model, width)
+        np.testing.assert_allclose(mlm, expected.numpy(), **float32_tolerance(expected, chain))
+        np.testing.assert_allclose(got_pair, pair.numpy(), **float32_tolerance(pair, pair_chain))
+        # causal in the graph too: what follows a position does not move its scores
+        later = ids.clone()
+        later[:, 4:] = torch.where(attn[:, 4:], vocab.num_special + 1, later[:, 4:])
+        moved, _ = session.run(None, {
+            "input_ids": later.numpy(), "token_type_ids": types.numpy(),
+            "attention_mask": attn.numpy(), "positions": positions.numpy()})  # fmt: skip
+        np.testing.assert_allclose(moved, mlm, rtol=1e-5, atol=1e-5)

@@ -150,7 +150,8 @@ def located_hits(model: TrackingBert, mlm_logits: Tensor, rows: Tensor) -> Tenso
 
 class ExportedHeads(nn.Module):
     """Encoder + masked-module head at every position + pair head (the ``full`` graph); with a
-    ``hits`` model, also the predicted position of a hidden hit at every position."""
+    ``hits`` model, also the predicted position of a hidden hit at every position. A
+    ``next-module`` model's scores at position t are those of the token at t + 1."""
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
@@ -177,7 +178,8 @@ class ExportedHeads(nn.Module):
 
 class ExportedMaskedHeads(nn.Module):
     """Encoder + masked-module head at given (row, position) pairs + pair head (the ``masked``
-    graph); with a ``hits`` model, also the predicted positions of the hidden hits there."""
+    graph); with a ``hits`` model, also the predicted positions of the hidden hits there. A
+    ``next-module`` model scores position p from position p - 1 (``TrackingBert.masked_heads``)."""
 
     def __init__(self, model: TrackingBert) -> None:
         super().__init__()
@@ -192,6 +194,8 @@ class ExportedMaskedHeads(nn.Module):
         hits: Tensor | None = None,
     ) -> tuple[Tensor, ...]:
         at = positions[:, 0] * input_ids.shape[1] + positions[:, 1]  # (k,) in the (b * t) grid
+        if self.model.config.causal:  # as ``masked_heads``: position p scored from p - 1
+            at = at - 1
         heads = self.model.heads_at(input_ids, token_type_ids, attention_mask, at, hits=hits)
         assert heads.pair_logits is not None
         if not self.model.config.reads_hits:
