@@ -106,6 +106,12 @@ def test_quantiled_kl_continuous_gaussians_and_ties() -> None:
     assert quantiled_kl(spiked[::-1].copy(), spiked) == pytest.approx(0.0, abs=1e-9)
     no_spike = rng.uniform(0.1, 1.0, 10_000)
     assert quantiled_kl(no_spike, spiked) > 5.0
+    # the same where subnormal floats are flushed to zero, as every tracklm run sets it
+    # (tracklm.runtime.configure_torch): the bin of the tied value 0 must not vanish
+    from tracklm.runtime import configure_torch
+
+    configure_torch()
+    assert quantiled_kl(no_spike, spiked) > 5.0
 
 
 def test_compare_samples_floors() -> None:

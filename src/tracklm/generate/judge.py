@@ -494,8 +494,11 @@ def quantiled_kl(
         edges = np.quantile(b, np.linspace(0.001, 0.999, bins + 1))
         values, count = np.unique(edges, return_counts=True)
         tied = values[count > 1]
-        # A tied value gets a bin of its own: [value, next float above it).
-        edges = np.unique(np.r_[values, np.nextafter(tied, np.inf)])
+        # A tied value gets a bin of its own: [value, next float above it); above 0 the
+        # smallest normal float (the next one is subnormal, and flushed to 0 where torch
+        # flushes subnormals, ``tracklm.runtime``)
+        above = np.maximum(np.nextafter(tied, np.inf), tied + np.finfo(np.float64).tiny)
+        edges = np.unique(np.r_[values, above])
         inner = edges[1:-1]
     # Bin index = number of inner edges at or below the value: outer bins are open-ended.
     p_ref = np.bincount(np.searchsorted(inner, b, side="right"), minlength=inner.size + 1)
