@@ -245,3 +245,49 @@ def test_embed_writes_the_token_table_of_geometry_and_hits_models(
     assert stats["inputs"] == inputs
     assert stats["dimension"] == encoder.config.hidden_size
     assert 0.0 <= stats["neighbour_fraction"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def causal_model(toy_data, tmp_path_factory) -> Path:
+    """A tiny untrained next-module (causal) model that reads hits."""
+    dataset = open_dataset(toy_data)
+    torch.manual_seed(99)
+    config = TrackingBertConfig.preset(
+        "tiny", vocab_size=len(dataset.vocab), inputs="hits", objective="next-module"
+    )
+    model = TrackingBert(config)
+    model.set_module_geometry(module_geometry_table(dataset.frames()))
+    directory = tmp_path_factory.mktemp("causal") / "model"
+    model.save_pretrained(directory, dataset.vocab)
+    return directory
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_serves_a_causal_model(task, toy_data, causal_model, tmp_path):
+    """Fine-tuned, zero-shot and saved: a next-module model serves every task."""
+    result = finetune(task, causal_model, toy_data, tmp_path / "run", FAST, train_size=100, seed=1)
+    headline = TASKS[task].headline
+    assert np.isfinite(result["metrics"][headline])
+    if result["zero_shot"] is not None:
+        assert np.isfinite(result["zero_shot"][headline])
+    _, encoder, _ = load_finetuned(tmp_path / "run" / "model")
+    assert encoder.config.causal
+
+
+def test_a_causal_models_track_head_reads_the_whole_track(setup, causal_model):
+    """The track-level head of a causal model reads the last token, which sees every hit: moving
+    the first hit's position moves the track score (on [CLS] it would not)."""
+    tracks, context = setup
+    encoder = load_encoder(causal_model, "finetune", seed=0).eval()
+    spec = TASKS["outliers"]
+    examples = spec.make_examples(tracks, context, np.random.default_rng(0))
+    torch.manual_seed(0)
+    head = spec.make_head(encoder).eval()
+    batch = {k: torch.as_tensor(v[:16]) for k, v in examples.inputs.items()}
+    with torch.no_grad():
+        first = spec.forward(encoder, head, batch)["outlier_logit"]
+        moved = dict(batch)
+        moved["hits"] = batch["hits"].clone()
+        moved["hits"][:, 1] += 25.0  # the first hit (position 1)
+        second = spec.forward(encoder, head, moved)["outlier_logit"]
+    assert not torch.allclose(first, second)
