@@ -69,6 +69,54 @@ def complete_without_cache(
     return out
 
 
+def benchmark_generate(
+    data: Path,
+    model: Path | None = None,
+    preset: str = "small",
+    seed_hits: int = 3,
+    tracks: int = 8192,
+    batch_size: int = 4096,
+    rounds: int = 3,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Tracks per second with and without the cache (module docstring); the result as JSON data."""
+    configure_torch()
+    torch.set_num_threads(threads)
+    dataset = open_dataset(data)
+    split = dataset.split("test")
+    n = min(tracks, len(split))
+    seeds = np.array(split.tokens[:n, :seed_hits], dtype=np.int64)
+    max_hits = split.max_length
+    if model is not None:
+        net = TrackingBert.from_pretrained(model)
+    else:
+        torch.manual_seed(0)
+        config = TrackingBertConfig.preset(
+            preset, vocab_size=len(dataset.vocab), objective="next-module"
+        )
+        net = TrackingBert(config).eval()
+    options = DecodeOptions(max_hits=max_hits, batch_size=batch_size)
+    timings: dict[str, list[float]] = {"cache": [], "no_cache": []}
+    for _ in range(rounds):
+        start = time.perf_counter()
+        cached = complete(net, dataset.vocab, seeds, np.full(n, seed_hits), None, options)
+        timings["cache"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        plain = complete_without_cache(net, dataset.vocab, seeds, max_hits, batch_size)
+        timings["no_cache"].append(time.perf_counter() - start)
+    speed = {name: n / statistics.median(times) for name, times in timings.items()}
+    return {
+        "model": str(model) if model else f"{preset} (untrained)",
+        "tracks": n,
+        "seed_hits": seed_hits,
+        "threads": threads,
+        "mean_length": float(cached.lengths.mean()),
+        "tracks_per_second": speed,
+        "cache_over_no_cache": speed["cache"] / speed["no_cache"],
+        "same_tracks": float(np.mean(np.all(cached.tokens == plain, axis=1))),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
@@ -81,42 +129,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    configure_torch()
-    torch.set_num_threads(args.threads)
-    dataset = open_dataset(args.data)
-    split = dataset.split("test")
-    n = min(args.tracks, len(split))
-    seeds = np.array(split.tokens[:n, : args.seed_hits], dtype=np.int64)
-    max_hits = split.max_length
-    if args.model is not None:
-        model = TrackingBert.from_pretrained(args.model)
-    else:
-        torch.manual_seed(0)
-        config = TrackingBertConfig.preset(
-            args.preset, vocab_size=len(dataset.vocab), objective="next-module"
-        )
-        model = TrackingBert(config).eval()
-    options = DecodeOptions(max_hits=max_hits, batch_size=args.batch_size)
-    timings: dict[str, list[float]] = {"cache": [], "no_cache": []}
-    for _ in range(args.rounds):
-        start = time.perf_counter()
-        cached = complete(model, dataset.vocab, seeds, np.full(n, args.seed_hits), None, options)
-        timings["cache"].append(time.perf_counter() - start)
-        start = time.perf_counter()
-        plain = complete_without_cache(model, dataset.vocab, seeds, max_hits, args.batch_size)
-        timings["no_cache"].append(time.perf_counter() - start)
-    same = float(np.mean(np.all(cached.tokens == plain, axis=1)))
-    speed = {name: n / statistics.median(times) for name, times in timings.items()}
-    result = {
-        "model": str(args.model) if args.model else f"{args.preset} (untrained)",
-        "tracks": n,
-        "seed_hits": args.seed_hits,
-        "threads": args.threads,
-        "mean_length": float(cached.lengths.mean()),
-        "tracks_per_second": speed,
-        "cache_over_no_cache": speed["cache"] / speed["no_cache"],
-        "same_tracks": same,
-    }
+    result = benchmark_generate(
+        args.data, args.model, args.preset, args.seed_hits, args.tracks, args.batch_size,
+        args.rounds, args.threads,
+    )  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,6 +10,8 @@ Sections (each a function of ``benchmarks/bench_*.py``):
 * ``inference``: masked-module prediction, ONNX Runtime (the graph ``tracklm export`` writes) vs
   eager PyTorch.
 * ``memory``: peak RSS of training for growing memory-mapped datasets.
+* ``generate``: completing tracks from 3 seed hits with a causal model, with the key/value cache
+  vs encoding the whole track again at each step.
 
 Usage::
 
@@ -42,7 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 
-SECTIONS = ("train_step", "simulate", "prepare", "time_to_accuracy", "inference", "memory")
+SECTIONS = (
+    "train_step",
+    "simulate",
+    "prepare",
+    "time_to_accuracy",
+    "inference",
+    "memory",
+    "generate",
+)
 
 
 @dataclass
@@ -269,6 +279,25 @@ def _untrained_model(ctx: Context, preset: str) -> str:
     return str(path)
 
 
+def section_generate(ctx: Context) -> list[Row]:
+    from bench_generate import benchmark_generate
+
+    s = ctx.settings
+    tracks = 4096 if s.quick else 16384
+    r = benchmark_generate(
+        ctx.data(), None, s.t2a_preset, tracks=tracks, rounds=3, threads=s.threads
+    )
+    ctx.results["generate"] = r
+    t = r["tracks_per_second"]
+    torch.set_num_threads(s.threads)
+    return [
+        Row(f"generate: completions from 3 seeds, key/value cache vs re-encoding (tracks/s, "
+            f"{s.t2a_preset} untrained, {r['mean_length']:.1f} hits, {s.threads} threads)",
+            _num(t["cache"]), _num(t["no_cache"]), f"{r['cache_over_no_cache']:.2f}x", "> 1x",
+            _met(r["cache_over_no_cache"] > 1.0 and r["same_tracks"] == 1.0)),
+    ]  # fmt: skip
+
+
 def section_memory(ctx: Context) -> list[Row]:
     from bench_memory import benchmark_memory
 
@@ -297,6 +326,7 @@ RUNNERS: dict[str, Callable[[Context], list[Row]]] = {
     "time_to_accuracy": section_time_to_accuracy,
     "inference": section_inference,
     "memory": section_memory,
+    "generate": section_generate,
 }
 
 

@@ -166,3 +166,13 @@ def test_memory_benchmark_measures_each_size(tmp_path):
     assert result["dataset_ratio_largest_to_smallest"] == pytest.approx(
         runs[1]["dataset_mib"] / runs[0]["dataset_mib"]
     )
+
+
+def test_generate_benchmark_completes_the_same_tracks_both_ways(random_data):
+    bench_generate = _load("bench_generate")
+    result = bench_generate.benchmark_generate(
+        random_data, None, "tiny", tracks=64, rounds=1, threads=1
+    )
+    assert result["same_tracks"] == 1.0
+    assert all(_is_rate(v) for v in result["tracks_per_second"].values())
+    assert result["tracks"] == 64 and result["cache_over_no_cache"] > 0
