@@ -297,28 +297,33 @@ def _search(
     length = torch.full((rows,), k, dtype=torch.long, device=device)
     active = torch.arange(rows, device=device)  # the rows the stepper holds, in its order
     stepper = _Stepper(model, vocab, options)
+    # greedy, unscored, causal: scores chosen from in row chunks, never the whole (b, v) at once
+    fused = options.strategy == "greedy" and not options.score and stepper.causal
     stepper.start(tokens[:, :k], hits[:, :k] if reads_hits else None)
     for n in range(k, big_l + 1):
         if active.numel() == 0:
             break
         now = tokens[active, :n]
-        log_probs = stepper.log_probs(now, hits[active, :n] if reads_hits else None)
-        norm = None  # a causal model's logits, normalised over every token (before the rules)
-        if stepper.causal and (beam or options.score):
-            norm = torch.logsumexp(log_probs, dim=-1, keepdim=True)
-            if beam:
-                log_probs = log_probs.sub_(norm)
-        log_probs = _allowed(log_probs, now, n, vocab, options)
-        if beam:
-            chosen, parents, gained = _beam_choice(log_probs, score, finished, width, vocab)
-            tokens, hits = tokens[parents], hits[parents]
-            finished, length = finished[parents], length[parents]
-            stepper.reorder(parents)
-            score = score[parents] + gained
+        if fused:
+            chosen = _greedy_in_chunks(stepper, now, n, vocab, options)
         else:
-            chosen = _pick(log_probs, options, generator)
-            gained = log_probs.gather(1, chosen[:, None])
-            score[active] += (gained if norm is None else gained - norm).squeeze(1).double()
+            log_probs = stepper.log_probs(now, hits[active, :n] if reads_hits else None)
+            norm = None  # a causal model's logits, normalised over every token (before the rules)
+            if stepper.causal and (beam or options.score):
+                norm = torch.logsumexp(log_probs, dim=-1, keepdim=True)
+                if beam:
+                    log_probs = log_probs.sub_(norm)
+            log_probs = _allowed(log_probs, now, n, vocab, options)
+            if beam:
+                chosen, parents, gained = _beam_choice(log_probs, score, finished, width, vocab)
+                tokens, hits = tokens[parents], hits[parents]
+                finished, length = finished[parents], length[parents]
+                stepper.reorder(parents)
+                score = score[parents] + gained
+            else:
+                chosen = _pick(log_probs, options, generator)
+                gained = log_probs.gather(1, chosen[:, None])
+                score[active] += (gained if norm is None else gained - norm).squeeze(1).double()
         live = ~finished[active]
         grows = live & (chosen != vocab.sep_id)
         where = stepper.locate(chosen)
@@ -347,6 +352,25 @@ def _search(
     tokens = torch.where(keep_hits, tokens, torch.full_like(tokens, vocab.pad_id))
     positions = hits.masked_fill(~keep_hits[..., None], float("nan")).cpu().numpy()
     return tokens.cpu().numpy(), length.cpu().numpy(), positions, score.cpu().numpy()
+
+
+def _greedy_in_chunks(
+    stepper: _Stepper,
+    tokens: Tensor,
+    n: int,
+    vocab: ModuleVocab,
+    options: DecodeOptions,
+    chunk: int = 512,
+) -> Tensor:
+    """(b,) the most probable allowed token of a causal model's rows, ``chunk`` rows at a time:
+    each chunk's scores are chosen from while they are still in the CPU's cache."""
+    assert stepper.decoder is not None and stepper.hidden is not None
+    chosen = []
+    for lo in range(0, tokens.shape[0], chunk):
+        logits = stepper.decoder.logits(stepper.hidden[lo : lo + chunk])
+        logits = _allowed(logits, tokens[lo : lo + chunk], n, vocab, options)
+        chosen.append(logits.max(dim=1).indices)
+    return torch.cat(chosen) if chosen else tokens.new_zeros(0)
 
 
 def _pick(log_probs: Tensor, options: DecodeOptions, generator: torch.Generator) -> Tensor:

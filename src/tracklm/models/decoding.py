@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from tracklm.models.bert import TrackingBert
@@ -24,8 +25,8 @@ from tracklm.models.bert import TrackingBert
 
 @dataclass
 class KVCache:
-    """Keys and values of every position so far, per block: (b, h, capacity, e) buffers of which
-    the first ``length`` positions are filled."""
+    """Keys and values of every position so far, per block: (b, capacity, d) buffers (heads
+    side by side in d) of which the first ``length`` positions are filled."""
 
     keys: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)
@@ -55,8 +56,11 @@ class CausalDecoder:
         self.model = model
         self.num_heads = model.config.num_heads
         module_inputs = model.module_inputs
-        self.geometry = None if module_inputs is None else module_inputs.module_embeddings()
-        self.table = model.decoder_table(self.geometry)  # (v, d)
+        with torch.no_grad():
+            self.geometry = None if module_inputs is None else module_inputs.module_embeddings()
+            table = model.decoder_table(self.geometry)  # (v, d)
+            bias = model.mlm_head.bias[:, None]  # (v, 1)
+            self.decoder_weight = torch.cat([table, bias], dim=1).t().contiguous()  # (d + 1, v)
         embeddings = model.embeddings
         positions = embeddings.position.weight if embeddings.position is not None else None
         self.positions = positions if positions is not None else embeddings.sinusoid
@@ -102,17 +106,20 @@ class CausalDecoder:
         h = self.num_heads
         e = d // h
         attention = block.attention
-        q, k, v = attention.qkv(x).view(b, 3, h, e).unbind(1)  # (b, h, e) each
+        qkv = attention.qkv(x)  # (b, 3d): [q, k, v], heads side by side in each
         if index == len(cache.keys):  # the first position: buffers for every position
-            cache.keys.append(x.new_empty(b, h, self.capacity, e))
-            cache.values.append(x.new_empty(b, h, self.capacity, e))
+            cache.keys.append(x.new_empty(b, self.capacity, d))
+            cache.values.append(x.new_empty(b, self.capacity, d))
         t = cache.length
-        cache.keys[index][:, :, t] = k
-        cache.values[index][:, :, t] = v
-        keys = cache.keys[index][:, :, : t + 1]  # (b, h, T, e)
-        values = cache.values[index][:, :, : t + 1]
-        scores = torch.matmul(keys, q[..., None]).squeeze(-1) * e**-0.5  # (b, h, T)
-        y = torch.matmul(torch.softmax(scores, dim=-1)[:, :, None], values)  # (b, h, 1, e)
+        cache.keys[index][:, t] = qkv[:, d : 2 * d]
+        cache.values[index][:, t] = qkv[:, 2 * d :]
+        keys = cache.keys[index][:, : t + 1].view(b, t + 1, h, e)  # (b, T, h, e)
+        values = cache.values[index][:, : t + 1].view(b, t + 1, h, e)
+        q = qkv[:, :d].view(b, 1, h, e)
+        # One query against T <= a dozen keys per head: elementwise products and sums, no
+        # batched matrix products of (1, e) by (e, T)
+        scores = (keys * q).sum(-1) * e**-0.5  # (b, T, h)
+        y = (torch.softmax(scores, dim=1)[..., None] * values).sum(1)  # (b, h, e)
         attended = attention.out(y.reshape(b, d))
         x = block.attention_norm(x + attended)
         out: Tensor = block.output_norm(x + block.feed_forward(x))
@@ -120,8 +127,13 @@ class CausalDecoder:
 
     @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:
-        """(b, d) encoder outputs -> (b, v) scores of the next token."""
-        out: Tensor = self.model.mlm_head(hidden, self.table)
+        """(b, d) encoder outputs -> (b, v) scores of the next token: the masked-module head,
+        with its bias folded into the matrix product (a column of ones against a row of biases)
+        instead of first filling the (b, v) output with it."""
+        head = self.model.mlm_head
+        x = head.norm(F.gelu(head.dense(hidden)))
+        ones = x.new_ones(x.shape[0], 1)
+        out: Tensor = torch.mm(torch.cat([x, ones], dim=1), self.decoder_weight)
         return out
 
     @torch.no_grad()
