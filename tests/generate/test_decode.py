@@ -58,6 +58,12 @@ def test_the_cache_gives_the_models_own_outputs(toy_data: Path, inputs: str) -> 
         hidden = decoder.step(ids[:, t], cache, grid[:, t])
         torch.testing.assert_close(decoder.logits(hidden), expected[:, t], rtol=1e-4, atol=1e-4)
     assert cache.length == length + 1
+    # a prefix in one pass, then one token: the same numbers
+    decoder, cache = CausalDecoder(model), KVCache()
+    hidden = decoder.step(ids[:, :4], cache, grid[:, :4])
+    torch.testing.assert_close(decoder.logits(hidden), expected[:, 3], rtol=1e-4, atol=1e-4)
+    hidden = decoder.step(ids[:, 4], cache, grid[:, 4])
+    torch.testing.assert_close(decoder.logits(hidden), expected[:, 4], rtol=1e-4, atol=1e-4)
 
 
 def naive_greedy(model: TrackingBert, tokens: np.ndarray, k: int, max_hits: int):

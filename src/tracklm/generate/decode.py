@@ -127,12 +127,13 @@ class _Stepper:
             return
         self.cache = KVCache()
         b = tokens.shape[0]
-        cls = torch.full((b,), self.vocab.cls_id, dtype=torch.long, device=self.device)
-        self.hidden = self.decoder.step(cls, self.cache)
-        for i in range(tokens.shape[1]):
-            self.hidden = self.decoder.step(
-                tokens[:, i], self.cache, None if hits is None else hits[:, i]
-            )
+        cls = torch.full((b, 1), self.vocab.cls_id, dtype=torch.long, device=self.device)
+        prefix_hits = None
+        if hits is not None:
+            none = torch.full((b, 1, 3), float("nan"), device=self.device)
+            prefix_hits = torch.cat([none, hits], dim=1)
+        # the whole prefix in one pass
+        self.hidden = self.decoder.step(torch.cat([cls, tokens], dim=1), self.cache, prefix_hits)
 
     def log_probs(self, tokens: Tensor, hits: Tensor | None) -> Tensor:
         """(b, v) log-probabilities of the next token, after the rows' ``tokens`` (b, n), up to

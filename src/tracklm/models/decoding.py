@@ -74,53 +74,63 @@ class CausalDecoder:
 
         Parameters
         ----------
-        tokens : (b,) token ids.
+        tokens : (b,) token ids, or (b, n) for n positions at once (a prefix: one pass).
         cache : the rows' cache (empty before ``[CLS]``).
-        hits : (b, 3) the token's hit position in mm (NaN: none), for an ``inputs: hits``
-            model; ignored otherwise.
+        hits : (b, 3) (or (b, n, 3)) the tokens' hit positions in mm (NaN: none), for an
+            ``inputs: hits`` model; ignored otherwise.
 
         Returns
         -------
-        (b, d) the encoder output at the new position (``logits`` scores the token after it).
+        (b, d) the encoder output at the last position fed (``logits`` scores the token after it).
         """
         model = self.model
-        position = cache.length
-        if position >= self.capacity:
-            raise ValueError(f"position {position} exceeds the cache's {self.capacity} positions")
-        x = model.embeddings.token(tokens) + self.segment0 + self.positions[position]
+        if tokens.dim() == 1:
+            tokens = tokens[:, None]
+            hits = None if hits is None else hits[:, None]
+        b, n = tokens.shape
+        start = cache.length
+        if start + n > self.capacity:
+            raise ValueError(f"position {start + n - 1} exceeds the cache's {self.capacity} positions")  # fmt: skip
+        flat = tokens.reshape(-1)
+        x = model.embeddings.token(flat).view(b, n, -1) + self.segment0
+        x = (x + self.positions[start : start + n]).reshape(b * n, -1)
         if model.module_inputs is not None:
             assert self.geometry is not None
             if model.config.reads_hits and hits is None:
-                hits = torch.full((tokens.shape[0], 3), float("nan"), device=tokens.device)
-            x = x + model.module_inputs(
-                tokens, hits if model.config.reads_hits else None, self.geometry
-            )
-        x = model.embeddings.norm(x)  # (b, d); dropout is off in eval mode
+                hits = torch.full((b, n, 3), float("nan"), device=tokens.device)
+            read = hits.reshape(b * n, 3) if model.config.reads_hits and hits is not None else None
+            x = x + model.module_inputs(flat, read, self.geometry)
+        x = model.embeddings.norm(x)  # (b n, d); dropout is off in eval mode
         for index, block in enumerate(model.blocks):
-            x = self._block(block, x, cache, index)
-        cache.length += 1
-        return x
+            x = self._block(block, x, cache, index, n)
+        cache.length += n
+        return x.view(b, n, -1)[:, -1]
 
-    def _block(self, block: torch.nn.Module, x: Tensor, cache: KVCache, index: int) -> Tensor:
-        b, d = x.shape
-        h = self.num_heads
+    def _block(
+        self, block: torch.nn.Module, x: Tensor, cache: KVCache, index: int, n: int
+    ) -> Tensor:
+        bn, d = x.shape
+        b, h = bn // n, self.num_heads
         e = d // h
         attention = block.attention
-        qkv = attention.qkv(x)  # (b, 3d): [q, k, v], heads side by side in each
+        qkv = attention.qkv(x).view(b, n, 3 * d)  # [q, k, v], heads side by side in each
         if index == len(cache.keys):  # the first position: buffers for every position
             cache.keys.append(x.new_empty(b, self.capacity, d))
             cache.values.append(x.new_empty(b, self.capacity, d))
         t = cache.length
-        cache.keys[index][:, t] = qkv[:, d : 2 * d]
-        cache.values[index][:, t] = qkv[:, 2 * d :]
-        keys = cache.keys[index][:, : t + 1].view(b, t + 1, h, e)  # (b, T, h, e)
-        values = cache.values[index][:, : t + 1].view(b, t + 1, h, e)
-        q = qkv[:, :d].view(b, 1, h, e)
-        # One query against T <= a dozen keys per head: elementwise products and sums, no
-        # batched matrix products of (1, e) by (e, T)
-        scores = (keys * q).sum(-1) * e**-0.5  # (b, T, h)
-        y = (torch.softmax(scores, dim=1)[..., None] * values).sum(1)  # (b, h, e)
-        attended = attention.out(y.reshape(b, d))
+        cache.keys[index][:, t : t + n] = qkv[..., d : 2 * d]
+        cache.values[index][:, t : t + n] = qkv[..., 2 * d :]
+        keys = cache.keys[index][:, : t + n].view(b, 1, t + n, h, e)  # (b, 1, T, h, e)
+        values = cache.values[index][:, : t + n].view(b, 1, t + n, h, e)
+        q = qkv[..., :d].reshape(b, n, 1, h, e)
+        # n queries against T <= a dozen keys per head: elementwise products and sums, no
+        # batched matrix products of (n, e) by (e, T)
+        scores = (keys * q).sum(-1) * e**-0.5  # (b, n, T, h)
+        if n > 1:  # query i (position t + i) sees keys up to t + i
+            later = torch.arange(t + n, device=x.device)[None, :] > (t + torch.arange(n, device=x.device))[:, None]  # fmt: skip
+            scores = scores.masked_fill(later[None, :, :, None], float("-inf"))
+        y = (torch.softmax(scores, dim=2)[..., None] * values).sum(2)  # (b, n, h, e)
+        attended = attention.out(y.reshape(bn, d))
         x = block.attention_norm(x + attended)
         out: Tensor = block.output_norm(x + block.feed_forward(x))
         return out
