@@ -149,7 +149,7 @@ def _points_and_covariance(
         positions = np.asarray(positions_mm, dtype=np.float64)
         if positions.shape != (n, width, 3):
             raise ValueError(f"positions_mm must be {(n, width, 3)}, got {positions.shape}")
-        measured = np.isfinite(positions).all(axis=-1)
+        measured: np.ndarray = np.asarray(np.isfinite(positions).all(axis=-1))
         points = np.where(measured[..., None], positions, points)
         covariance = np.where(
             measured[..., None, None], np.eye(3) * POSITION_SIGMA_MM**2, covariance

@@ -171,10 +171,14 @@ def _decode(net: TrackingBert, dataset: PreparedDataset, tokens: np.ndarray, len
     with tqdm(total=len(lengths), desc=what, unit="track", disable=None, leave=False) as bar:
         generated = complete(
             net, dataset.vocab, tokens, lengths, hits if net.config.reads_hits else None, options,
-            progress=lambda done: bar.update(done - bar.n),
+            progress=lambda done: _advance(bar, done),
         )  # fmt: skip
     seconds = time.perf_counter() - start
     return generated, len(lengths) / max(seconds, 1e-9)
+
+
+def _advance(bar: tqdm, done: int) -> None:
+    bar.update(done - bar.n)
 
 
 def _conditional(

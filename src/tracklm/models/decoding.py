@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tracklm.models.bert import TrackingBert
+from tracklm.models.bert import Block, TrackingBert
 
 
 @dataclass
@@ -102,13 +102,13 @@ class CausalDecoder:
             x = x + model.module_inputs(flat, read, self.geometry)
         x = model.embeddings.norm(x)  # (b n, d); dropout is off in eval mode
         for index, block in enumerate(model.blocks):
+            assert isinstance(block, Block)
             x = self._block(block, x, cache, index, n)
         cache.length += n
-        return x.view(b, n, -1)[:, -1]
+        out: Tensor = x.view(b, n, -1)[:, -1]
+        return out
 
-    def _block(
-        self, block: torch.nn.Module, x: Tensor, cache: KVCache, index: int, n: int
-    ) -> Tensor:
+    def _block(self, block: Block, x: Tensor, cache: KVCache, index: int, n: int) -> Tensor:
         bn, d = x.shape
         b, h = bn // n, self.num_heads
         e = d // h
