@@ -209,3 +209,23 @@ def test_an_unknown_objective_is_refused_before_a_run_exists(
     with pytest.raises(InputError, match="--objective: 'gpt' is not one of masked, next-module"):
         run_pretrain(toy_data, tmp_path / "run", preset="tiny", max_steps=2, objective="gpt")
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_the_unmasked_protocol_for_a_causal_model(
+    toy_data: Path, tmp_path: Path
+) -> None:
+    """The unmasked protocol shows the hit to be predicted; a causal model never reads it, so
+    the protocol measures nothing there: refused in one line, no report left behind."""
+    from tracklm.cli import main
+
+    model = build(toy_data)
+    model.save_pretrained(tmp_path / "model", open_dataset(toy_data).vocab)
+    out = tmp_path / "report"
+    code = main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(toy_data),
+                 "--out", str(out), "--protocol", "unmasked"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    from tracklm.evaluate.report import run_evaluate
+
+    metrics = run_evaluate(tmp_path / "model", toy_data, out, max_tracks=20)
+    assert metrics["model_objective"] == "next-module" and out.is_dir()
+    assert "predicts each hidden hit from the hits before it" in (out / "report.md").read_text()

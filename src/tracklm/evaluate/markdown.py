@@ -81,6 +81,15 @@ def report_markdown(metrics: dict[str, Any], figures: dict[str, str]) -> str:
         "once as track A and once as track B of a pair of tracks from the same event "
         f"({metrics['pairing']}). Model predictions are the argmax over module tokens only.",
         "",
+        *(
+            [
+                "A next-module (causal) model predicts each hidden hit from the hits before it "
+                "only: what follows is never read.",
+                "",
+            ]
+            if metrics.get("model_objective") == "next-module"
+            else []
+        ),
         "## Headline",
         "",
         headline_table(metrics),

@@ -132,6 +132,11 @@ def run_evaluate(
     out = Path(out)
     with atomic_output_dir(out) as tmp:
         net = _load_model(model)
+        if protocol == "unmasked" and net.config.causal:
+            raise InputError(
+                f"--protocol unmasked: {model} is a next-module model, which predicts each hit "
+                "from the hits before it and never sees the hit itself; use --protocol masked"
+            )
         dataset = open_dataset(data)
         net.check_vocab(dataset.vocab, str(dataset.path / "vocab.json"))
         all_tracks = dataset.split(split)
@@ -157,6 +162,7 @@ def run_evaluate(
         metrics["split"] = split
         metrics["model"] = str(model)
         metrics["model_inputs"] = net.config.inputs
+        metrics["model_objective"] = net.config.objective
         metrics["data"] = str(data)
         metrics["selected_tracks"] = (
             "all" if max_tracks is None else f"random {len(tracks)} (seed {seed})"
