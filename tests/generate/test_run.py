@@ -108,3 +108,16 @@ def test_conditional_metrics_count_what_they_say() -> None:
     assert m["distance_mm"][0] == pytest.approx(1.0)  # median of 0 and 2 mm
     with pytest.raises(InputError):
         run_generate("missing", "missing", "out", seed_hits=-1)
+
+
+def test_a_sample_too_large_for_the_floors_is_refused(
+    causal_model: Path, toy_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The floors need independent simulated samples of the same size: asking for more samples
+    than any other split holds (here: the whole train split) ends in one line naming the
+    option, and no output."""
+    out = tmp_path / "gen"
+    code = main(["generate", "--model", str(causal_model), "--data", str(toy_data), "--out",
+                 str(out), "--split", "train", "--seed-hits", "0", "--samples", "100000"])  # fmt: skip
+    assert code == 2 and not out.exists()
+    assert "--samples" in capsys.readouterr().err

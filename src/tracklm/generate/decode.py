@@ -69,6 +69,11 @@ class DecodeOptions:
     batch_size: int = 2048
     score: bool = False
 
+    @property
+    def scored(self) -> bool:
+        """Whether each track's log-probability is computed (asked, or a beam search)."""
+        return self.score or self.strategy == "beam"
+
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InputError(f"--strategy: {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
@@ -259,7 +264,7 @@ def complete(
             if progress is not None:
                 progress(done)
     positions = out_hits if model.config.reads_hits else None
-    if not (options.score or options.strategy == "beam"):
+    if not options.scored:
         out_logp[:] = np.nan
     return Generated(out_tokens, out_lengths, positions, out_logp)
 
@@ -310,7 +315,7 @@ def _search(
         else:
             log_probs = stepper.log_probs(now, hits[active, :n] if reads_hits else None)
             norm = None  # a causal model's logits, normalised over every token (before the rules)
-            if stepper.causal and (beam or options.score):
+            if stepper.causal and options.scored:
                 norm = torch.logsumexp(log_probs, dim=-1, keepdim=True)
                 if beam:
                     log_probs = log_probs.sub_(norm)

@@ -21,7 +21,9 @@ UNITS = {"first_r_mm": "mm", "first_z_mm": "mm", "last_r_mm": "mm", "last_z_mm":
 
 
 def write_report(directory: Path, metrics: dict[str, Any], figures: dict[str, Any]) -> None:
-    """Write ``report.md`` and the PNG figures into ``directory``."""
+    """Write ``report.md`` and the PNG figures into ``directory``; ``figures`` holds, per part
+    judged (``conditional``, ``unconditional``), the observables' ``values`` (``generated`` and
+    ``reference``, name -> array)."""
     lines = [
         "# Generated tracks",
         "",
@@ -43,11 +45,8 @@ def write_report(directory: Path, metrics: dict[str, Any], figures: dict[str, An
         )
     if conditional is not None:
         lines += _sample_lines("## The completed tracks as a sample", conditional["sample"])
-    values = {}
-    if unconditional is not None and "_values" in unconditional:
-        values["sampled"] = unconditional["_values"]
-    if conditional is not None and "_values" in conditional["sample"]:
-        values["completed"] = conditional["sample"]["_values"]
+    names = {"unconditional": "sampled", "conditional": "completed"}  # plotted in this order
+    values = {label: figures[part]["values"] for part, label in names.items() if part in figures}
     if values:
         _plot_observables(directory / "observables.png", values)
         lines += ["", "![observables](observables.png)", ""]

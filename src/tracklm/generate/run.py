@@ -24,6 +24,7 @@ Output directory::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -110,7 +111,7 @@ def run_generate(
         max_hits = tracks.max_length
         if seed_hits >= max_hits:
             raise InputError(f"--seed-hits: {seed_hits} leaves nothing to generate in tracks of at most {max_hits} hits")  # fmt: skip
-        options = DecodeOptions(**{**options.__dict__, "max_hits": max_hits})
+        options = dataclasses.replace(options, max_hits=max_hits)
         context = TaskContext.from_dataset(dataset)
         rng = np.random.default_rng(seed)
         metrics: dict[str, Any] = {
@@ -119,7 +120,7 @@ def run_generate(
             "model_inputs": net.config.inputs,
             "data": str(data),
             "split": split,
-            "decoding": {k: v for k, v in options.__dict__.items() if k != "batch_size"},
+            "decoding": {k: v for k, v in dataclasses.asdict(options).items() if k != "batch_size"},
         }
         figures: dict[str, Any] = {}
         floors = _floor_sources(dataset, split)
@@ -134,7 +135,7 @@ def run_generate(
                 net, dataset, context, tracks, samples, options, floors, rng
             )
             _hits_table(figures["unconditional"]["generated"], None, dataset, 0).to_parquet(tmp / "unconditional.parquet", index=False)  # fmt: skip
-        write_json(tmp / "metrics.json", _json_ready(metrics))
+        write_json(tmp / "metrics.json", json_ready(metrics))
         write_report(tmp, metrics, figures)
         write_manifest(
             tmp,
@@ -220,8 +221,10 @@ def _conditional(
     result["baseline"] = {"name": fair, **baselines[fair]}
     result["baselines"] = baselines
     reference = (true_tokens, true_lengths, hits)
-    result["sample"] = _judge_sample(generated, reference, floors, context, rng)
-    return result, {"generated": generated, "rows": rows, "baselines": baselines}
+    result["sample"], values = _judge_sample(
+        generated, reference, floors, context, rng, "--max-tracks"
+    )
+    return result, {"generated": generated, "rows": rows, "values": values}
 
 
 def _unconditional(
@@ -236,16 +239,18 @@ def _unconditional(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sample n tracks from nothing and judge them against n held-out tracks."""
     n = min(n, len(tracks))
-    sampling = DecodeOptions(**{**options.__dict__, "strategy": "sample"})
+    sampling = dataclasses.replace(options, strategy="sample")
     empty = np.zeros((n, options.max_hits), dtype=np.int64)
     nothing = None if not net.config.reads_hits else np.zeros((n, options.max_hits, 3), np.float32)
     generated, speed = _decode(net, dataset, empty, np.zeros(n, dtype=np.int64), nothing,
                                sampling, "sample from nothing")  # fmt: skip
     picked = tracks.take(np.sort(rng.permutation(len(tracks))[:n]))
     reference = (np.asarray(picked.tokens, dtype=np.int64), np.asarray(picked.lengths, dtype=np.int64), np.array(picked.hits, dtype=np.float32))  # fmt: skip
-    result = {"samples": n, "tracks_per_second": speed}
-    result.update(_judge_sample(generated, reference, floors, context, rng))
-    return result, {"generated": generated, "reference": reference}
+    judged, values = _judge_sample(generated, reference, floors, context, rng, "--samples")
+    return {"samples": n, "tracks_per_second": speed, **judged}, {
+        "generated": generated,
+        "values": values,
+    }
 
 
 def _floor_sources(dataset: PreparedDataset, split: str) -> list[TrackArrays]:
@@ -259,33 +264,39 @@ def _judge_sample(
     floors: list[TrackArrays],
     context: TaskContext,
     rng: np.random.Generator,
-) -> dict[str, Any]:
-    """Observables' distances (with floors), unfittable fraction and classifier AUC of a sample."""
+    option: str,
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Observables' distances (with floors), unfittable fraction and classifier AUC of a sample;
+    and the generated and reference observables themselves (for the figures). ``option`` names
+    the command-line option that set the sample's size (in the error when no floor fits)."""
     n = len(generated.lengths)
     ref_tokens, ref_lengths, _ = reference
     floor_samples = _floor_samples(floors, n, rng)
     if not floor_samples:
-        raise InputError(f"no independent split holds {n} tracks to measure the floors with")
+        raise InputError(
+            f"{option} {n}: no split but the judged one holds {n} tracks to measure the floors "
+            f"with (independent simulated samples of the same size); ask for fewer"
+        )
     # Module centres for every sample alike: the model's positions, where it predicts them, are
     # judged by the conditional distances; here a sample is judged by its modules.
-    gen_obs = judge.track_observables(generated.tokens, generated.lengths, context)
-    ref_obs = judge.track_observables(ref_tokens, ref_lengths, context)
+    # one helix fit per sample serves its observables and its unfittable tracks
+    gen_fits = judge.fit_tracks(generated.tokens, generated.lengths, context)
+    ref_fits = judge.fit_tracks(ref_tokens, ref_lengths, context)
+    gen_obs = judge.track_observables(generated.tokens, generated.lengths, context, fits=gen_fits)
+    ref_obs = judge.track_observables(ref_tokens, ref_lengths, context, fits=ref_fits)
     floor_obs = [judge.track_observables(t, length, context) for t, length in floor_samples]
-    distances = judge.compare_samples(gen_obs, ref_obs, floor_obs)
-    return {
-        "observables": distances,
+    gen_bad = judge.unfittable(generated.tokens, generated.lengths, context, fits=gen_fits)
+    ref_bad = judge.unfittable(ref_tokens, ref_lengths, context, fits=ref_fits)
+    result = {
+        "observables": judge.compare_samples(gen_obs, ref_obs, floor_obs),
         "floor_samples": len(floor_samples),
-        "unfittable_fraction": float(
-            judge.unfittable(generated.tokens, generated.lengths, context).mean()
-        ),
-        "reference_unfittable_fraction": float(
-            judge.unfittable(ref_tokens, ref_lengths, context).mean()
-        ),
+        "unfittable_fraction": float(gen_bad.mean()),
+        "reference_unfittable_fraction": float(ref_bad.mean()),
         "classifier_auc": judge.classifier_auc(
             (generated.tokens, generated.lengths), (ref_tokens, ref_lengths), context, seed=0
         ),
-        "_values": {"generated": gen_obs, "reference": ref_obs},
     }
+    return result, {"generated": gen_obs, "reference": ref_obs}
 
 
 def _floor_samples(floors: list[TrackArrays], n: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:  # fmt: skip
@@ -334,14 +345,3 @@ def _hits_table(generated: Generated, truth: TrackArrays | None, dataset: Prepar
         table["event_id"] = np.asarray(truth.event_id)[track]
         table["particle_id"] = np.asarray(truth.particle_id)[track]
     return pd.DataFrame(table)
-
-
-def _json_ready(metrics: dict[str, Any]) -> Any:
-    """Plain JSON (``evaluate.metrics.json_ready``) without the private ``_values`` keys."""
-
-    def public(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: public(v) for k, v in value.items() if not str(k).startswith("_")}
-        return value
-
-    return json_ready(public(metrics))

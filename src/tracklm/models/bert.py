@@ -90,10 +90,15 @@ class Embeddings(nn.Module):
         token_type_ids: Tensor,
         layout: TokenLayout,
         extra: Tensor | None = None,
+        first_position: int = 0,
     ) -> Tensor:
         """(b, t) ids and segments -> (n, d) embedded real tokens; ``extra`` (n, d) is added
-        before the LayerNorm (the module geometry and hit inputs, ``inputs.py``)."""
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        before the LayerNorm (the module geometry and hit inputs, ``inputs.py``). The columns
+        sit at positions ``first_position`` ... (a causal model's later tokens, one step at a
+        time: ``decoding.py``)."""
+        t = input_ids.shape[1]
+        positions = torch.arange(first_position, first_position + t, device=input_ids.device)
+        positions = positions.expand_as(input_ids)
         table: Tensor = self.position.weight if self.position is not None else self.sinusoid
         # F.embedding rather than table[...]: its gradient is faster to accumulate, and in an
         # order that does not depend on the thread count (cpu_kernels.THREAD_INVARIANT).
@@ -196,6 +201,10 @@ class Block(nn.Module):
         attended = self.attention(x, layout, rows)
         if rows is not None:
             x = x.index_select(0, rows)
+        return self.after_attention(x, attended)
+
+    def after_attention(self, x: Tensor, attended: Tensor) -> Tensor:
+        """The block's per-token work on its input rows ``x`` and their attention output."""
         x = self.attention_norm(x + self.dropout(attended))
         out: Tensor = self.output_norm(x + self.dropout(self.feed_forward(x)))
         return out

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tracklm.models.bert import Block, TrackingBert
+from tracklm.models.layout import TokenLayout
 
 
 @dataclass
@@ -61,11 +62,7 @@ class CausalDecoder:
             table = model.decoder_table(self.geometry)  # (v, d)
             bias = model.mlm_head.bias[:, None]  # (v, 1)
             self.decoder_weight = torch.cat([table, bias], dim=1).t().contiguous()  # (d + 1, v)
-        embeddings = model.embeddings
-        positions = embeddings.position.weight if embeddings.position is not None else None
-        self.positions = positions if positions is not None else embeddings.sinusoid
-        self.segment0 = embeddings.segment.weight[0]  # (d,)
-        limit = self.positions.shape[0]
+        limit = model.config.max_length
         self.capacity = limit if capacity is None else min(capacity, limit)
 
     @torch.no_grad()
@@ -92,15 +89,15 @@ class CausalDecoder:
         if start + n > self.capacity:
             raise ValueError(f"position {start + n - 1} exceeds the cache's {self.capacity} positions")  # fmt: skip
         flat = tokens.reshape(-1)
-        x = model.embeddings.token(flat).view(b, n, -1) + self.segment0
-        x = (x + self.positions[start : start + n]).reshape(b * n, -1)
+        extra = None
         if model.module_inputs is not None:
             assert self.geometry is not None
             if model.config.reads_hits and hits is None:
                 hits = torch.full((b, n, 3), float("nan"), device=tokens.device)
             read = hits.reshape(b * n, 3) if model.config.reads_hits and hits is not None else None
-            x = x + model.module_inputs(flat, read, self.geometry)
-        x = model.embeddings.norm(x)  # (b n, d); dropout is off in eval mode
+            extra = model.module_inputs(flat, read, self.geometry)
+        layout = TokenLayout.of(None, b, n)  # every token real: rows are the (b, n) grid
+        x = model.embeddings(tokens, torch.zeros_like(tokens), layout, extra, start)  # (b n, d)
         for index, block in enumerate(model.blocks):
             assert isinstance(block, Block)
             x = self._block(block, x, cache, index, n)
@@ -130,10 +127,7 @@ class CausalDecoder:
             later = torch.arange(t + n, device=x.device)[None, :] > (t + torch.arange(n, device=x.device))[:, None]  # fmt: skip
             scores = scores.masked_fill(later[None, :, :, None], float("-inf"))
         y = (torch.softmax(scores, dim=2)[..., None] * values).sum(2)  # (b, n, h, e)
-        attended = attention.out(y.reshape(bn, d))
-        x = block.attention_norm(x + attended)
-        out: Tensor = block.output_norm(x + block.feed_forward(x))
-        return out
+        return block.after_attention(x, attention.out(y.reshape(bn, d)))
 
     @torch.no_grad()
     def logits(self, hidden: Tensor) -> Tensor:
