@@ -20,6 +20,11 @@ baseline, and the final accuracy over the frequency baseline, are the figures of
 Usage::
 
     .venv/bin/python benchmarks/bench_time_to_accuracy.py --data DATA --out RUN [--minutes 2.5]
+    .venv/bin/python benchmarks/bench_time_to_accuracy.py --from-run RUN
+
+The second form reads the curve of any finished ``tracklm pretrain`` run (each validation logs
+``time/train_seconds``, the training time that reached it), e.g. ``--preset paper-cpu
+--max-time 60``: times to beat each baseline and to reach 75% and 80% validation accuracy.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from tracklm.train.pretrain import train
 log = logging.getLogger(__name__)
 
 WALL_COLUMN = "time/wall_seconds"
+RUN_WALL_COLUMN = "time/train_seconds"  # logged by every run at each validation
 ACCURACY_COLUMN = "val/masked_accuracy"
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
@@ -102,6 +108,69 @@ def read_curve(metrics_csv: str | os.PathLike[str]) -> list[dict[str, float]]:
             continue
         curve.append({"step": step, "seconds": wall, "masked_accuracy": value})
     return curve
+
+
+def read_run_curve(metrics_csv: str | os.PathLike[str]) -> list[dict[str, float]]:
+    """(step, seconds, accuracy, loss) of every validation of a ``tracklm pretrain`` run, from
+    the ``time/train_seconds`` each validation logs beside its metrics (validations excluded
+    from the time); the final validation after training repeats the last model and is dropped."""
+    curve: list[dict[str, float]] = []
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if not (row.get(ACCURACY_COLUMN) and row.get(RUN_WALL_COLUMN)):
+                continue
+            step = int(float(row["step"]))
+            if curve and step <= curve[-1]["step"]:
+                continue
+            point = {"step": step, "seconds": float(row[RUN_WALL_COLUMN]),
+                     "masked_accuracy": float(row[ACCURACY_COLUMN])}  # fmt: skip
+            for name in ("val/loss", "val/pair_accuracy"):
+                if row.get(name):
+                    point[name.removeprefix("val/")] = float(row[name])
+            curve.append(point)
+    return curve
+
+
+def curve_of_run(
+    run: str | os.PathLike[str], thresholds: tuple[float, ...] = (0.75, 0.80), seed: int = 0
+) -> dict[str, Any]:
+    """The time-to-accuracy record of a finished ``tracklm pretrain`` run (any recipe): its
+    validation curve against training seconds, the baselines on its dataset's val split, and
+    the seconds to beat each baseline and to reach each of ``thresholds``; written with the
+    plot to ``RUN/time_to_accuracy.{json,png}``."""
+    run = Path(run)
+    record = json.loads((run / "run.json").read_text())
+    data = Path(record["data"])
+    if not data.is_absolute() and not data.exists():
+        data = run.parent / data
+    curve = read_run_curve(run / "logs" / "version_0" / "metrics.csv")
+    baselines = baseline_accuracies(data, seed)
+    best = max(baselines, key=baselines.__getitem__)
+    config = record["config"]
+    result: dict[str, Any] = {
+        "run": str(run),
+        "model": config["model"],
+        "batch_size": config["batch_size"],
+        "lr": config["lr"],
+        "max_steps": config["max_steps"],
+        "schedule_fitted": record.get("schedule_fitted"),
+        "threads": torch.get_num_threads(),
+        "curve": curve,
+        "baseline_accuracies": baselines,
+        "best_baseline": best,
+        "seconds_to_beat": {
+            name: time_to_reach(curve, value + 1e-9) for name, value in baselines.items()
+        },
+        "seconds_to_accuracy": {f"{t:.2f}": time_to_reach(curve, t) for t in thresholds},
+        "final_masked_accuracy": curve[-1]["masked_accuracy"] if curve else float("nan"),
+        "final_step": curve[-1]["step"] if curve else 0,
+    }
+    fig = plot_curve(
+        curve, baselines, f"{config['model']} ({run.name}), batch {config['batch_size']}"
+    )
+    fig.savefig(run / "time_to_accuracy.png", dpi=120)
+    (run / "time_to_accuracy.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def time_to_reach(curve: list[dict[str, float]], target: float) -> float | None:
@@ -272,14 +341,26 @@ def benchmark_time_to_accuracy(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="prepared dataset directory")
-    parser.add_argument("--out", required=True, help="new run directory")
+    parser.add_argument(
+        "--from-run",
+        default=None,
+        help="read the curve of a finished `tracklm pretrain` run (any recipe) instead of training",
+    )
+    parser.add_argument("--data", help="prepared dataset directory")
+    parser.add_argument("--out", help="new run directory")
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
     parser.add_argument("--minutes", type=float, default=2.5)
     parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.from_run is not None:
+        torch.set_num_threads(args.threads)
+        result = curve_of_run(args.from_run)
+        print(json.dumps({key: value for key, value in result.items() if key != "curve"}, indent=2))
+        return
+    if args.data is None or args.out is None:
+        parser.error("--data and --out are needed unless --from-run is given")
     result = benchmark_time_to_accuracy(
         args.data, args.out, args.preset, args.minutes, args.val_every, args.batch_size,
         threads=args.threads,

@@ -17,6 +17,7 @@ from typing import Any
 
 from tracklm import __version__
 from tracklm.errors import InputError
+from tracklm.presets import preset_names
 from tracklm.simulate.config import SimulationConfig
 
 SELECTIONS_HELP = (
@@ -39,6 +40,17 @@ _COMMANDS = {
     "find": "tracklm.find.run:run_find",
     "generate": "tracklm.generate.run:run_generate",
 }
+
+
+def _model_dir(text: str) -> Path:
+    """A model directory, or the name of a model shipped with the package (``trackml-pixel``);
+    anything else is left to the loader, which names it in its one-line error."""
+    from tracklm.pretrained import resolve_model
+
+    try:
+        return resolve_model(text)
+    except InputError:
+        return Path(text)
 
 
 def _positive_int(text: str) -> int:
@@ -142,15 +154,24 @@ def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default="tiny",
-        choices=["tiny", "small", "paper"],
-        help="model and training preset",
+        choices=preset_names("pretrain"),
+        help="model and training preset (paper-cpu: the paper's architecture with a recipe for "
+        "CPU budgets)",
     )
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the preset")
     p.add_argument(
-        "--max-steps", type=_positive_int, default=None, help="stop after N optimiser steps"
+        "--max-steps",
+        type=_positive_int,
+        default=None,
+        help="optimiser steps; a new run fits the preset's warm-up, mask-rate stages and decay "
+        "into them",
     )
     p.add_argument(
-        "--max-time", type=_non_negative_float, default=None, help="stop after this many minutes"
+        "--max-time",
+        type=_non_negative_float,
+        default=None,
+        help="minutes; a new run without --max-steps measures its pace and fits the preset's "
+        "schedule into them; the run stops then in any case",
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=None, help="pairs per batch (per device)"
@@ -185,7 +206,12 @@ def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
     """``tracklm evaluate``: options passed by name to ``tracklm.evaluate.report.run_evaluate``."""
     p = sub.add_parser("evaluate", parents=[common], help="masked-module evaluation with baselines")
-    p.add_argument("--model", type=Path, required=True, help="model directory (RUN/model)")
+    p.add_argument(
+        "--model",
+        type=_model_dir,
+        required=True,
+        help="model directory (RUN/model) or shipped name",
+    )
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--out", type=Path, required=True, help="report directory")
     p.add_argument(
@@ -213,7 +239,9 @@ def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_embed(sub: Any, common: argparse.ArgumentParser) -> None:
     """``tracklm embed``: options passed by name to ``tracklm.tasks.embed.run_embed``."""
     p = sub.add_parser("embed", parents=[common], help="export the module embedding table")
-    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument(
+        "--model", type=_model_dir, required=True, help="model directory or shipped name"
+    )
     p.add_argument("--out", type=Path, required=True, help="output parquet file")
     p.add_argument("--plot", type=Path, default=None, help="PNG of a 2D projection")
     p.add_argument(
@@ -227,7 +255,12 @@ def _add_finetune(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task", required=True, choices=["holes", "outliers", "extrapolate", "pt"], help="the task"
     )
-    p.add_argument("--model", type=Path, required=True, help="pre-trained model directory")
+    p.add_argument(
+        "--model",
+        type=_model_dir,
+        required=True,
+        help="pre-trained model directory or shipped name",
+    )
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument(
@@ -253,7 +286,9 @@ def _add_finetune(sub: Any, common: argparse.ArgumentParser) -> None:
 def _add_export(sub: Any, common: argparse.ArgumentParser) -> None:
     """``tracklm export``: options passed by name to ``tracklm.models.export.run_export``."""
     p = sub.add_parser("export", parents=[common], help="export the model for deployment")
-    p.add_argument("--model", type=Path, required=True, help="model directory")
+    p.add_argument(
+        "--model", type=_model_dir, required=True, help="model directory or shipped name"
+    )
     p.add_argument("--format", default="onnx", choices=["onnx"], help="format (default onnx)")
     p.add_argument("--out", type=Path, required=True, help="output file")
 
@@ -312,7 +347,10 @@ def _add_find(sub: Any, common: argparse.ArgumentParser) -> None:
         "model deciding the extension and ranking candidates",
     )
     p.add_argument(
-        "--model", type=Path, default=None, help="model directory (RUN/model) for --method model"
+        "--model",
+        type=_model_dir,
+        default=None,
+        help="model directory (RUN/model) or shipped name, for --method model",
     )
     p.add_argument(
         "--volumes",
@@ -326,7 +364,12 @@ def _add_generate(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "generate", parents=[common], help="complete tracks from seeds, sample new ones, judge both"
     )
-    p.add_argument("--model", type=Path, required=True, help="model directory (RUN/model)")
+    p.add_argument(
+        "--model",
+        type=_model_dir,
+        required=True,
+        help="model directory (RUN/model) or shipped name",
+    )
     p.add_argument("--data", type=Path, required=True, help="dataset directory")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument(

@@ -30,3 +30,20 @@ def test_the_lookup_backs_off_from_the_longest_known_key() -> None:
     np.testing.assert_allclose(estimate[1], three, rtol=1e-6)  # (10, 12): tracks 0, 1, 2
     np.testing.assert_allclose(estimate[2], three, rtol=1e-6)  # first module 10: the same three
     np.testing.assert_allclose(estimate[3], np.exp(np.mean(np.log([1, 4, 8, 0.5]))), rtol=1e-6)
+
+
+def test_the_pt_task_lookup_gives_pt_and_charge_from_training_tracks() -> None:
+    from types import SimpleNamespace
+
+    from tracklm.tasks.pt import lookup_baseline
+
+    train = tracks([[10, 11, 12], [10, 11, 12], [10, 20, 12], [30, 31, 0]], [1.0, 4.0, 8.0, 0.5])
+    train.charge[:] = [1, 1, -1, 0]  # the neutral track is left out
+    asked = tracks([[10, 11, 12], [10, 20, 12], [30, 31, 0]], [1.0] * 3)
+    context = SimpleNamespace(train_tracks=train)
+    examples = SimpleNamespace(tokens=asked.tokens.astype(np.int64), lengths=asked.lengths)
+    predicted = lookup_baseline(examples, context)  # type: ignore[arg-type]
+    np.testing.assert_allclose(predicted["pt_gev"][:2], [2.0, 8.0], rtol=1e-6)
+    # (30, 31) is known only from the neutral track: backs off to every charged track
+    np.testing.assert_allclose(predicted["pt_gev"][2], 32.0 ** (1 / 3), rtol=1e-6)
+    assert list(predicted["charge"]) == [1, -1, 1]

@@ -325,7 +325,9 @@ def test_a_directory_written_by_earlier_versions_loads(
     }  # fmt: skip
     # the file gained what the model reads (issue 13) and its objective (issue 14); a file
     # without those keys still loads
-    added = {"inputs": "tokens", "position_loss_weight": 1.0, "objective": "masked"}
+    # and how its pair head reads a pair (issue 12)
+    added = {"inputs": "tokens", "position_loss_weight": 1.0, "objective": "masked",
+             "pair_head": "cls"}  # fmt: skip
     assert written == {**earlier, **added}
     (tmp_path / "model" / "config.json").write_text(json.dumps(earlier))
     ids, types, attn = make_batch(vocab)

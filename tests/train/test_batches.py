@@ -116,3 +116,23 @@ def test_training_and_validation_receive_the_configs_schedules(dataset):
         TrackingBertConfig.preset("tiny", vocab_size=len(dataset.vocab), max_length=64)
     )
     assert PretrainModule(model, config, seed=0).schedule is config.mask_schedule
+
+
+def test_clean_rows_leave_pairs_unmasked_and_only_in_training(dataset):
+    plain, clean = batches(dataset), batches(dataset, clean_fraction=0.25)
+    for step in (0, 50):  # at mask rate 0.15 and 0.5
+        a, b = plain[step], clean[step]
+        torch.testing.assert_close(a["pair_labels"], b["pair_labels"], rtol=0, atol=0)
+        # rows 0-3 are the clean pairs: no label, no [MASK]
+        assert (b["labels"][:4] == IGNORE_INDEX).all()
+        assert not (b["input_ids"][:4] == dataset.vocab.mask_id).any()
+        assert torch.equal(b["token_type_ids"], a["token_type_ids"])
+        # the other rows are masked exactly as without the option
+        assert torch.equal(b["input_ids"][4:], a["input_ids"][4:])
+        assert torch.equal(b["labels"][4:], a["labels"][4:])
+        assert (a["labels"][:4] != IGNORE_INDEX).any()
+    config = dataclasses.replace(preset_config("tiny"), batch_size=16, pair_clean_fraction=0.5)
+    data = PretrainData(dataset.path, dataset.vocab, config, seed=0)
+    data.setup("fit")
+    assert data.train_batches is not None and data.val_batches is not None
+    assert (data.train_batches.clean_rows, data.val_batches.clean_rows) == (8, 0)

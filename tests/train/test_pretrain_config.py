@@ -16,10 +16,10 @@ from tracklm.train.config import PretrainConfig, load_pretrain_config, preset_co
 FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "paper"])
+@pytest.mark.parametrize("name", ["tiny", "small", "paper", "paper-cpu"])
 def test_each_preset_loads_by_name_and_sets_only_its_own_keys(name):
     keys = load_preset("pretrain", name)
-    assert keys["model"] == name and set(keys) <= FIELDS
+    assert keys["model"] == name.removesuffix("-cpu") and set(keys) <= FIELDS
     config = preset_config(name)
     assert config == load_pretrain_config(name)
     for key, value in config_lib.to_dict(config).items():
@@ -33,14 +33,21 @@ def test_the_command_line_offers_exactly_the_shipped_presets():
     (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     (preset,) = [a for a in verbs.choices["pretrain"]._actions if a.dest == "preset"]
     assert preset.choices is not None
-    assert set(preset.choices) == set(preset_names("pretrain")) == {"tiny", "small", "paper"}
+    assert (
+        set(preset.choices)
+        == set(preset_names("pretrain"))
+        == {"tiny", "small", "paper", "paper-cpu"}
+    )
 
 
 def test_unknown_preset_is_a_one_line_input_error():
     with pytest.raises(InputError) as error:
         load_pretrain_config("huge")
     message = str(error.value)
-    assert message == "--preset: unknown pretrain preset 'huge' (choose from paper, small, tiny)"
+    assert (
+        message
+        == "--preset: unknown pretrain preset 'huge' (choose from paper, paper-cpu, small, tiny)"
+    )
     assert "\n" not in message
 
 
@@ -75,7 +82,8 @@ def test_config_file_then_options_override_the_preset(tmp_path):
     config = load_pretrain_config("small", str(path), {"max_steps": 77, "batch_size": None})
     assert config.lr == 0.002 and config.max_steps == 77
     assert config.mask_schedule.rate_at(60) == 0.4
-    assert config.model_overrides == {"num_layers": 3}
+    # nested mappings merge: the file's model field joins the preset's
+    assert config.model_overrides == {**preset_config("small").model_overrides, "num_layers": 3}
     # every key the file and the options leave alone keeps the preset's value
     small = config_lib.to_dict(preset_config("small"))
     changed = {"lr", "mask_rates", "mask_rate_steps", "model_overrides", "max_steps"}
@@ -107,3 +115,25 @@ def test_invalid_values_are_refused(tmp_path, text, match):
     path.write_text(text)
     with pytest.raises(InputError, match=match):
         load_pretrain_config("tiny", str(path))
+
+
+def test_loss_weights_reweight_the_training_loss_and_are_checked():
+    import torch
+
+    from tracklm.models.heads import TrackingBertOutput
+    from tracklm.train.module import PretrainModule
+
+    mlm, pair, position = torch.tensor(2.0), torch.tensor(0.5), torch.tensor(0.25)
+    out = TrackingBertOutput(
+        loss=mlm + pair + position, mlm_loss=mlm, pair_loss=pair, mlm_logits=torch.zeros(1),
+        pair_logits=torch.zeros(1), hidden_states=None, position_loss=position,
+    )  # fmt: skip
+    config = dataclasses.replace(preset_config("tiny"), mlm_loss_weight=0.5, pair_loss_weight=4.0)
+    module = PretrainModule(torch.nn.Linear(1, 1), config, seed=0)  # type: ignore[arg-type]
+    assert float(module._weighted_loss(out)) == pytest.approx(0.5 * 2.0 + 4.0 * 0.5 + 0.25)
+    plain = PretrainModule(torch.nn.Linear(1, 1), preset_config("tiny"), seed=0)  # type: ignore[arg-type]
+    assert plain._weighted_loss(out) is out.loss
+    with pytest.raises(InputError, match="not both 0"):
+        dataclasses.replace(config, mlm_loss_weight=0.0, pair_loss_weight=0.0)
+    with pytest.raises(InputError, match="must be >= 0"):
+        dataclasses.replace(config, pair_loss_weight=-1.0)

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tracklm.data.masking import MaskSchedule, mask_modules
+from tracklm.data.masking import IGNORE_INDEX, MaskSchedule, mask_modules
 from tracklm.data.pairs import Pairs, draw_pairs, epoch_rng
 from tracklm.data.sequences import encode_pairs, hide_hits, next_module_targets, place_hits
 from tracklm.detector.vocab import ModuleVocab
@@ -63,6 +63,9 @@ class PairBatches(Dataset):
     next_module : targets of the ``next-module`` objective instead of masking: nothing is
         masked, every real position but the last is labelled with the next token, and every hit
         position is visible (``sequences.next_module_targets``).
+    clean_fraction : the first ``round(clean_fraction * batch_size)`` pairs of every batch are
+        left unmasked (no module label; they train the pair task on clean pairs, as the
+        evaluation asks it).
 
     Notes
     -----
@@ -88,8 +91,10 @@ class PairBatches(Dataset):
         world_size: int = 1,
         hits: bool = False,
         next_module: bool = False,
+        clean_fraction: float = 0.0,
     ) -> None:
         self.split_dir = Path(split_dir)
+        self.clean_rows = round(clean_fraction * batch_size)
         self.hits = hits
         self.next_module = next_module
         self.vocab = vocab
@@ -183,6 +188,9 @@ class PairBatches(Dataset):
                 rng,
             )
             input_ids, labels = masked.input_ids, masked.labels
+            if self.clean_rows:
+                clean = slice(0, self.clean_rows)
+                input_ids[clean], labels[clean] = encoded.input_ids[clean], IGNORE_INDEX
             visible, targets = hide_hits(placed, labels) if placed is not None else (None, None)
         batch = {
             "input_ids": torch.from_numpy(input_ids),

@@ -45,12 +45,25 @@ def _keys(tokens: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
 def lookup_log_pt(train: TrackArrays, tracks: TrackArrays) -> np.ndarray:
     """(N,) mean log pT of the training tracks sharing each track's longest known key."""
     log_pt = np.log(np.asarray(train.pt, dtype=np.float64))
-    estimate = np.full(len(tracks), float(np.mean(log_pt)) if len(log_pt) else 0.0)
-    known = np.zeros(len(tracks), dtype=bool)
+    return lookup_mean(train.tokens, train.lengths, log_pt, tracks.tokens, tracks.lengths)
+
+
+def lookup_mean(
+    train_tokens: np.ndarray,
+    train_lengths: np.ndarray,
+    values: np.ndarray,
+    tokens: np.ndarray,
+    lengths: np.ndarray,
+) -> np.ndarray:
+    """(N,) mean of the training tracks' ``values`` over those sharing each track's longest
+    known key ((first, second, last) module, then (first, last), first, then all)."""
+    values = np.asarray(values, dtype=np.float64)
+    estimate = np.full(len(tokens), float(np.mean(values)) if len(values) else 0.0)
+    known = np.zeros(len(tokens), dtype=bool)
     for train_key, key in zip(
-        _keys(train.tokens, train.lengths), _keys(tracks.tokens, tracks.lengths), strict=True
+        _keys(train_tokens, train_lengths), _keys(tokens, lengths), strict=True
     ):
-        means = pd.Series(log_pt).groupby(train_key).mean()
+        means = pd.Series(values).groupby(train_key).mean()
         found = pd.Series(key).map(means).to_numpy(np.float64)
         take = ~known & np.isfinite(found)
         estimate[take] = found[take]

@@ -249,7 +249,7 @@ class TrackingBert(nn.Module):
         self.embeddings = Embeddings(config, rng)
         self.blocks = nn.ModuleList([Block(config, backend, rng) for _ in range(config.num_layers)])
         self.mlm_head = MaskedModuleHead(config)
-        self.pair_head = PairHead(config)
+        self.pair_head = PairHead(config, difference=config.pair_head == "difference")
         self.module_inputs: ModuleInputs | None = None
         self.position_head: PositionHead | None = None
         if config.reads_geometry:
@@ -376,6 +376,26 @@ class TrackingBert(nn.Module):
             return start + (t - 1)
         return start + attention_mask.long().sum(1) - 1
 
+    def pair_positions(
+        self, token_type_ids: Tensor | None, attention_mask: Tensor | None, b: int, t: int
+    ) -> Tensor:
+        """Positions in the flattened (b * t) grid that the pair head reads: ``summary_positions``
+        (b,), or with ``pair_head: difference`` (2b,), the ``[SEP]`` ending each row's track A
+        and then the one ending its track B (the same token for a single track, scored 0)."""
+        if self.config.pair_head != "difference":
+            return self.summary_positions(attention_mask, b, t)
+        device = self.embeddings.token.weight.device
+        if attention_mask is not None:
+            device = attention_mask.device
+        start = torch.arange(b, device=device) * t
+        real = (
+            torch.ones(b, t, dtype=torch.long, device=device)
+            if attention_mask is None
+            else attention_mask.long()
+        )
+        first = real if token_type_ids is None else real * (token_type_ids == 0).long()
+        return torch.cat([start + first.sum(1) - 1, start + real.sum(1) - 1])
+
     def summary(self, hidden: Tensor, attention_mask: Tensor | None) -> Tensor:
         """(b, t, d) encoder output -> (b, d) at each row's ``summary_positions``."""
         b, t = hidden.shape[:2]
@@ -416,13 +436,14 @@ class TrackingBert(nn.Module):
             pair_logits = None
             if pair:
                 b, t = input_ids.shape
-                summary = self.summary_positions(attention_mask, b, t)
-                pair_logits = self.pair_head.classify(hidden.reshape(b * t, -1)[summary])
+                read = self.pair_positions(token_type_ids, attention_mask, b, t)
+                pair_logits = self.pair_head.classify(hidden.reshape(b * t, -1)[read])
             return HeadOutputs(self.mlm_head(hidden, table), pair_logits, hidden)
         b, t = input_ids.shape
         k = at.shape[0]
         if pair:
-            at = torch.cat([at, self.summary_positions(attention_mask, b, t)])  # (k + b,)
+            read = self.pair_positions(token_type_ids, attention_mask, b, t)
+            at = torch.cat([at, read])  # (k + b,), or (k + 2b,) with pair_head: difference
         if self.prune_last_block:
             rows = self.encode(
                 input_ids, token_type_ids, attention_mask, at=at, hits=hits, geometry=geometry

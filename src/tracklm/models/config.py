@@ -17,6 +17,8 @@ INPUT_MODES = ("tokens", "geometry", "hits")
 """What a model reads of each hit, in order of information (``TrackingBertConfig.inputs``)."""
 OBJECTIVES = ("masked", "next-module")
 """What a model is pre-trained to predict (``TrackingBertConfig.objective``)."""
+PAIR_HEADS = ("cls", "difference")
+"""How the pair head reads a pair (``TrackingBertConfig.pair_head``)."""
 
 
 @dataclass
@@ -49,6 +51,12 @@ class TrackingBertConfig:
         both sides) or ``"next-module"`` (causal attention: each position predicts the next
         token, the last hit predicting the ``[SEP]`` that ends the track; the pair head reads
         the last token, the only one that sees both tracks).
+    pair_head : how the pair head reads ``[CLS] A [SEP] B [SEP]``: ``"cls"`` (the paper's: a
+        pooler and a classifier on one summary token, ``[CLS]`` or a causal model's last token)
+        or ``"difference"`` (the same pooler and a one-output classifier score each track at
+        the ``[SEP]`` that ends it, and the logit is score(B) - score(A): one pT-like ranking
+        per track, antisymmetric in A and B by construction). The question and the label are
+        the paper's either way.
     """
 
     vocab_size: int = 4010
@@ -67,6 +75,7 @@ class TrackingBertConfig:
     inputs: Literal["tokens", "geometry", "hits"] = "tokens"
     position_loss_weight: float = 1.0
     objective: Literal["masked", "next-module"] = "masked"
+    pair_head: Literal["cls", "difference"] = "cls"
 
     def __post_init__(self) -> None:
         sizes = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
@@ -85,6 +94,8 @@ class TrackingBertConfig:
              f"pad_token_id {self.pad_token_id} outside the vocabulary"),
             (self.inputs not in INPUT_MODES,
              f"inputs {self.inputs!r} is not one of {', '.join(INPUT_MODES)}"),
+            (self.pair_head not in PAIR_HEADS,
+             f"pair_head {self.pair_head!r} is not one of {', '.join(PAIR_HEADS)}"),
             (self.objective not in OBJECTIVES,
              f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}"),
             (not self.position_loss_weight >= 0.0,

@@ -68,20 +68,42 @@ class MaskedModuleHead(nn.Module):
 
 
 class PairHead(nn.Module):
-    """Pooler (dense + tanh) on ``[CLS]`` (``TrackingBert.summary_positions``), then one logit of pT(B) > pT(A) (or ``num_outputs``)."""
+    """Pooler (dense + tanh), then one logit of pT(B) > pT(A) (or ``num_outputs``).
 
-    def __init__(self, config: TrackingBertConfig, num_outputs: int = 1) -> None:
+    It reads one summary token per row (``TrackingBert.summary_positions``; the tasks' track
+    heads, and the pair head of ``pair_head: cls``). With ``difference`` (``pair_head:
+    difference``) it reads two rows per pair, the
+    ``[SEP]`` ending track A and the one ending track B (``TrackingBert.pair_positions``), scores
+    each with the same pooler and classifier, and returns score(B) - score(A).
+    """
+
+    def __init__(
+        self, config: TrackingBertConfig, num_outputs: int = 1, difference: bool = False
+    ) -> None:
         super().__init__()
+        if difference and num_outputs != 1:
+            raise ValueError("a difference head has one output")
         self.num_outputs = num_outputs
+        self.difference = difference
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, num_outputs)
 
     def forward(self, hidden: Tensor) -> Tensor:
-        """(b, t, d) hidden states -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
-        return self.classify(hidden[:, 0])
+        """(b, t, d) hidden states -> (b,) logits ((b, num_outputs) when num_outputs > 1), read at
+        ``[CLS]`` (a task head's use; the pair task goes through ``TrackingBert.heads_at``)."""
+        return self.score(hidden[:, 0])
 
-    def classify(self, cls: Tensor) -> Tensor:
-        """(b, d) hidden states at ``[CLS]`` -> (b,) logits ((b, num_outputs) when num_outputs > 1)."""
-        pooled = torch.tanh(self.pooler(cls))  # (b, d)
-        logits: Tensor = self.classifier(pooled)  # (b, num_outputs)
+    def score(self, rows: Tensor) -> Tensor:
+        """(n, d) hidden states -> (n,) scores ((n, num_outputs) when num_outputs > 1)."""
+        pooled = torch.tanh(self.pooler(rows))  # (n, d)
+        logits: Tensor = self.classifier(pooled)  # (n, num_outputs)
         return logits.squeeze(-1) if self.num_outputs == 1 else logits
+
+    def classify(self, rows: Tensor) -> Tensor:
+        """The pair logits from the rows at ``TrackingBert.pair_positions``: (b, d) summary rows,
+        or (2b, d) with ``difference`` (the b rows ending track A, then the b ending track B)."""
+        scores = self.score(rows)
+        if not self.difference:
+            return scores
+        b = scores.shape[0] // 2
+        return scores[b:] - scores[:b]

@@ -21,6 +21,7 @@ from tracklm._fs import atomic_output_file
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models.config import TrackingBertConfig
+from tracklm.pretrained import resolve_model
 
 if TYPE_CHECKING:  # bert.py imports this module
     from tracklm.models.bert import TrackingBert
@@ -111,7 +112,8 @@ def from_pretrained(
     Parameters
     ----------
     cls : the model class, built from the ``TrackingBertConfig`` in ``config.json``.
-    directory : the model directory.
+    directory : the model directory, or the name of a model shipped with the package
+        (``tracklm.pretrained``, e.g. ``"trackml-pixel"``).
     map_location : device for the weights.
     attention : attention backend of the rebuilt model (see ``TrackingBert``).
 
@@ -125,7 +127,7 @@ def from_pretrained(
         When a file is missing or unreadable, the vocabulary size differs from the config's, or
         a tensor is missing, unexpected or of the wrong shape for the config.
     """
-    directory = Path(directory)
+    directory = resolve_model(directory)
     if not directory.is_dir():
         raise InputError(f"{directory}: no model directory")
     config_path = directory / CONFIG_FILE

@@ -126,6 +126,8 @@ class TaskContext:
     b_field_t : the magnetic field the dataset was made with, tesla along +z.
     frames_source : gives the modules' frames by token id when first asked (``frames``); None
         when unknown.
+    train_source : gives the dataset's train split when first asked (``train_tracks``), for
+        baselines counted on training tracks (the pt task's ``lookup``); None when unknown.
     """
 
     vocab: ModuleVocab
@@ -133,6 +135,7 @@ class TaskContext:
     surfaces: TokenLayers
     b_field_t: float
     frames_source: Callable[[], ModuleFrames] | None = field(default=None, compare=False)
+    train_source: Callable[[], TrackArrays] | None = field(default=None, compare=False)
 
     @cached_property
     def frames(self) -> ModuleFrames | None:
@@ -140,6 +143,12 @@ class TaskContext:
         ``geometry`` or ``hits`` model's table comes), for tasks that place a hit on another
         module; None when unknown. Read once, when first needed."""
         return None if self.frames_source is None else self.frames_source()
+
+    @cached_property
+    def train_tracks(self) -> TrackArrays | None:
+        """The train split's tracks (``train_source``), read once when first needed; None when
+        unknown."""
+        return None if self.train_source is None else self.train_source()
 
     @classmethod
     def from_dataset(cls, dataset: PreparedDataset) -> TaskContext:
@@ -149,6 +158,7 @@ class TaskContext:
             surfaces=TokenLayers.from_modules(dataset.modules, len(dataset.vocab)),
             b_field_t=dataset.b_field_t,
             frames_source=dataset.frames,
+            train_source=lambda: dataset.split("train"),
         )
 
     def layer_of(self, tokens: np.ndarray) -> np.ndarray:

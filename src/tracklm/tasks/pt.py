@@ -14,6 +14,10 @@ Every hit is shown, with its measured position (read by an ``inputs: hits`` mode
     this is coarse and biased;
   - ``circle_hits``: the measured hit positions (``Examples.hits``), what a hit-aware model sees.
 
+  and ``lookup``: the mean log pT (and charge) of the train split's tracks with the same
+  (first, second, last) module, backing off to (first, last), first and all (the pair task's
+  ``lookup``; the best module-only estimate of pT found so far).
+
   pT = 0.3 * B[T] * R[m] in the dataset's field (``b_field_t``), charge from the bending
   direction (a positive particle turns clockwise seen from +z, the field being along +z).
 * Metrics: the relative pT error's ``q68_abs`` (68% quantile of its absolute value, the
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tracklm.evaluate.metrics import exact_accuracy
+from tracklm.evaluate.pair_baselines import lookup_mean
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import PairHead, TrackingBert
 from tracklm.tasks.common import (
@@ -124,6 +129,26 @@ def baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
     return beam_line_circle(context.centres_of(tokens), used, context.b_field_t)
 
 
+def lookup_baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
+    """``lookup``: the mean log pT, and the mean charge, of the training tracks with the same
+    (first, second, last) module, backing off to shorter keys (module docstring)."""
+    train = context.train_tracks
+    if train is None or len(train) == 0:
+        raise ValueError("the lookup baseline needs the dataset's training tracks")
+    charged = (np.asarray(train.charge) != 0) & (np.asarray(train.pt) > 0)
+    train_tokens, train_lengths = (
+        np.asarray(train.tokens)[charged],
+        np.asarray(train.lengths)[charged],
+    )
+
+    def mean_of(values: np.ndarray) -> np.ndarray:
+        return lookup_mean(train_tokens, train_lengths, values, examples.tokens, examples.lengths)
+
+    log_pt = mean_of(np.log(np.asarray(train.pt, dtype=np.float64)[charged]))
+    charge = mean_of(np.sign(np.asarray(train.charge, dtype=np.float64)[charged]))
+    return {"pt_gev": np.exp(log_pt), "charge": np.where(charge >= 0.0, 1, -1)}
+
+
 def circle_hits_baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
     """``circle_hits``: through the beam line and the measured hits (module docstring)."""
     if examples.hits is None:
@@ -147,5 +172,5 @@ SPEC = TaskSpec(
     headline="pt_q68_abs",
     higher_is_better=False,
     baseline_name="circle",
-    extra_baselines={"circle_hits": circle_hits_baseline},
+    extra_baselines={"circle_hits": circle_hits_baseline, "lookup": lookup_baseline},
 )

@@ -41,6 +41,12 @@ class PretrainConfig:
     pairing : ``event`` (A and B from the same event), ``any`` (any two tracks) or ``single``.
     pair_task : ``pt`` (label pT(B) > pT(A), the paper's task), ``swap`` (the public code's
         replaced-B task, for reproduction) or ``none``.
+    mlm_loss_weight, pair_loss_weight : weights of the masked-module and the pair losses in
+        the training loss (the position loss keeps the model's ``position_loss_weight``);
+        validation's ``val/loss`` is always their plain sum, so runs compare.
+    pair_clean_fraction : fraction of each training batch's pairs left unmasked, training the
+        pair task on clean pairs (as the evaluation asks it) at the cost of their module labels;
+        validation batches stay as configured.
     val_every : optimiser steps between validations on the held-out ``val`` split.
     val_batches : batches per validation (fixed pairs and masks, so numbers compare across steps).
     val_mask_rate : mask rate of the validation batches.
@@ -65,6 +71,9 @@ class PretrainConfig:
     mask_rate_steps: tuple[int, ...] = (50_000, 100_000)
     pairing: Literal["event", "any", "single"] = "event"
     pair_task: Literal["pt", "swap", "none"] = "pt"
+    mlm_loss_weight: float = 1.0
+    pair_loss_weight: float = 1.0
+    pair_clean_fraction: float = 0.0
     val_every: int = 1000
     val_batches: int = 20
     val_mask_rate: float = 0.15
@@ -98,6 +107,16 @@ class PretrainConfig:
         if self.pairing == "single" and self.pair_task != "none":
             raise InputError(
                 f"pretrain config: pair_task {self.pair_task!r} needs pairs; use pair_task: none with pairing: single"
+            )
+        if not (self.mlm_loss_weight >= 0 and self.pair_loss_weight >= 0) or not (
+            self.mlm_loss_weight + self.pair_loss_weight > 0
+        ):
+            raise InputError(
+                "pretrain config: mlm_loss_weight and pair_loss_weight must be >= 0, not both 0"
+            )
+        if not 0.0 <= self.pair_clean_fraction < 1.0:
+            raise InputError(
+                f"pretrain config: pair_clean_fraction must lie in [0, 1), got {self.pair_clean_fraction}"
             )
         if not 0.0 < self.val_mask_rate <= 1.0:
             raise InputError(

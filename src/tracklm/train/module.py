@@ -23,6 +23,7 @@ from tracklm.data.masking import IGNORE_INDEX
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models import TrackingBert
+from tracklm.models.heads import TrackingBertOutput
 from tracklm.train.config import PretrainConfig
 from tracklm.train.optim import build_optimizer
 
@@ -78,6 +79,7 @@ class PretrainModule(pl.LightningModule):
             hits=batch.get("hits"),
             hit_labels=batch.get("hit_labels"),
         )
+        loss = self._weighted_loss(out)
         step = self.trainer.global_step
         # Only on the steps the loggers write: self.log costs as much as a tiny model's forward.
         # (set on the Trainer at run time, unknown to its type stubs)
@@ -90,7 +92,21 @@ class PretrainModule(pl.LightningModule):
             self.log_dict(metrics, batch_size=batch["input_ids"].shape[0])
             self.log("train/mask_rate", self.schedule.rate_at(step))
             self.log("lr", self._learning_rate())
-        return out.loss
+        return loss
+
+    def _weighted_loss(self, out: TrackingBertOutput) -> torch.Tensor:
+        """The training loss: ``out.loss`` with the masked-module and pair losses reweighted
+        (``mlm_loss_weight``, ``pair_loss_weight``)."""
+        assert out.loss is not None
+        c = self.config
+        if c.mlm_loss_weight == 1.0 and c.pair_loss_weight == 1.0:
+            return out.loss
+        loss = out.loss
+        if out.mlm_loss is not None:
+            loss = loss + (c.mlm_loss_weight - 1.0) * out.mlm_loss
+        if out.pair_loss is not None:
+            loss = loss + (c.pair_loss_weight - 1.0) * out.pair_loss
+        return loss
 
     def _learning_rate(self) -> float:
         """The learning rate in force (from the one step-wise scheduler ``configure_optimizers`` sets)."""
@@ -169,6 +185,9 @@ class PretrainModule(pl.LightningModule):
             self.log(
                 f"val/{name}", value, prog_bar=name in ("loss", "masked_accuracy"), sync_dist=True
             )
+        # The training wall time that reached this model (validations excluded): the
+        # time-to-accuracy curve of a run is its CSV log.
+        self.log("time/train_seconds", self._train_seconds, sync_dist=True)
         self._val_sums = None
 
 
@@ -234,7 +253,7 @@ class PretrainData(pl.LightningDataModule):
         }
         self.train_batches = PairBatches(
             self.data / "train", self.vocab, batch_size=c.batch_size, seed=self.seed,
-            mask_schedule=c.mask_schedule, **common,
+            mask_schedule=c.mask_schedule, clean_fraction=c.pair_clean_fraction, **common,
         )  # fmt: skip
         if self.train_batches.batches_per_epoch < 1:
             raise InputError(

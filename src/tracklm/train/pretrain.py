@@ -40,7 +40,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from tracklm import config as config_lib
 from tracklm._fs import atomic_output_dir, write_json
-from tracklm.data.batches import input_width
+from tracklm.data.batches import PairBatches, input_width
 from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
@@ -50,6 +50,7 @@ from tracklm.models.inputs import module_geometry_table
 from tracklm.train.checkpoint import AtomicCheckpointIO
 from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
 from tracklm.train.module import PretrainData, PretrainModule
+from tracklm.train.schedule import Pace, fit_schedule, measure_pace, steps_for_minutes
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,12 @@ def run_pretrain(
     out : run directory; must be new (or empty) unless ``resume``.
     preset : ``tiny``, ``small`` or ``paper`` (ignored with ``resume``: the run keeps its config).
     config : YAML file of ``PretrainConfig`` keys overriding the preset (or the resumed run's config).
-    max_steps : optimiser steps of the run (overrides the config; may extend a resumed run).
-    max_time : wall-clock minutes for this invocation; training stops then and the model is written.
+    max_steps : optimiser steps of the run (overrides the config; may extend a resumed run). On a
+        new run the preset's warm-up, mask-rate stages and intervals are rescaled to it
+        (``train/schedule.py``), except those the ``config`` file sets.
+    max_time : wall-clock minutes for this invocation; training stops then and the model is
+        written. On a new run without ``max_steps`` (from the option or the ``config`` file),
+        the schedule is fitted to the steps this machine runs in that time, measured first.
     batch_size : pairs per batch per device (overrides the config).
     devices, num_nodes, strategy, accelerator : passed to ``lightning.pytorch.Trainer``
         (e.g. ``devices="2", strategy="ddp"`` for data-parallel training).
@@ -112,6 +117,8 @@ def run_pretrain(
     overrides: dict[str, Any] = {"max_steps": max_steps, "batch_size": batch_size}
     first_process = _process_rank() == 0
     checkpoint: Path | None
+    fitted: dict[str, Any] | None = None
+    file_keys: frozenset[str] = frozenset()
     if resume:
         cfg, seed = _resumed_settings(run, dataset, config, overrides)
         checkpoint = run / CHECKPOINT_DIR / LAST_CHECKPOINT
@@ -119,7 +126,8 @@ def run_pretrain(
             log.warning("%s: no checkpoint yet; starting the run again from step 0", checkpoint)
             checkpoint = None
     else:
-        cfg = load_pretrain_config(preset, config, overrides)
+        # --max-steps on a new run rescales the preset's schedule (train/schedule.py).
+        cfg = load_pretrain_config(preset, config, {**overrides, "max_steps": None})
         checkpoint = None
         chosen = {"inputs": (inputs, INPUT_MODES), "objective": (objective, OBJECTIVES)}
         for name, (value, known) in chosen.items():
@@ -128,6 +136,10 @@ def run_pretrain(
             if value not in known:
                 raise InputError(f"--{name}: {value!r} is not one of {', '.join(known)}")
             cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, name: value})
+        file_keys = frozenset(config_lib.read_yaml(config)) if config is not None else frozenset()
+        if max_steps is not None:
+            cfg = fit_schedule(cfg, max_steps, keep=file_keys)
+            fitted = {"to": "max_steps", "max_steps": max_steps}
     # Refuse bad model_overrides now, before a new run directory exists.
     try:
         planned = _model_config(
@@ -148,18 +160,32 @@ def run_pretrain(
             f"--objective: the run in {run} trains a model with objective "
             f"{planned.objective!r}, not {objective!r}; start a new run to change it"
         )
+    if not resume and first_process and run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise InputError(
+            f"--out: {run} already exists and is not empty (use --resume to continue it)"
+        )
+    fit_time = not resume and max_steps is None and max_time is not None
+    if fit_time and "max_steps" not in file_keys and not first_process:
+        # Ranks started by rank 0 take the schedule it measured and wrote (run.json).
+        cfg = _fitted_by_rank_zero(run, cfg)
+    elif fit_time and "max_steps" not in file_keys:
+        assert max_time is not None
+        started = time.perf_counter()
+        pace = _measure_pace(dataset, cfg, planned, seed, accelerator)
+        left = max(max_time - (time.perf_counter() - started) / 60.0, 0.0)
+        cfg = fit_schedule(cfg, steps_for_minutes(cfg, left, pace), keep=file_keys)
+        fitted = {"to": "max_time", "max_time_minutes": max_time, "pace": pace.to_dict(),
+                  "max_steps": cfg.max_steps}  # fmt: skip
+        max_time = left
+        log.info("pretrain: %.1f minutes fit %d steps at this pace", left, cfg.max_steps)
     new_run = not resume and first_process
     # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
     if new_run:
-        if run.exists() and (not run.is_dir() or any(run.iterdir())):
-            raise InputError(
-                f"--out: {run} already exists and is not empty (use --resume to continue it)"
-            )
         try:
             # The run directory appears with its run.json: a kill at any moment leaves either no
             # run (start it again) or one that --resume continues.
             with atomic_output_dir(run) as tmp:
-                write_json(tmp / RUN_FILE, _run_record(dataset, cfg, seed))
+                write_json(tmp / RUN_FILE, _run_record(dataset, cfg, seed, fitted))
         except OSError as exc:
             raise InputError(
                 f"--out {run}: cannot create the run directory ({exc.strerror})"
@@ -352,7 +378,11 @@ def _final_validation(
     if data.n_val_batches == 0:
         return {}
     results = trainer.validate(module, datamodule=data, verbose=False)
-    return {key.removeprefix("val/"): float(value) for key, value in results[0].items()}
+    return {
+        key.removeprefix("val/"): float(value)
+        for key, value in results[0].items()
+        if key.startswith("val/")
+    }
 
 
 def _run_metrics(
@@ -434,13 +464,60 @@ def _model_config(config: PretrainConfig, *, vocab_size: int, width: int) -> Tra
     return TrackingBertConfig.preset(config.model, **overrides)
 
 
-def _run_record(dataset: PreparedDataset, config: PretrainConfig, seed: int) -> dict[str, Any]:
-    return {
+def _run_record(
+    dataset: PreparedDataset,
+    config: PretrainConfig,
+    seed: int,
+    fitted: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    record = {
         "data": str(dataset.path),
         "vocab_sha256": dataset.vocab.sha256,
         "seed": seed,
         "config": config.to_dict(),
     }
+    if fitted is not None:
+        record["schedule_fitted"] = fitted  # how --max-steps/--max-time sized the schedule
+    return record
+
+
+def _fitted_by_rank_zero(run: Path, config: PretrainConfig) -> PretrainConfig:
+    """The config rank 0 fitted to ``--max-time`` (its ``run.json``), or ``config`` without one."""
+    try:
+        record = json.loads((run / RUN_FILE).read_text())
+        return config_lib.from_dict(PretrainConfig, record["config"], where=str(run / RUN_FILE))
+    except (OSError, ValueError, KeyError):
+        return config
+
+
+def _measure_pace(
+    dataset: PreparedDataset,
+    config: PretrainConfig,
+    model_config: TrackingBertConfig,
+    seed: int,
+    accelerator: str,
+) -> Pace:
+    """This machine's seconds per training step for the run about to start (``measure_pace``)."""
+    from tracklm.runtime import configure_torch
+
+    configure_torch()
+    use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    torch.manual_seed(seed)
+    model = TrackingBert(model_config)
+    if model_config.reads_geometry:
+        model.set_module_geometry(module_geometry_table(dataset.frames()))
+    batches = PairBatches(
+        dataset.path / "train", dataset.vocab, batch_size=config.batch_size, seed=seed,
+        mask_schedule=config.mask_schedule, pairing=config.pairing, pair_task=config.pair_task,
+        hits=model_config.reads_hits, next_module=model_config.causal,
+    )  # fmt: skip
+    if batches.batches_per_epoch < 1:
+        raise InputError(
+            f"--batch-size: {config.batch_size} pairs exceed the {batches.n_pairs} training "
+            f"pairs of {dataset.path / 'train'}"
+        )
+    device = torch.device("cuda") if use_cuda else torch.device("cpu")
+    return measure_pace(model, batches, config, device=device)
 
 
 def _resumed_settings(

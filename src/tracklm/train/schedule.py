@@ -1,0 +1,162 @@
+"""A training budget is a schedule: fit a preset's step-counted schedule to ``--max-steps`` or
+``--max-time``.
+
+A preset sizes its warm-up, mask-rate stages, validation and checkpoint intervals for its own
+``max_steps`` (hours on a CPU, a GPU-day for ``paper``). ``tracklm pretrain --max-steps N`` on a
+new run rescales each of them in proportion to N (``fit_schedule``), so a short run still warms
+up, raises the mask rate and decays the learning rate to zero. ``--max-time M`` first measures
+this machine's pace on a few throw-away training steps (``measure_pace``), then fits the
+schedule to the steps that M minutes hold (``steps_for_minutes``); the timer still stops the run
+at M minutes if the machine slows down. Keys that the user's ``--config`` file sets itself are
+kept as written; a file that sets ``max_steps`` turns the fitting off (the budget is then a cap).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tracklm.train.config import PretrainConfig
+from tracklm.train.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_KEYS = ("warmup_steps", "mask_rate_steps", "val_every", "checkpoint_every")
+"""The step-counted keys ``fit_schedule`` rescales with ``max_steps``."""
+
+FORWARD_FRACTION = 0.35
+"""Cost of a validation batch (forward only) relative to a training step (forward, backward,
+optimiser), for the time a run's validations take."""
+
+
+def fit_schedule(
+    config: PretrainConfig, max_steps: int, keep: tuple[str, ...] | frozenset[str] = ()
+) -> PretrainConfig:
+    """``config`` run for ``max_steps`` with its schedule rescaled in proportion.
+
+    Parameters
+    ----------
+    config : the schedule as sized for ``config.max_steps``.
+    max_steps : the new number of optimiser steps.
+    keep : keys of ``SCHEDULE_KEYS`` to leave as they are (set by the user).
+
+    Returns
+    -------
+    The config with ``max_steps`` and each rescaled key; mask-rate stage boundaries stay strictly
+    increasing and below ``max_steps`` (a stage too short to exist is squeezed to one step).
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    scale = max_steps / config.max_steps
+    changes: dict[str, Any] = {"max_steps": max_steps}
+    if "warmup_steps" not in keep:
+        changes["warmup_steps"] = min(round(config.warmup_steps * scale), max_steps - 1)
+    if "mask_rate_steps" not in keep:
+        boundaries: list[int] = []
+        for step in config.mask_rate_steps:
+            floor = boundaries[-1] + 1 if boundaries else 1
+            boundaries.append(max(floor, round(step * scale)))
+        changes["mask_rate_steps"] = tuple(boundaries)
+    for key in ("val_every", "checkpoint_every"):
+        if key not in keep:
+            changes[key] = max(1, round(getattr(config, key) * scale))
+    return dataclasses.replace(config, **changes)
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Seconds per training step measured on this machine, and how they were measured."""
+
+    seconds_per_step: float
+    steps_timed: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def steps_for_minutes(
+    config: PretrainConfig, minutes: float, pace: Pace, margin: float = 0.95
+) -> int:
+    """Optimiser steps that fit in ``minutes`` of training at ``pace``, validations included.
+
+    The validation intervals scale with the steps, so the fraction of time they take is the
+    config's own: ``val_batches`` forward passes every ``val_every`` steps. ``margin`` leaves
+    room for start-up, checkpoints and the final validation.
+    """
+    per_step = pace.seconds_per_step * (
+        1.0 + FORWARD_FRACTION * config.val_batches / max(config.val_every, 1)
+    )
+    steps = int(minutes * 60.0 * margin / per_step)
+    # The validation share depends on val_every, which scales with the steps: settle it once.
+    fitted = fit_schedule(config, max(steps, 1))
+    per_step = pace.seconds_per_step * (
+        1.0 + FORWARD_FRACTION * fitted.val_batches / max(fitted.val_every, 1)
+    )
+    return max(1, int(minutes * 60.0 * margin / per_step))
+
+
+def measure_pace(
+    model: torch.nn.Module,
+    batches: Any,
+    config: PretrainConfig,
+    *,
+    device: torch.device | None = None,
+    seconds: float = 12.0,
+    max_steps: int = 60,
+    warm_steps: int = 5,
+) -> Pace:
+    """Seconds per training step of ``model`` on ``batches`` (a ``PairBatches``), measured on
+    throw-away steps.
+
+    The model is trained on a copy of its weights with the run's optimiser (``build_optimizer``),
+    so nothing of the run changes. The batches of steps 0, 1, ... are built in the timed loop, as a run without
+    DataLoader workers builds them. Timing starts after ``warm_steps`` and stops after
+    ``seconds`` or ``max_steps`` timed steps.
+    """
+    import copy
+
+    device = device or torch.device("cpu")
+    trial = copy.deepcopy(model).to(device).train()
+    optimizer, _ = build_optimizer(
+        trial, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.999),
+        warmup_steps=0, total_steps=1,
+    )  # fmt: skip
+    autocast = device.type == "cuda" and config.precision in ("auto", "bf16-mixed")
+    timed, start = 0, 0.0
+    step = 0
+    while True:
+        if step == warm_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+        batch = {key: value.to(device) for key, value in batches[step].items() if key != "step"}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = trial(
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch["attention_mask"],
+                labels=batch["labels"],
+                pair_labels=batch.get("pair_labels"),
+                hits=batch.get("hits"),
+                hit_labels=batch.get("hit_labels"),
+            )
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        step += 1
+        if step > warm_steps:
+            timed += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds or timed >= max_steps:
+                break
+    pace = Pace(seconds_per_step=elapsed / timed, steps_timed=timed, seconds=elapsed)
+    log.info("pretrain: measured %.4f s per step over %d steps", pace.seconds_per_step, timed)
+    return pace
