@@ -32,6 +32,20 @@ log = logging.getLogger(__name__)
 _SEED_MODULUS = 2**31 - 1
 
 
+def forward_batch(model: TrackingBert, batch: dict[str, torch.Tensor]) -> TrackingBertOutput:
+    """The model on one ``PairBatches`` batch, with every label the batch holds."""
+    out: TrackingBertOutput = model(
+        batch["input_ids"],
+        batch["token_type_ids"],
+        batch["attention_mask"],
+        labels=batch["labels"],
+        pair_labels=batch.get("pair_labels"),
+        hits=batch.get("hits"),
+        hit_labels=batch.get("hit_labels"),
+    )
+    return out
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Torch seed of one training step on one rank (dropout is then a function of the step)."""
     return (
@@ -70,20 +84,13 @@ class PretrainModule(pl.LightningModule):
             self._last_time = time.perf_counter()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.model(
-            batch["input_ids"],
-            batch["token_type_ids"],
-            batch["attention_mask"],
-            labels=batch["labels"],
-            pair_labels=batch.get("pair_labels"),
-            hits=batch.get("hits"),
-            hit_labels=batch.get("hit_labels"),
-        )
+        out = forward_batch(self.model, batch)
         loss = self._weighted_loss(out)
         step = self.trainer.global_step
         # Only on the steps the loggers write: self.log costs as much as a tiny model's forward.
         # (set on the Trainer at run time, unknown to its type stubs)
         if (step + 1) % self.trainer.log_every_n_steps == 0:  # type: ignore[attr-defined]
+            assert out.loss is not None and out.mlm_loss is not None  # labels were given
             metrics = {"train/loss": out.loss.detach(), "train/mlm_loss": out.mlm_loss.detach()}
             if out.pair_loss is not None:
                 metrics["train/pair_loss"] = out.pair_loss.detach()
@@ -153,15 +160,8 @@ class PretrainModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         labels = batch["labels"]
         pair_labels = batch.get("pair_labels")
-        out = self.model(
-            batch["input_ids"],
-            batch["token_type_ids"],
-            batch["attention_mask"],
-            labels=labels,
-            pair_labels=pair_labels,
-            hits=batch.get("hits"),
-            hit_labels=batch.get("hit_labels"),
-        )
+        out = forward_batch(self.model, batch)
+        assert out.loss is not None  # labels were given
         targets = labels[labels != IGNORE_INDEX]
         correct = (out.mlm_logits.argmax(dim=-1) == targets).sum()
         sums = [out.loss.detach().double(), 1.0, correct.double(), float(targets.numel()), 0.0, 0.0]

@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from tracklm.models import TrackingBert
 from tracklm.train.config import PretrainConfig
+from tracklm.train.module import forward_batch
 from tracklm.train.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ def steps_for_minutes(
 
 
 def measure_pace(
-    model: torch.nn.Module,
+    model: TrackingBert,
     batches: Any,
     config: PretrainConfig,
     *,
@@ -137,15 +139,8 @@ def measure_pace(
             start = time.perf_counter()
         batch = {key: value.to(device) for key, value in batches[step].items() if key != "step"}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = trial(
-                batch["input_ids"],
-                batch["token_type_ids"],
-                batch["attention_mask"],
-                labels=batch["labels"],
-                pair_labels=batch.get("pair_labels"),
-                hits=batch.get("hits"),
-                hit_labels=batch.get("hit_labels"),
-            )
+            out = forward_batch(trial, batch)
+        assert out.loss is not None  # the batch holds labels
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
