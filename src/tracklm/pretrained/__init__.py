@@ -42,10 +42,11 @@ def resolve_model(model: str | os.PathLike[str]) -> Path:
     if path.exists():
         return path
     text = os.fspath(model)
-    if text in shipped_names():
+    names = shipped_names()
+    if text in names:
         return Path(str(resources.files(__package__).joinpath(text)))
     if os.sep not in text and "/" not in text:
-        known = ", ".join(shipped_names()) or "none"
+        known = ", ".join(names) or "none"
         raise InputError(
             f"--model {text}: no such model directory, and no shipped model of that name "
             f"(shipped: {known})"

@@ -40,7 +40,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from tracklm import config as config_lib
 from tracklm._fs import atomic_output_dir, write_json
-from tracklm.data.batches import PairBatches, input_width
+from tracklm.data.batches import input_width
 from tracklm.errors import InputError
 from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
@@ -171,7 +171,7 @@ def run_pretrain(
     elif fit_time and "max_steps" not in file_keys:
         assert max_time is not None
         started = time.perf_counter()
-        pace = _measure_pace(dataset, cfg, planned, seed, accelerator)
+        pace = _measure_pace(dataset, cfg, seed, accelerator)
         left = max(max_time - (time.perf_counter() - started) / 60.0, 0.0)
         cfg = fit_schedule(cfg, steps_for_minutes(cfg, left, pace), keep=file_keys)
         fitted = {"to": "max_time", "max_time_minutes": max_time, "pace": pace.to_dict(),
@@ -491,33 +491,19 @@ def _fitted_by_rank_zero(run: Path, config: PretrainConfig) -> PretrainConfig:
 
 
 def _measure_pace(
-    dataset: PreparedDataset,
-    config: PretrainConfig,
-    model_config: TrackingBertConfig,
-    seed: int,
-    accelerator: str,
+    dataset: PreparedDataset, config: PretrainConfig, seed: int, accelerator: str
 ) -> Pace:
-    """This machine's seconds per training step for the run about to start (``measure_pace``)."""
+    """This machine's seconds per training step for the run about to start (``measure_pace``),
+    on the model and training batches the run builds (``_build_module_and_data``)."""
     from tracklm.runtime import configure_torch
 
     configure_torch()
+    _, module, data = _build_module_and_data(dataset, config, seed)
+    data.setup("fit")  # refuses a batch larger than the training split, as training does
+    assert data.train_batches is not None
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    torch.manual_seed(seed)
-    model = TrackingBert(model_config)
-    if model_config.reads_geometry:
-        model.set_module_geometry(module_geometry_table(dataset.frames()))
-    batches = PairBatches(
-        dataset.path / "train", dataset.vocab, batch_size=config.batch_size, seed=seed,
-        mask_schedule=config.mask_schedule, pairing=config.pairing, pair_task=config.pair_task,
-        hits=model_config.reads_hits, next_module=model_config.causal,
-    )  # fmt: skip
-    if batches.batches_per_epoch < 1:
-        raise InputError(
-            f"--batch-size: {config.batch_size} pairs exceed the {batches.n_pairs} training "
-            f"pairs of {dataset.path / 'train'}"
-        )
     device = torch.device("cuda") if use_cuda else torch.device("cpu")
-    return measure_pace(model, batches, config, device=device)
+    return measure_pace(module.model, data.train_batches, config, device=device)
 
 
 def _resumed_settings(

@@ -91,16 +91,15 @@ def steps_for_minutes(
     config's own: ``val_batches`` forward passes every ``val_every`` steps. ``margin`` leaves
     room for start-up, checkpoints and the final validation.
     """
-    per_step = pace.seconds_per_step * (
-        1.0 + FORWARD_FRACTION * config.val_batches / max(config.val_every, 1)
-    )
-    steps = int(minutes * 60.0 * margin / per_step)
+
+    def seconds_per_step(schedule: PretrainConfig) -> float:
+        validation = FORWARD_FRACTION * schedule.val_batches / max(schedule.val_every, 1)
+        return pace.seconds_per_step * (1.0 + validation)
+
+    steps = max(1, int(minutes * 60.0 * margin / seconds_per_step(config)))
     # The validation share depends on val_every, which scales with the steps: settle it once.
-    fitted = fit_schedule(config, max(steps, 1))
-    per_step = pace.seconds_per_step * (
-        1.0 + FORWARD_FRACTION * fitted.val_batches / max(fitted.val_every, 1)
-    )
-    return max(1, int(minutes * 60.0 * margin / per_step))
+    fitted = fit_schedule(config, steps)
+    return max(1, int(minutes * 60.0 * margin / seconds_per_step(fitted)))
 
 
 def measure_pace(
