@@ -1,13 +1,12 @@
 """Time to accuracy: wall-clock seconds of pre-training to reach validation masked-module accuracies.
 
-Pre-trains a preset on a prepared dataset (demo-like: a few simulated PU200 events) for a fixed
-wall-clock budget with the demo's short-budget recipe (``tracklm.demo.demo_pretrain_overrides``:
-batch 128, learning rate 2e-3, 100 warm-up steps, no dropout, decay sized to the budget) through
-the library's ``tracklm.train.pretrain.train`` (the function behind ``tracklm pretrain``), with
-one extra callback that writes the elapsed training wall time into the run's CSV log
-(``RUN/logs/version_0/metrics.csv``, column ``time/wall_seconds``) next to Lightning's
-``val/masked_accuracy`` rows. The curve (accuracy against seconds) is read back from that CSV and
-written as PNG + JSON.
+Pre-trains a preset on a prepared dataset (demo-like: a few simulated PU200 events) with
+``tracklm pretrain --max-time MINUTES`` (``tracklm.train.pretrain.run_pretrain``): the demo's
+short-budget recipe (``tracklm.demo.demo_pretrain_overrides``: batch 128, learning rate 2e-3, no
+dropout) over the preset, its schedule fitted to the pace measured first, with validations every
+``--val-every`` steps for the points of the curve. Every run logs ``time/train_seconds`` (the
+training time that reached the validated model) beside ``val/masked_accuracy`` in its CSV log;
+the curve (accuracy against seconds) is read back from it and written as PNG + JSON.
 
 The peers are the baselines of ``tracklm evaluate`` (``frequency``: most frequent module given the
 neighbouring visible modules, counted on the train split; ``helix``: a helix through the visible
@@ -22,9 +21,9 @@ Usage::
     .venv/bin/python benchmarks/bench_time_to_accuracy.py --data DATA --out RUN [--minutes 2.5]
     .venv/bin/python benchmarks/bench_time_to_accuracy.py --from-run RUN
 
-The second form reads the curve of any finished ``tracklm pretrain`` run (each validation logs
-``time/train_seconds``, the training time that reached it), e.g. ``--preset paper-cpu
---max-time 60``: times to beat each baseline and to reach 75% and 80% validation accuracy.
+The second form reads the curve of any finished ``tracklm pretrain`` run (any recipe), e.g.
+``--preset paper-cpu --max-time 60``: times to beat each baseline and to reach 75% and 80%
+validation accuracy.
 """
 
 from __future__ import annotations
@@ -34,80 +33,24 @@ import csv
 import json
 import logging
 import os
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
+import yaml
 
 from tracklm.demo import DemoConfig, demo_pretrain_overrides
 from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
 from tracklm.io.dataset import open_dataset
-from tracklm.runtime import configure_torch
-from tracklm.train.config import load_pretrain_config
-from tracklm.train.pretrain import train
+from tracklm.train.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
 
-WALL_COLUMN = "time/wall_seconds"
 RUN_WALL_COLUMN = "time/train_seconds"  # logged by every run at each validation
 ACCURACY_COLUMN = "val/masked_accuracy"
 DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-
-
-class WallClockLog(pl.Callback):
-    """Logs, at every validation, the training wall time so far into the run's loggers.
-
-    The time of a validation is taken when it starts, minus the time spent in earlier
-    validations: the seconds of training it took to reach the model being validated.
-    """
-
-    def __init__(self) -> None:
-        self.started: float | None = None
-        self.validating_since = 0.0
-        self.validation_seconds = 0.0
-        self.training_seconds = 0.0
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started = time.perf_counter()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.validating_since = time.perf_counter()
-        if self.started is not None:
-            self.training_seconds = self.validating_since - self.started - self.validation_seconds
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.started is None or trainer.sanity_checking:
-            return
-        self.validation_seconds += time.perf_counter() - self.validating_since
-        for logger in trainer.loggers:
-            logger.log_metrics({WALL_COLUMN: self.training_seconds}, step=trainer.global_step)
-
-
-def read_curve(metrics_csv: str | os.PathLike[str]) -> list[dict[str, float]]:
-    """(step, seconds, accuracy) of every validation in a run's ``metrics.csv``.
-
-    Lightning writes each validation's metrics (at its own step count, one below the trainer's
-    during training) and then our wall-clock entry (at the trainer's optimiser step) as separate
-    rows; the n-th of one kind belongs to the n-th of the other. The final validation after
-    training repeats the last model and is kept once.
-    """
-    accuracy: list[float] = []
-    walls: list[tuple[int, float]] = []
-    with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row.get(ACCURACY_COLUMN):
-                accuracy.append(float(row[ACCURACY_COLUMN]))
-            if row.get(WALL_COLUMN):
-                walls.append((int(float(row["step"])), float(row[WALL_COLUMN])))
-    curve: list[dict[str, float]] = []
-    for value, (step, wall) in zip(accuracy, walls):
-        if curve and step <= curve[-1]["step"]:
-            continue
-        curve.append({"step": step, "seconds": wall, "masked_accuracy": value})
-    return curve
 
 
 def read_run_curve(metrics_csv: str | os.PathLike[str]) -> list[dict[str, float]]:
@@ -220,11 +163,6 @@ def baseline_accuracies(data: str | os.PathLike[str], seed: int = 0) -> dict[str
     return accuracies
 
 
-def frequency_baseline_accuracy(data: str | os.PathLike[str], seed: int = 0) -> float:
-    """Accuracy of the frequency baseline on the val split, one random hidden hit per track."""
-    return baseline_accuracies(data, seed)["frequency"]
-
-
 def plot_curve(curve: list[dict[str, float]], baselines: dict[str, float], title: str) -> Any:
     """Validation masked accuracy against training wall time; returns the Figure."""
     import matplotlib
@@ -268,74 +206,49 @@ def benchmark_time_to_accuracy(
     data : prepared dataset (train and val splits).
     out : run directory (must not exist or be empty); the curve goes to ``out/time_to_accuracy.{png,json}``.
     preset : model preset, trained with the demo recipe (``demo_pretrain_overrides``).
-    minutes : wall-clock budget of training (also sizes the recipe's learning-rate decay).
+    minutes : wall-clock budget of training; the schedule is fitted to it (``--max-time``).
     val_every : optimiser steps between validations (points of the curve).
     batch_size : pairs per batch (None: the demo recipe's 128).
     thresholds : validation masked accuracies to time.
     threads : torch threads.
     seed : run seed.
     """
-    configure_torch()  # as `tracklm pretrain` does (train() calls it too)
     torch.set_num_threads(threads)
     run = Path(out)
-    run.mkdir(parents=True, exist_ok=False)
-    overrides: dict[str, Any] = {
-        **demo_pretrain_overrides(DemoConfig(preset=preset), minutes),
+    settings: dict[str, Any] = {
+        **demo_pretrain_overrides(DemoConfig(preset=preset)),
         "val_every": val_every,
         "val_batches": 4,
         "checkpoint_every": 10**9,
-        "num_workers": 0,
     }
-    if batch_size is not None:
-        overrides["batch_size"] = batch_size
-    config = load_pretrain_config(preset, None, overrides)
-    dataset = open_dataset(data)
-    train(
-        dataset,
-        run,
-        config,
-        seed=seed,
-        max_time=minutes,
-        trainer_options={"accelerator": "cpu", "devices": 1},
-        callbacks=[WallClockLog()],
-    )
-    metrics_csv = run / "logs" / "version_0" / "metrics.csv"
-    curve = read_curve(metrics_csv)
-    baselines = baseline_accuracies(data, seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        recipe = Path(scratch) / "recipe.yaml"
+        recipe.write_text(yaml.safe_dump(settings))
+        run_pretrain(
+            data, run, preset=preset, config=recipe, max_time=minutes, batch_size=batch_size,
+            accelerator="cpu", seed=seed,
+        )  # fmt: skip
+    record = curve_of_run(run, thresholds, seed)
+    baselines = record["baseline_accuracies"]
     baseline = baselines["frequency"]
-    final = curve[-1]["masked_accuracy"] if curve else float("nan")
+    final = record["final_masked_accuracy"]
     result: dict[str, Any] = {
+        **record,
         "preset": preset,
-        "recipe": "tracklm.demo.demo_pretrain_overrides",
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "warmup_steps": config.warmup_steps,
-        "max_steps": config.max_steps,
+        "recipe": "tracklm.demo.demo_pretrain_overrides, schedule fitted to --max-time",
+        "warmup_steps": json.loads((run / "run.json").read_text())["config"]["warmup_steps"],
         "minutes": minutes,
         "threads": threads,
         "train_tracks": int(
             json.loads((Path(data) / "manifest.json").read_text())["n_tracks"]["train"]
         ),
-        "metrics_csv": str(metrics_csv),
-        "curve": curve,
-        "seconds_to_accuracy": {f"{t:.2f}": time_to_reach(curve, t) for t in thresholds},
-        "final_masked_accuracy": final,
-        "final_step": curve[-1]["step"] if curve else 0,
-        "baseline_accuracies": baselines,
-        "seconds_to_beat": {
-            name: time_to_reach(curve, value + 1e-9) for name, value in baselines.items()
-        },
+        "metrics_csv": str(run / "logs" / "version_0" / "metrics.csv"),
         "frequency_baseline_accuracy": baseline,
-        "seconds_to_beat_baseline": time_to_reach(curve, baseline + 1e-9),
+        "seconds_to_beat_baseline": time_to_reach(record["curve"], baseline + 1e-9),
         "accuracy_over_baseline": final / baseline if baseline > 0 else float("nan"),
+        "png": str(run / "time_to_accuracy.png"),
     }
-    fig = plot_curve(
-        curve, baselines,
-        f"{preset} preset, demo recipe (batch {config.batch_size}), {threads} threads",
-    )  # fmt: skip
-    fig.savefig(run / "time_to_accuracy.png", dpi=120)
     (run / "time_to_accuracy.json").write_text(json.dumps(result, indent=2))
-    result["png"] = str(run / "time_to_accuracy.png")
     return result
 
 

@@ -65,22 +65,20 @@ def test_run_has_every_section_and_formats_a_table():
     assert len({len(line) for line in lines}) == 1
 
 
-def test_time_to_accuracy_joins_validation_rows_with_wall_clock_rows(tmp_path):
+def test_time_to_accuracy_reads_the_validation_rows_of_a_run(tmp_path):
     csv = tmp_path / "metrics.csv"
     csv.write_text(
-        "epoch,step,time/wall_seconds,train/loss,val/masked_accuracy\n"
-        "0,9,,4.0,\n"
-        "0,9,,,0.2\n"
-        ",10,5.0,,\n"
-        "0,19,,,0.45\n"
-        ",20,11.0,,\n"
-        "1,20,,,0.45\n"  # the final validation after training repeats the last model
-        ",20,12.0,,\n"
+        "epoch,step,time/train_seconds,train/loss,val/loss,val/masked_accuracy,val/pair_accuracy\n"
+        "0,9,,4.0,,,\n"
+        "0,9,5.0,,3.0,0.2,0.5\n"
+        "0,19,11.0,,2.5,0.45,\n"
+        "0,19,,3.1,,,\n"
+        "1,19,12.0,,2.5,0.45,\n"  # the final validation after training repeats the last model
     )
-    curve = bench_time_to_accuracy.read_curve(csv)
+    curve = bench_time_to_accuracy.read_run_curve(csv)
     assert curve == [
-        {"step": 10, "seconds": 5.0, "masked_accuracy": 0.2},
-        {"step": 20, "seconds": 11.0, "masked_accuracy": 0.45},
+        {"step": 9, "seconds": 5.0, "masked_accuracy": 0.2, "loss": 3.0, "pair_accuracy": 0.5},
+        {"step": 19, "seconds": 11.0, "masked_accuracy": 0.45, "loss": 2.5},
     ]
     assert bench_time_to_accuracy.time_to_reach(curve, 0.3) == 11.0
     assert bench_time_to_accuracy.time_to_reach(curve, 0.9) is None
@@ -128,6 +126,9 @@ def test_time_to_accuracy_benchmark_writes_its_curve(random_data, tmp_path):
     )  # fmt: skip
     curve = result["curve"]
     assert curve and (tmp_path / "run" / "time_to_accuracy.png").is_file()
+    # the budget is a schedule: fitted to the pace measured before training
+    assert result["schedule_fitted"]["to"] == "max_time"
+    assert result["max_steps"] == result["schedule_fitted"]["max_steps"]
     steps, seconds = [p["step"] for p in curve], [p["seconds"] for p in curve]
     assert steps == sorted(set(steps)) and steps[0] > 0 and seconds == sorted(seconds)
     assert all(0.0 <= p["masked_accuracy"] <= 1.0 for p in curve)

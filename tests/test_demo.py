@@ -61,7 +61,7 @@ def stages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]]:
 
     def background(data_dir: Path, job: Any, config: Any, minutes: float) -> Finished:
         # the child process, run here so that the stubs apply
-        demo._pretrain(data_dir, job, config, minutes, demo._pace(config, job.inputs, True))
+        demo._pretrain(data_dir, job, config, minutes)
         return Finished()
 
     monkeypatch.setattr(demo, "_start_background", background)
@@ -89,19 +89,23 @@ def test_demo_runs_the_stages_in_order_with_its_recipe(tmp_path: Path, stages, c
     )
     written_hits = yaml.safe_load(hits["config"].read_text())
     assert written_hits["model_overrides"]["inputs"] == "hits"
-    assert written_hits["max_steps"] == 2 * demo.DemoConfig().hits_steps_per_minute_one_core
-    # The recipe file sets only what differs from the preset, and resolves to the demo's recipe.
-    written = yaml.safe_load(pretrain["config"].read_text())
+    # The recipe files set only what differs from the preset, and no step-counted key: the
+    # preset's schedule is fitted to --max-time by the pace pretrain measures.
     small = preset_config("small").to_dict()
-    assert all(small[key] != value for key, value in written.items())
-    resolved = load_pretrain_config("small", pretrain["config"]).to_dict()
+    assert yaml.safe_load(pretrain["config"].read_text()) is None  # the small preset itself
+    assert all(small[key] != value for key, value in written_hits.items())
+    for options in (pretrain, hits):
+        assert options["max_steps"] is None and options["max_time"] == 2.0
+    resolved = load_pretrain_config("small", hits["config"]).to_dict()
     assert resolved == {
         **small,
+        "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0, "inputs": "hits"},
+    }
+    assert small == {
+        **small,
         "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0},
-        "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "max_steps": 1440,
-        "mask_rates": [0.15, 0.30], "mask_rate_steps": [720], "val_every": 72,
-        "val_batches": 10, "checkpoint_every": 144, "early_stopping_patience": None,
-        "num_workers": 0,
+        "batch_size": 128, "lr": 2e-3, "mask_rates": [0.15, 0.30], "val_batches": 10,
+        "early_stopping_patience": None, "num_workers": 0,
     }  # fmt: skip
 
 
@@ -125,5 +129,4 @@ def test_on_one_core_the_models_train_in_turn_sharing_the_budget(
     runs = [options for name, options in stages if name == "pretrain"]
     assert [r["out"].name for r in runs] == ["run", "run-hits"]
     assert [r["max_time"] for r in runs] == [1.0, 1.0]
-    written = yaml.safe_load(runs[0]["config"].read_text())
-    assert written["max_steps"] == demo.DemoConfig().steps_per_minute  # 2 threads' pace
+    assert [r["max_steps"] for r in runs] == [None, None]  # each fitted to its half

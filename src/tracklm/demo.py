@@ -45,37 +45,28 @@ class DemoConfig:
     test_fraction: float = 0.1
     eval_max_tracks: int = 4000
     # A short budget wants many small steps at a high rate, a brief warm-up and no dropout (the
-    # data is seen only a few times); the presets' schedules are sized for hours of training.
+    # data is seen only a few times): the ``small`` preset's recipe. The schedule (warm-up,
+    # mask-rate stage, decay) is not written: ``--max-time`` fits the preset's to the steps this
+    # machine runs in the budget, measured before training (``tracklm/train/schedule.py``).
     batch_size: int = 128
     lr: float = 2e-3
-    warmup_steps: int = 100
-    # The learning rate decays to zero over this many steps per minute of budget (about what the
-    # small preset runs on 2 CPU cores); a faster machine stops at the step limit instead.
-    steps_per_minute: int = 1100
-    # ... and on one core each, when the two models train at once (measured on 2 cores).
-    steps_per_minute_one_core: int = 720
-    hits_steps_per_minute_one_core: int = 620
 
 
-def demo_pretrain_overrides(
-    config: DemoConfig, minutes: float, steps_per_minute: int | None = None, inputs: str = "tokens"
-) -> dict[str, object]:
+def demo_pretrain_overrides(config: DemoConfig, inputs: str = "tokens") -> dict[str, object]:
     """The pre-training settings the demo writes to ``DIR/pretrain.yaml`` over its preset.
 
-    The demo's recipe keeps the first two stages of the preset's mask-rate schedule, switching
-    halfway through the budget. Only the keys whose value differs from the preset are returned,
-    so the file restates no default.
+    The demo's recipe keeps the first two stages of the preset's mask-rate schedule. It sets
+    no step-counted key (``max_steps``, warm-up, stage boundaries, intervals), so that
+    ``tracklm pretrain --max-time`` fits the preset's schedule to the pace measured on this
+    machine. Only the keys whose value differs from the preset are returned, so the file
+    restates no default (for the ``small`` preset and module tokens it is empty).
 
     Parameters
     ----------
-    config : demo settings (preset, batch size, learning rate, warm-up, steps per minute).
-    minutes : wall-clock budget of pre-training in minutes.
-    steps_per_minute : the pace the schedule is sized for (default ``config.steps_per_minute``).
+    config : demo settings (preset, batch size, learning rate).
     inputs : what the model reads (``TrackingBertConfig.inputs``).
     """
     preset = preset_config(config.preset)
-    pace = config.steps_per_minute if steps_per_minute is None else steps_per_minute
-    max_steps = max(200, int(pace * minutes))
     model: dict[str, object] = {"dropout": 0.0, "attention_dropout": 0.0}
     if inputs != "tokens":
         model["inputs"] = inputs
@@ -83,13 +74,8 @@ def demo_pretrain_overrides(
         "model_overrides": model,
         "batch_size": config.batch_size,
         "lr": config.lr,
-        "warmup_steps": config.warmup_steps,
-        "max_steps": max_steps,
         "mask_rates": list(preset.mask_rates[:2]),
-        "mask_rate_steps": [max_steps // 2],
-        "val_every": max(50, max_steps // 20),
         "val_batches": 10,
-        "checkpoint_every": max(100, max_steps // 10),
         "early_stopping_patience": None,
         "num_workers": 0,
     }
@@ -210,13 +196,13 @@ def _pretrain_all(
     if not together or len(todo) < 2:
         share = minutes if together else minutes / len(jobs)
         for job in todo:
-            _pretrain(data_dir, job, config, share, _pace(config, job.inputs, together))
+            _pretrain(data_dir, job, config, share)
         return
     log.info("demo: pre-training %d models at once, one CPU core each", len(todo))
     children = [_start_background(data_dir, job, config, minutes) for job in todo[1:]]
     try:
         with _one_thread():
-            _pretrain(data_dir, todo[0], config, minutes, _pace(config, todo[0].inputs, True))
+            _pretrain(data_dir, todo[0], config, minutes)
         for child, job in zip(children, todo[1:]):
             child.join()
             if child.exitcode != 0:
@@ -229,15 +215,6 @@ def _pretrain_all(
             if child.is_alive():
                 child.terminate()
                 child.join()
-
-
-def _pace(config: DemoConfig, inputs: str, one_core: bool) -> int:
-    """Steps per minute the schedule of a model that reads ``inputs`` is sized for."""
-    if not one_core:
-        return config.steps_per_minute
-    if inputs == "hits":
-        return config.hits_steps_per_minute_one_core
-    return config.steps_per_minute_one_core
 
 
 @contextmanager
@@ -280,14 +257,12 @@ def _pretrain_in_child(
         os.dup2(stream.fileno(), sys.stdout.fileno())
         os.dup2(stream.fileno(), sys.stderr.fileno())
         logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-        _pretrain(data_dir, job, config, minutes, _pace(config, job.inputs, True))
+        _pretrain(data_dir, job, config, minutes)
 
 
-def _pretrain(
-    data_dir: Path, job: _PretrainJob, config: DemoConfig, minutes: float, pace: int
-) -> None:
+def _pretrain(data_dir: Path, job: _PretrainJob, config: DemoConfig, minutes: float) -> None:
     """Pre-train for ``minutes`` with the recipe written to ``job.settings`` (resumed when
-    interrupted), the schedule sized for ``pace`` steps per minute."""
+    interrupted); a new run fits its schedule to the pace it measures first."""
     from tracklm.train.pretrain import run_pretrain
 
     run_dir, settings = job.run_dir, job.settings
@@ -295,10 +270,11 @@ def _pretrain(
     if run_dir.exists() and not resume:
         # Started but interrupted before its first checkpoint: nothing worth keeping.
         shutil.rmtree(run_dir)
-    recipe = demo_pretrain_overrides(config, minutes, pace, job.inputs)
+    recipe = demo_pretrain_overrides(config, job.inputs)
     settings.write_text(
-        "# Written by `tracklm demo`: pre-training settings over the preset, sized for the budget.\n"
-        + yaml.safe_dump(recipe, sort_keys=False)
+        "# Written by `tracklm demo`: pre-training settings over the preset. The schedule is the\n"
+        "# preset's, fitted to --max-time by `tracklm pretrain` (see run.json: schedule_fitted).\n"
+        + (yaml.safe_dump(recipe, sort_keys=False) if recipe else "")
     )
     log.info(
         "demo: pre-training the %s preset (inputs %s) for %.1f minutes",

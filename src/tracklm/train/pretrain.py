@@ -171,7 +171,8 @@ def run_pretrain(
     elif fit_time and "max_steps" not in file_keys:
         assert max_time is not None
         started = time.perf_counter()
-        pace = _measure_pace(dataset, cfg, seed, accelerator)
+        # About 12 s of timing, at most a tenth of a short budget.
+        pace = _measure_pace(dataset, cfg, seed, accelerator, min(12.0, max(1.0, 6.0 * max_time)))
         left = max(max_time - (time.perf_counter() - started) / 60.0, 0.0)
         cfg = fit_schedule(cfg, steps_for_minutes(cfg, left, pace), keep=file_keys)
         fitted = {"to": "max_time", "max_time_minutes": max_time, "pace": pace.to_dict(),
@@ -491,7 +492,7 @@ def _fitted_by_rank_zero(run: Path, config: PretrainConfig) -> PretrainConfig:
 
 
 def _measure_pace(
-    dataset: PreparedDataset, config: PretrainConfig, seed: int, accelerator: str
+    dataset: PreparedDataset, config: PretrainConfig, seed: int, accelerator: str, seconds: float
 ) -> Pace:
     """This machine's seconds per training step for the run about to start (``measure_pace``),
     on the model and training batches the run builds (``_build_module_and_data``)."""
@@ -503,7 +504,7 @@ def _measure_pace(
     assert data.train_batches is not None
     use_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     device = torch.device("cuda") if use_cuda else torch.device("cpu")
-    return measure_pace(module.model, data.train_batches, config, device=device)
+    return measure_pace(module.model, data.train_batches, config, device=device, seconds=seconds)
 
 
 def _resumed_settings(
