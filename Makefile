@@ -21,13 +21,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/tracklm demo --out demo
 
-# The whole suite, slow tests included (a few minutes on 2 cores); `make test-fast` skips the
-# tests marked slow.
+# The whole suite, slow tests included (about 4.5 minutes on 2 cores), one worker process per
+# core (pytest-xdist; one torch thread each, tests/conftest.py); `make test-fast` skips the tests
+# marked slow.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 # ruff on everything; mypy on src/ (configured in pyproject.toml: strict for models/, detector/, io/).
 lint: $(STAMP)

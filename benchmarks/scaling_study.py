@@ -173,6 +173,37 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def study(
+    data: Path, out: Path, events: list[int], presets: list[str], recipe: str = "paper-cpu",
+    minutes: float = 3.0, max_tracks: int = 2000, seed: int = 0,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Train and evaluate every preset on every cut of ``data``; writes ``OUT/scaling.json``
+    (after each run, so an interrupted study keeps its points), ``scaling.md`` and
+    ``scaling.png``, and returns the records."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    records: list[dict[str, Any]] = []
+    result = out / "scaling.json"
+    for count in events:
+        cut, tracks = cut_dataset(data, out / f"data-{count}", count)
+        for preset in presets:
+            log.info("scaling: %s on %d events (%d tracks), %.1f min", preset, count, tracks,
+                     minutes)  # fmt: skip
+            record = run_point(cut, data, out / "runs" / f"{preset}-{count}", preset, recipe,
+                               minutes, seed, max_tracks)  # fmt: skip
+            record.update(train_events=count, train_tracks=tracks, minutes=minutes)
+            records.append(record)
+            result.write_text(json.dumps(records, indent=1))
+    write_outputs(records, out)
+    return records
+
+
+def write_outputs(records: list[dict[str, Any]], out: Path) -> None:
+    """``OUT/scaling.md`` and ``OUT/scaling.png`` from the records."""
+    (out / "scaling.md").write_text(table(records))
+    plot(records, out / "scaling.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="prepared dataset (full)")
@@ -190,34 +221,14 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.replot:
         records = json.loads((args.out / "scaling.json").read_text())
-        (args.out / "scaling.md").write_text(table(records))
-        plot(records, args.out / "scaling.png")
-        print(table(records))
-        return
-    if args.data is None:
+    elif args.data is None:
         parser.error("--data is needed unless --replot is given")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "runs").mkdir(exist_ok=True)
-    records: list[dict[str, Any]] = []
-    result = args.out / "scaling.json"
-    for events in (int(e) for e in args.events.split(",")):
-        data, tracks = cut_dataset(args.data, args.out / f"data-{events}", events)
-        for preset in args.presets.split(","):
-            run = args.out / "runs" / f"{preset}-{events}"
-            log.info(
-                "scaling: %s on %d events (%d tracks), %.1f min",
-                preset,
-                events,
-                tracks,
-                args.minutes,
-            )
-            record = run_point(data, args.data, run, preset, args.recipe, args.minutes, args.seed,
-                               args.max_tracks)  # fmt: skip
-            record.update(train_events=events, train_tracks=tracks, minutes=args.minutes)
-            records.append(record)
-            result.write_text(json.dumps(records, indent=1))  # after every run: partial results
-    (args.out / "scaling.md").write_text(table(records))
-    plot(records, args.out / "scaling.png")
+    else:
+        records = study(
+            args.data, args.out, [int(e) for e in args.events.split(",")],
+            args.presets.split(","), args.recipe, args.minutes, args.max_tracks, args.seed,
+        )  # fmt: skip
+    write_outputs(records, args.out)
     print(table(records))
 
 

@@ -10,6 +10,7 @@ on one core); ``toy_data`` prepares them as ``tracklm prepare`` does, with the d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 TRACKML_DATA = SHARED_DATA / "trackml"
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n N`` (``make test``) each worker process is one of N on as many cores:
+    one torch thread each, or the workers' thread pools fight over the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
 
 TOY_EVENTS = 10
 TOY_PILEUP = 5.0  # mean pile-up collisions: about 1,400 selected tracks over the 10 events

@@ -34,6 +34,7 @@ def _load(name: str) -> ModuleType:
 bench_inference = _load("bench_inference")
 bench_memory = _load("bench_memory")
 bench_time_to_accuracy = _load("bench_time_to_accuracy")
+scaling_study = _load("scaling_study")
 run = _load("run")
 
 
@@ -145,6 +146,37 @@ def test_time_to_accuracy_benchmark_writes_its_curve(random_data, tmp_path):
         # None when never reached; else the wall clock of the first point at the threshold
         hits = [p["seconds"] for p in curve if p["masked_accuracy"] >= float(threshold)]
         assert reached == (hits[0] if hits else None), threshold
+
+
+@pytest.mark.slow
+def test_scaling_study_writes_a_record_per_run(toy_data, tmp_path):
+    import json
+
+    from tracklm.io.dataset import open_dataset
+
+    out = tmp_path / "scaling"
+    records = scaling_study.study(
+        toy_data, out, events=[2, 6], presets=["tiny"], recipe="small", minutes=0.05,
+        max_tracks=100,
+    )  # fmt: skip
+    assert json.loads((out / "scaling.json").read_text()) == records
+    assert (out / "scaling.png").stat().st_size > 0
+    assert (out / "scaling.md").read_text().count("| tiny |") == 2
+    full = open_dataset(toy_data).split("train")
+    for record, events in zip(records, (2, 6)):
+        cut = open_dataset(out / f"data-{events}").split("train")
+        assert len(set(cut.event_id.tolist())) == events
+        assert record["train_tracks"] == len(cut)
+        run = out / "runs" / f"tiny-{events}"
+        assert (run / "model" / "model.safetensors").is_file()
+        assert (run / "report" / "metrics.json").is_file()
+        assert record["preset"] == "tiny" and record["parameters"] > 0
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and math.isfinite(record["val_loss"])
+        assert set(record["baselines"]) == {"frequency", "helix+frequency"}
+    assert records[1]["train_tracks"] == len(full)  # all six training events
+    assert records[0]["train_tracks"] < records[1]["train_tracks"]
+    with pytest.raises(SystemExit, match="--events"):
+        scaling_study.cut_dataset(toy_data, tmp_path / "too-many", 7)
 
 
 @pytest.mark.slow

@@ -104,7 +104,8 @@ def test_demo_runs_the_stages_in_order_with_its_recipe(tmp_path: Path, stages, c
     assert small == {
         **small,
         "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0},
-        "batch_size": 128, "lr": 2e-3, "mask_rates": [0.15, 0.30], "val_batches": 10,
+        "batch_size": 128, "lr": 2e-3, "mask_rates": [0.15, 0.30], "mask_rate_steps": [15000],
+        "val_batches": 10,
         "early_stopping_patience": None, "num_workers": 0,
     }  # fmt: skip
 

@@ -55,8 +55,7 @@ class DemoConfig:
 def demo_pretrain_overrides(config: DemoConfig, inputs: str = "tokens") -> dict[str, object]:
     """The pre-training settings the demo writes to ``DIR/pretrain.yaml`` over its preset.
 
-    The demo's recipe keeps the first two stages of the preset's mask-rate schedule. It sets
-    no step-counted key (``max_steps``, warm-up, stage boundaries, intervals), so that
+    The recipe sets no mask-rate or other step-counted key (``max_steps``, warm-up, stage boundaries, intervals), so that
     ``tracklm pretrain --max-time`` fits the preset's schedule to the pace measured on this
     machine. Only the keys whose value differs from the preset are returned, so the file
     restates no default (for the ``small`` preset and module tokens it is empty).
@@ -74,7 +73,6 @@ def demo_pretrain_overrides(config: DemoConfig, inputs: str = "tokens") -> dict[
         "model_overrides": model,
         "batch_size": config.batch_size,
         "lr": config.lr,
-        "mask_rates": list(preset.mask_rates[:2]),
         "val_batches": 10,
         "early_stopping_patience": None,
         "num_workers": 0,

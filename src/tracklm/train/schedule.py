@@ -111,7 +111,7 @@ def measure_pace(
     *,
     device: torch.device | None = None,
     seconds: float = 12.0,
-    max_steps: int = 60,
+    max_steps: int = 200,
     warm_steps: int = 5,
 ) -> Pace:
     """Seconds per training step of ``model`` on ``batches`` (a ``PairBatches``), measured on
