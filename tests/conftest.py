@@ -21,7 +21,6 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TRACKML_DATA = SHARED_DATA / "trackml"
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Under ``pytest -n N`` (``make test``) each worker process is one of N on as many cores:
     one torch thread each, or the workers' thread pools fight over the cores."""
