@@ -224,3 +224,28 @@ def test_two_process_ddp_on_cpu_trains(data, tmp_path, short_config):
     assert metrics["train"]["pairs_seen"] == 8 * 16 * 2
     assert 0.0 <= metrics["val"]["masked_accuracy"] <= 1.0
     TrackingBert.from_pretrained(run / "model")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_fits_one_schedule_to_max_time(data, tmp_path):
+    """Rank 0 times the steps and fits the schedule; the rank Lightning starts reads it from
+    run.json, so both run the same steps (different ones would hang or fail the collective)."""
+    run = tmp_path / "ddp-time"
+    config = tmp_path / "no-max-steps.yaml"
+    config.write_text(
+        SHORT_RUN.replace("max_steps: 12\n", "").replace("val_every: 4", "val_every: 20")
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "tracklm", "pretrain", "--data", str(data), "--out", str(run),
+        "--config", str(config), "--max-time", "0.1", "--devices", "2", "--strategy",
+        "ddp", "--accelerator", "cpu",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((run / "run.json").read_text())
+    fitted = record["schedule_fitted"]
+    assert fitted["to"] == "max_time" and record["config"]["max_steps"] == fitted["max_steps"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["step"] <= fitted["max_steps"] and metrics["train"]["devices"] == 2
+    assert metrics["train"]["pairs_seen"] == metrics["step"] * 16 * 2
