@@ -94,6 +94,7 @@ def curve_of_run(
         "model": config["model"],
         "batch_size": config["batch_size"],
         "lr": config["lr"],
+        "warmup_steps": config["warmup_steps"],
         "max_steps": config["max_steps"],
         "schedule_fitted": record.get("schedule_fitted"),
         "threads": torch.get_num_threads(),
@@ -236,7 +237,6 @@ def benchmark_time_to_accuracy(
         **record,
         "preset": preset,
         "recipe": "the small preset (the demo's), schedule fitted to --max-time",
-        "warmup_steps": json.loads((run / "run.json").read_text())["config"]["warmup_steps"],
         "minutes": minutes,
         "threads": threads,
         "train_tracks": int(

@@ -55,9 +55,9 @@ class DemoConfig:
 def demo_pretrain_overrides(config: DemoConfig, inputs: str = "tokens") -> dict[str, object]:
     """The pre-training settings the demo writes to ``DIR/pretrain.yaml`` over its preset.
 
-    The recipe sets no mask-rate or other step-counted key (``max_steps``, warm-up, stage boundaries, intervals), so that
-    ``tracklm pretrain --max-time`` fits the preset's schedule to the pace measured on this
-    machine. Only the keys whose value differs from the preset are returned, so the file
+    The recipe sets no mask-rate or other step-counted key (``max_steps``, warm-up, stage
+    boundaries, intervals), so that ``tracklm pretrain --max-time`` fits the preset's schedule
+    to the pace measured on this machine. Only the keys whose value differs from the preset are returned, so the file
     restates no default (for the ``small`` preset and module tokens it is empty).
 
     Parameters
