@@ -10,7 +10,7 @@ process: ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``).
 Usage (CPU heavy: about 10 to 20 minutes for 10 events on one core)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/find_tracks.py --events 10 --seed 11 --out DIR \\
-        [--model demo/run/model ...] [--input EVENTS] [--memory-events 100]
+        [--model demo/run/model ...] [--input EVENTS] [--memory-events 100] [--short-veto 0.35]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def simulate(out: Path, events: int, seed: int, pileup: float) -> Path:
 
 
 def find_and_score(
-    events: Path, out: Path, method: str, model: Path | None = None
+    events: Path, out: Path, method: str, model: Path | None = None, short_veto: float = 0.0
 ) -> dict[str, Any]:
     """Run ``run_find`` and ``run_score``; the score's headline figures and the finder's stages."""
     from tracklm.find.run import run_find
@@ -70,7 +70,7 @@ def find_and_score(
 
     for path in (out, out.with_name(out.name + "-score")):
         shutil.rmtree(path, ignore_errors=True)
-    manifest = run_find(events, out, method=method, model=model)
+    manifest = run_find(events, out, method=method, model=model, short_veto=short_veto)
     score = run_score(events, out, out.with_name(out.name + "-score"))
     result = {key: score.get(key) for key in SCORE_KEYS}
     result["seconds_per_stage"] = manifest["seconds_per_stage"]
@@ -170,6 +170,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--pileup", type=float, default=200.0, help="pile-up (default 200)")
     parser.add_argument(
+        "--short-veto",
+        type=float,
+        default=0.0,
+        help="also run each model with 'tracklm find --short-veto Q' (default 0: not run)",
+    )
+    parser.add_argument(
         "--memory-events", type=int, default=100, help="memory scan size (0: skip; default 100)"
     )
     args = parser.parse_args(argv)
@@ -197,6 +203,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[name] = find_and_score(
                 directory, args.out / f"{tag}-model-{model.parent.name}", "model", model
             )
+            if args.short_veto > 0:
+                runs[f"{name} --short-veto {args.short_veto:g}"] = find_and_score(
+                    directory,
+                    args.out / f"{tag}-model-{model.parent.name}-veto",
+                    "model",
+                    model,
+                    args.short_veto,
+                )
         results["runs"][label] = runs
     if args.memory_events > 0:
         results["memory"] = memory_scan(args.out, args.memory_events)

@@ -357,6 +357,14 @@ def _add_find(sub: Any, common: argparse.ArgumentParser) -> None:
         default="7,8,9",
         help="volumes to find tracks in, comma-separated, or 'all' (default 7,8,9: the pixels)",
     )
+    p.add_argument(
+        "--short-veto",
+        type=float,
+        default=0.0,
+        help="--method model: also drop candidates of at most 4 hits whose pseudo-log-likelihood "
+        "is below this quantile of the model's values for the event's real tracks (fewer fakes, "
+        "some real short tracks lost; default 0: off)",
+    )
 
 
 def _add_generate(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -78,6 +78,11 @@ def test_the_same_events_give_the_same_tracks(two_events: Path, helix_tracks: Pa
         (["--events", "{events}", "--method", "model"], "--model"),
         (["--events", "{events}", "--model", "{model}"], "--model"),
         (["--events", "{events}", "--method", "model", "--model", "{events}"], "config.json"),
+        (["--events", "{events}", "--short-veto", "0.3"], "--short-veto"),  # helix: no model
+        (["--events", "{events}", "--method", "model", "--model", "{model}", "--short-veto", "1"],
+         "--short-veto"),
+        (["--events", "{events}", "--method", "model", "--model", "{model}", "--short-veto", "-1"],
+         "--short-veto"),
         # a model over volumes 7, 8, 9 does not speak the modules of volume 8 alone
         (["--events", "{events}", "--method", "model", "--model", "{model}", "--volumes", "8"],
          "vocabulary"),
@@ -154,8 +159,9 @@ def test_model_method_runs_with_an_untrained_model(
     two_events: Path, tiny_model: Path, helix_tracks: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "tracks"
-    manifest = run_find(two_events, out, method="model", model=tiny_model)
+    manifest = run_find(two_events, out, method="model", model=tiny_model, short_veto=0.35)
     assert manifest["method"] == "model" and manifest["model"]["vocab_sha256"]
+    assert manifest["config"]["model_short_veto_quantile"] == 0.35
     for event_id in list_events(two_events):
         hits = read_part(event_path(two_events, event_id, "hits"), "hits")
         tracks = read_part(event_path(out, event_id, "tracks"), "tracks")
@@ -164,7 +170,8 @@ def test_model_method_runs_with_an_untrained_model(
     helix = run_score(two_events, helix_tracks, tmp_path / "helix-score")
     # An untrained model finds every module sequence implausible (log p about -log 4,000 per
     # hit): it vetoes the short candidates it scores and keeps the long ones, so the model
-    # decides something, and a trained one is needed to gain anything.
+    # decides something, and a trained one is needed to gain anything. (The short veto's
+    # threshold, calibrated on the same low values, stays below the fixed one.)
     assert 0.3 < score["pixel_trackml_score"] < helix["pixel_trackml_score"], (score, helix)
 
 

@@ -99,6 +99,15 @@ class FinderConfig:
         the resolution's quality.
     model_max_scored_hits : longer candidates keep the helix quality alone.
     model_veto_pll : a scored candidate whose pseudo-log-likelihood is below this is dropped.
+    model_short_hits, model_short_veto_quantile : a candidate of at most ``model_short_hits``
+        hits is also dropped when its pseudo-log-likelihood is below this quantile of the
+        model's own values for real tracks of that length in the event: the innermost
+        ``model_short_hits`` hits of the first round's candidates with at least two hits more
+        (nearly all real). Most fakes are that short; the threshold follows each model's scale
+        (a hit-aware model is surer of a real track than a tokens model). 0 (the default)
+        switches it off: it trades score for fewer fakes (``tracklm find --short-veto``).
+    model_reference_min_tracks, model_reference_max_tracks : fewer reference tracks than the
+        minimum leave only ``model_veto_pll``; beyond the maximum, an even sample of them.
     """
 
     rounds: tuple[SeedRound, ...] = field(default=DEFAULT_ROUNDS)
@@ -130,3 +139,7 @@ class FinderConfig:
     model_pll_weight: float = 1.0
     model_max_scored_hits: int = 5
     model_veto_pll: float = -3.0
+    model_short_hits: int = 4
+    model_short_veto_quantile: float = 0.0
+    model_reference_min_tracks: int = 50
+    model_reference_max_tracks: int = 2000

@@ -18,7 +18,12 @@ Each decision combines both:
   modules (each masked in turn, mean log-probability per hit) is added, weighted by
   ``model_pll_weight``, to the helix quality that orders the greedy resolution, and a candidate
   below ``model_veto_pll`` is dropped. Candidates longer than ``model_max_scored_hits`` are
-  nearly always right and keep the helix quality (scoring them costs time, not score).
+  nearly always right and keep the helix quality (scoring them costs time, not score). Short
+  candidates (at most ``model_short_hits`` hits, where most fakes are) can face a stricter
+  veto (``--short-veto``, off by default) calibrated on the event: below the
+  ``model_short_veto_quantile`` of the model's pseudo-log-likelihood for the innermost hits of
+  the first round's long candidates, which are nearly all real tracks
+  (``short_veto_threshold``).
 
 Tracks longer than the model's inputs allow show it their first (or, growing, last)
 ``context_hits`` hits.
@@ -259,6 +264,42 @@ def model_decider(config: FinderConfig, hits: EventHits, scorer: TrackScorer) ->
     return decide
 
 
+def short_veto_threshold(
+    tracks: TrackCandidates, scorer: TrackScorer, config: FinderConfig
+) -> float:
+    """The pseudo-log-likelihood below which a short candidate is vetoed, or -inf for none.
+
+    The ``model_short_veto_quantile`` of the model's values for real short tracks in this
+    event: the innermost ``model_short_hits`` hits (by distance from the origin) of the
+    candidates with at least two hits more (in the first round: nearly all real tracks, one
+    copy each), an even sample of at most ``model_reference_max_tracks``. -inf when the
+    quantile is 0 or fewer than ``model_reference_min_tracks`` candidates qualify.
+    """
+    short = config.model_short_hits
+    if config.model_short_veto_quantile <= 0:
+        return -np.inf
+    long_rows = np.flatnonzero(tracks.n_hits >= short + 2)
+    keys = np.sort(np.where(tracks.hits[long_rows] >= 0, tracks.hits[long_rows], -1), axis=1)
+    long_rows = long_rows[np.unique(keys, axis=0, return_index=True)[1]]  # one copy each
+    if long_rows.size < config.model_reference_min_tracks:
+        return -np.inf
+    if long_rows.size > config.model_reference_max_tracks:
+        pick = np.linspace(0, long_rows.size - 1, config.model_reference_max_tracks)
+        long_rows = long_rows[np.round(pick).astype(np.int64)]
+    inner = scorer.ordered_hits(tracks.hits[long_rows], tracks.n_hits[long_rows])[:, :short]
+    reference = scorer.pseudo_log_likelihood(inner, np.full(long_rows.size, short))
+    return float(np.quantile(reference, config.model_short_veto_quantile))
+
+
+def veto_levels(n_hits: np.ndarray, config: FinderConfig, short_veto: float) -> np.ndarray:
+    """(N,) the pseudo-log-likelihood below which each scored candidate is dropped:
+    ``model_veto_pll``, raised to ``short_veto`` for candidates of at most ``model_short_hits``
+    hits (never lowered)."""
+    short = max(config.model_veto_pll, short_veto)
+    levels: np.ndarray = np.where(n_hits <= config.model_short_hits, short, config.model_veto_pll)
+    return levels
+
+
 def model_method(
     model_dir: str | os.PathLike[str], detector: Detector, volumes: tuple[int, ...]
 ) -> tuple[Method, dict[str, Any]]:
@@ -277,11 +318,12 @@ def model_method(
             f"{','.join(map(str, volumes))} ({len(expected.modules)} modules, sha256 "
             f"{expected.sha256[:12]})"
         )
-    state: dict[str, Any] = {"hits": None, "scorer": None}
+    state: dict[str, Any] = {"hits": None, "scorer": None, "short_veto": None}
 
     def scorer_for(hits: EventHits) -> TrackScorer:
         if state["hits"] is not hits:
             state["hits"], state["scorer"] = hits, TrackScorer(model, hits)
+            state["short_veto"] = None  # calibrated on this event's first round
         scorer: TrackScorer = state["scorer"]
         return scorer
 
@@ -306,9 +348,12 @@ def model_method(
             unique = np.where(unique < np.iinfo(np.int64).max, unique, -1)
             pll[rows] = scorer_for(hits).pseudo_log_likelihood(unique, n_unique)[inverse.ravel()]
         result: np.ndarray = base + config.model_pll_weight * pll
+        if state["short_veto"] is None:
+            # the event's first round: its long candidates calibrate the veto of short ones
+            state["short_veto"] = short_veto_threshold(tracks, scorer_for(hits), config)
         # a candidate whose modules the model finds implausible is no track at all
         vetoed = np.zeros(len(tracks), dtype=bool)
-        vetoed[rows] = pll[rows] < config.model_veto_pll
+        vetoed[rows] = pll[rows] < veto_levels(tracks.n_hits[rows], config, state["short_veto"])
         return np.where(vetoed, -np.inf, result)
 
     record = {

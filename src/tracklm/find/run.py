@@ -79,6 +79,7 @@ def run_find(
     method: str = "helix",
     model: str | os.PathLike[str] | None = None,
     volumes: str = DEFAULT_VOLUMES,
+    short_veto: float = 0.0,
 ) -> dict[str, Any]:
     """Find the tracks of every event of ``events`` and write their submission files.
 
@@ -91,6 +92,9 @@ def run_find(
     model : model directory (``RUN/model``) for ``--method model``.
     volumes : evaluated volume ids, comma-separated (default the pixel volumes 7,8,9), or
         ``"all"``.
+    short_veto : for ``--method model``, the quantile of the model's values for the event's
+        real tracks below which a candidate of at most 4 hits is dropped (0: off; see
+        ``FinderConfig.model_short_veto_quantile``).
 
     Returns
     -------
@@ -104,7 +108,11 @@ def run_find(
     volume_ids = finder_volumes(volumes, detector)
     field = events_magnetic_field(events)
     b_field_t = float(field["tesla"])
-    config = FinderConfig()
+    if not 0.0 <= short_veto < 1.0:
+        raise InputError(f"--short-veto: expected a quantile in [0, 1), got {short_veto}")
+    if short_veto > 0 and method != "model":
+        raise InputError("--short-veto: only --method model vetoes candidates by the model")
+    config = FinderConfig(model_short_veto_quantile=short_veto)
     setup_start = time.perf_counter()
     layers = FinderLayers.from_detector(detector, volume_ids, b_field_t, config.seed_layer_support)
     finder, method_record = load_method(method, model, detector, volume_ids)
