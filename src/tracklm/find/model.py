@@ -279,7 +279,7 @@ def short_veto_threshold(
     if config.model_short_veto_quantile <= 0:
         return -np.inf
     long_rows = np.flatnonzero(tracks.n_hits >= short + 2)
-    keys = np.sort(np.where(tracks.hits[long_rows] >= 0, tracks.hits[long_rows], -1), axis=1)
+    keys = np.sort(tracks.hits[long_rows], axis=1)  # -1 padding sorts first: same for copies
     long_rows = long_rows[np.unique(keys, axis=0, return_index=True)[1]]  # one copy each
     if long_rows.size < config.model_reference_min_tracks:
         return -np.inf
