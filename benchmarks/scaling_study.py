@@ -13,7 +13,9 @@ Output::
                            linked to the full dataset)
     OUT/runs/PRESET-N/     each run (config, logs, model, metrics) and its report (``report/``)
     OUT/scaling.json       one record per run: preset, parameters, train_events, train_tracks,
-                           train_seconds, steps, test_accuracy, val_loss, and the baselines
+                           train_seconds, steps, test_accuracy, val_loss, the baselines, and
+                           cpu_steal (the share of CPU time a virtual machine's hypervisor took
+                           during the training, from /proc/stat; null off Linux)
     OUT/scaling.md         the table
     OUT/scaling.png        test accuracy and validation loss against training tracks and against
                            parameters, the baselines as horizontal lines
@@ -76,6 +78,26 @@ def cut_dataset(data: Path, out: Path, events: int) -> tuple[Path, int]:
     return out, int(keep.sum())
 
 
+def cpu_times() -> tuple[int, int] | None:
+    """(all, stolen) CPU clock ticks since boot from Linux's ``/proc/stat``; None elsewhere.
+
+    On a virtual machine the hypervisor may run other guests on this machine's cores ("steal"),
+    so equal wall-clock minutes are equal compute only where the stolen share is alike."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[1:]]
+    return sum(ticks[:8]), (ticks[7] if len(ticks) > 7 else 0)  # guest time is in user already
+
+
+def steal_fraction(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of CPU time the hypervisor took between two ``cpu_times`` readings."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return round((after[1] - before[1]) / (after[0] - before[0]), 3)
+
+
 def run_point(
     data: Path, full: Path, run: Path, preset: str, recipe: str, minutes: float, seed: int,
     max_tracks: int,
@@ -85,9 +107,9 @@ def run_point(
     config.write_text(yaml.safe_dump({"model": preset}))
     if run.exists():
         shutil.rmtree(run)
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_times()
     run_pretrain(data, run, preset=recipe, config=config, max_time=minutes, seed=seed)
-    seconds = time.perf_counter() - started
+    seconds, stolen = time.perf_counter() - started, steal_fraction(ticks, cpu_times())
     metrics = json.loads((run / "metrics.json").read_text())
     report = run_evaluate(
         run / "model", data, run / "report", max_tracks=max_tracks, seed=seed, baseline_data=full
@@ -99,6 +121,7 @@ def run_point(
         "recipe": recipe,
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(seconds, 1),
+        "cpu_steal": stolen,
         "steps": metrics["step"],
         "test_accuracy": report["masked_module"]["accuracy"],
         "val_loss": metrics["val"]["loss"],
@@ -155,14 +178,15 @@ def plot(records: list[dict[str, Any]], out: Path) -> None:
 def table(records: list[dict[str, Any]]) -> str:
     lines = [
         "| preset | parameters | train events | train tracks | steps | test accuracy | val loss "
-        "| pair accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        "| pair accuracy | CPU stolen |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         pair = "-" if r["pair_accuracy"] is None else f"{r['pair_accuracy']:.3f}"
+        stolen = "-" if r.get("cpu_steal") is None else f"{100 * r['cpu_steal']:.0f}%"
         lines.append(
             f"| {r['preset']} | {r['parameters']:,} | {r['train_events']} | {r['train_tracks']:,} "
-            f"| {r['steps']:,} | {r['test_accuracy']:.3f} | {r['val_loss']:.3f} | {pair} |"
+            f"| {r['steps']:,} | {r['test_accuracy']:.3f} | {r['val_loss']:.3f} | {pair} | {stolen} |"
         )
     largest = max(records, key=lambda r: r["train_tracks"])
     baselines = ", ".join(f"{k} {v:.3f}" for k, v in largest["baselines"].items())

@@ -148,6 +148,19 @@ def test_time_to_accuracy_benchmark_writes_its_curve(random_data, tmp_path):
         assert reached == (hits[0] if hits else None), threshold
 
 
+def test_scaling_study_steal_fraction_is_the_stolen_share_of_cpu_time():
+    # (all ticks, stolen ticks) since boot: 40 of the 200 ticks in between were stolen
+    assert scaling_study.steal_fraction((1000, 50), (1200, 90)) == 0.2
+    assert scaling_study.steal_fraction((1000, 50), (1000, 50)) is None  # no time passed
+    assert scaling_study.steal_fraction(None, (1200, 90)) is None  # not Linux
+    reading = scaling_study.cpu_times()
+    if reading is not None:  # Linux: the clock only moves forward, steal is part of the total
+        total, stolen = reading
+        assert 0 <= stolen <= total
+        later = scaling_study.cpu_times()
+        assert later is not None and later[0] >= total and later[1] >= stolen
+
+
 @pytest.mark.slow
 def test_scaling_study_writes_a_record_per_run(toy_data, tmp_path):
     import json
@@ -173,6 +186,7 @@ def test_scaling_study_writes_a_record_per_run(toy_data, tmp_path):
         assert record["preset"] == "tiny" and record["parameters"] > 0
         assert 0.0 <= record["test_accuracy"] <= 1.0 and math.isfinite(record["val_loss"])
         assert set(record["baselines"]) == {"frequency", "helix+frequency"}
+        assert record["cpu_steal"] is None or 0.0 <= record["cpu_steal"] <= 1.0
     assert records[1]["train_tracks"] == len(full)  # all six training events
     assert records[0]["train_tracks"] < records[1]["train_tracks"]
     with pytest.raises(SystemExit, match="--events"):
