@@ -63,3 +63,19 @@ def test_parts_train_at_their_own_learning_rates():
         optimizer.step()
         schedule.step()
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-5, 5e-5, 5e-4, 5e-4])
+
+
+def test_decay_start_moves_the_decay_line_and_not_the_warm_up():
+    factor = warmup_linear_decay(warmup_steps=10, total_steps=110, decay_start=-90)
+    assert factor(4) == pytest.approx(5 / 11)  # the warm-up is the same
+    assert factor(10) == pytest.approx(0.5) and factor(60) == pytest.approx(0.25)
+    assert factor(110) == 0.0
+    assert warmup_linear_decay(10, 110, decay_start=None)(60) == warmup_linear_decay(10, 110)(60)
+
+
+def test_decay_start_must_lie_below_the_last_step():
+    from tracklm.errors import InputError
+    from tracklm.train.config import PretrainConfig
+
+    with pytest.raises(InputError, match="decay_start must lie below max_steps"):
+        PretrainConfig(max_steps=100, decay_start=100)

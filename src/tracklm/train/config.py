@@ -35,6 +35,9 @@ class PretrainConfig:
     adam_betas : AdamW (beta1, beta2).
     warmup_steps : steps of linear warm-up from 0 to ``lr``; then linear decay to 0 at ``max_steps``.
     max_steps : optimiser steps of the run.
+    decay_start : the step at which the linear decay would stand at ``lr`` (None: at the end of
+        the warm-up). Set by a schedule re-fitted mid-run, so the decay goes on from the rate in
+        force to 0 at the new ``max_steps`` (``train/schedule.py: refit_schedule``).
     gradient_clip : maximum gradient norm.
     mask_rates : mask rate of each stage of the schedule (paper: 0.15 -> 0.30 -> 0.50).
     mask_rate_steps : first step of each later stage; one fewer entry than ``mask_rates``.
@@ -66,6 +69,7 @@ class PretrainConfig:
     adam_betas: tuple[float, ...] = (0.9, 0.999)
     warmup_steps: int = 10_000
     max_steps: int = 200_000
+    decay_start: int | None = None
     gradient_clip: float = 1.0
     mask_rates: tuple[float, ...] = (0.15, 0.30, 0.50)
     mask_rate_steps: tuple[int, ...] = (50_000, 100_000)
@@ -93,6 +97,11 @@ class PretrainConfig:
                 raise InputError(
                     f"pretrain config: {name} must be at least 1, got {getattr(self, name)}"
                 )
+        if self.decay_start is not None and self.decay_start >= self.max_steps:
+            raise InputError(
+                f"pretrain config: decay_start must lie below max_steps ({self.max_steps}), "
+                f"got {self.decay_start}"
+            )
         for name in ("warmup_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise InputError(

@@ -148,6 +148,7 @@ class PretrainModule(pl.LightningModule):
             betas=betas,
             warmup_steps=self.config.warmup_steps,
             total_steps=self.config.max_steps,
+            decay_start=self.config.decay_start,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -236,6 +237,7 @@ class PretrainData(pl.LightningDataModule):
         self.config = config
         self.seed = seed
         self.train_batches: PairBatches | None = None
+        self.train_sampler: StepSampler | None = None
         self.val_batches: PairBatches | None = None
         self.n_val_batches = 0
 
@@ -284,6 +286,7 @@ class PretrainData(pl.LightningDataModule):
             self.config.max_steps,
             first_step=(lambda: trainer.global_step) if trainer is not None else None,
         )
+        self.train_sampler = sampler  # a schedule re-fit moves its last step
         return step_loader(
             self.train_batches,
             sampler,

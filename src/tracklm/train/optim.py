@@ -46,16 +46,23 @@ def parameter_groups(
     return groups
 
 
-def warmup_linear_decay(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+def warmup_linear_decay(
+    warmup_steps: int, total_steps: int, decay_start: int | None = None
+) -> Callable[[int], float]:
     """Learning-rate factor: linear from 0 to 1 over ``warmup_steps``, then linear to 0 at ``total_steps``.
+
+    ``decay_start`` (default ``warmup_steps``) is the step at which the decay line would stand
+    at 1: a schedule re-fitted mid-run (``train/schedule.py: refit_schedule``) moves it so the
+    decay continues from the factor in force to 0 at the new ``total_steps``, without a jump.
 
     Returns a function of the optimiser step (0-based) for ``torch.optim.lr_scheduler.LambdaLR``.
     """
+    start = warmup_steps if decay_start is None else decay_start
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        return max(0.0, (total_steps - step) / max(1, total_steps - start))
 
     return factor
 
@@ -83,6 +90,7 @@ def build_optimizer(
     total_steps: int,
     fused: bool | None = None,
     groups: list[dict[str, Any]] | None = None,
+    decay_start: int | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over ``parameter_groups`` and its per-step ``LambdaLR`` schedule.
 
@@ -92,8 +100,8 @@ def build_optimizer(
     lr : peak learning rate (of every group that sets none).
     weight_decay : decay of the weight matrices (see ``parameter_groups``).
     betas : AdamW betas.
-    warmup_steps, total_steps : see ``warmup_linear_decay`` (the factor multiplies every group's
-        learning rate).
+    warmup_steps, total_steps, decay_start : see ``warmup_linear_decay`` (the factor multiplies
+        every group's learning rate).
     fused : use the fused AdamW kernel; None (default) means ``fused_supported(model)``.
     groups : parameter groups to use instead of ``parameter_groups(model, weight_decay)``, e.g.
         those of several parts of ``model`` at their own learning rates; empty groups are dropped.
@@ -106,6 +114,6 @@ def build_optimizer(
         groups = [group for group in groups if group["params"]]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear_decay(warmup_steps, total_steps)
+        optimizer, warmup_linear_decay(warmup_steps, total_steps, decay_start)
     )
     return optimizer, schedule

@@ -50,7 +50,17 @@ from tracklm.models.inputs import module_geometry_table
 from tracklm.train.checkpoint import AtomicCheckpointIO
 from tracklm.train.config import PretrainConfig, apply_overrides, load_pretrain_config
 from tracklm.train.module import PretrainData, PretrainModule
-from tracklm.train.schedule import Pace, fit_schedule, measure_pace, steps_for_minutes
+from tracklm.train.optim import warmup_linear_decay
+from tracklm.train.schedule import (
+    REFIT_AT,
+    REFIT_MIN_CHANGE,
+    Pace,
+    fit_schedule,
+    measure_pace,
+    refit_schedule,
+    refit_steps,
+    steps_for_minutes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +175,8 @@ def run_pretrain(
             f"--out: {run} already exists and is not empty (use --resume to continue it)"
         )
     fit_time = not resume and max_steps is None and max_time is not None
+    # A schedule fitted to the time is re-fitted on the way, to the pace the run really makes.
+    refit_keep = file_keys if fit_time and "max_steps" not in file_keys else None
     if fit_time and "max_steps" not in file_keys and not first_process:
         # Ranks started by rank 0 take the schedule it measured and wrote (run.json).
         cfg = _fitted_by_rank_zero(run, cfg)
@@ -199,6 +211,7 @@ def run_pretrain(
             seed=seed,
             checkpoint=checkpoint,
             max_time=max_time,
+            refit_keep=refit_keep,
             trainer_options={
                 "devices": _parse_devices(devices),
                 "num_nodes": num_nodes,
@@ -222,6 +235,7 @@ def train(
     seed: int,
     checkpoint: Path | None = None,
     max_time: float | None = None,
+    refit_keep: frozenset[str] | None = None,
     trainer_options: dict[str, Any] | None = None,
     callbacks: list[Callback] | None = None,
 ) -> Path:
@@ -235,6 +249,10 @@ def train(
     seed : run seed.
     checkpoint : Lightning checkpoint to resume from, or None.
     max_time : wall-clock minutes of this invocation, or None.
+    refit_keep : re-fit the schedule to the time left at ``REFIT_AT`` of the steps
+        (``_ScheduleRefit``), keeping these keys; None (default) leaves the schedule as it is.
+        Needs ``max_time``; off with DataLoader workers, whose copies of the mask-rate schedule
+        a re-fit cannot reach.
     trainer_options : extra ``Trainer`` arguments (devices, num_nodes, strategy, accelerator).
     callbacks : extra Lightning callbacks.
     """
@@ -250,13 +268,18 @@ def train(
     }
     model_config, module, data = _build_module_and_data(dataset, config, seed)
     stops = _StopCallbacks.build(config, max_time)
-    trainer = _build_trainer(
-        run, config, options, [*stops.callbacks(run, config), *(callbacks or [])]
-    )
+    extra = list(callbacks or [])
+    if refit_keep is not None and stops.timer is not None:
+        if config.num_workers == 0:
+            extra.append(_ScheduleRefit(run, stops.timer, refit_keep))
+        else:
+            log.info("pretrain: no schedule re-fit with %d DataLoader workers", config.num_workers)
+    trainer = _build_trainer(run, config, options, [*stops.callbacks(run, config), *extra])
     started = time.perf_counter()
     # Our checkpoints hold tensors and plain data only: load them without unpickling code.
     trainer.fit(module, datamodule=data, ckpt_path=checkpoint, weights_only=True)
     wall_seconds = time.perf_counter() - started
+    config = module.config  # as re-fitted on the way, if it was
     trainer.save_checkpoint(run / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
     val_metrics = _final_validation(trainer, module, data)
     if not trainer.is_global_zero:
@@ -449,6 +472,86 @@ def _write_outputs(
         model=model_config.to_dict(),
         metrics=metrics,
     )
+
+
+class _ScheduleRefit(Callback):
+    """Re-fits a ``--max-time`` run's schedule to the pace it really makes (``refit_schedule``).
+
+    At ``REFIT_AT`` of its (latest) fitted steps the run's pace so far (its wall time since
+    training started over its steps, validations and checkpoints included) and the time its
+    timer has left give a new last step (``refit_steps``; rank 0 decides for every rank). Unless
+    it moves by less than ``REFIT_MIN_CHANGE``, the trainer's step limit, the learning-rate
+    schedule, the mask-rate stages and the sampler follow it, a checkpoint is saved, and
+    ``run.json`` records the new config (what ``--resume`` rebuilds) and the re-fit under
+    ``schedule_fitted.refits``.
+    """
+
+    def __init__(self, run: Path, timer: Timer, keep: frozenset[str]) -> None:
+        self.run = run
+        self.timer = timer
+        self.keep = keep
+        self.done = 0
+        self.clock: tuple[int, float] | None = None  # (step, time) at the end of the first step
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        assert isinstance(pl_module, PretrainModule)
+        config, step = pl_module.config, trainer.global_step
+        if self.clock is None:
+            # Paced from the end of the first step: its start-up is not the run's pace.
+            self.clock = (step, time.perf_counter())
+            return
+        if self.done >= len(REFIT_AT):
+            return
+        if step < max(self.clock[0] + 1, round(REFIT_AT[self.done] * config.max_steps)):
+            return
+        self.done += 1
+        seconds = time.perf_counter() - self.clock[1]
+        made = step - self.clock[0]
+        target = refit_steps(step, made, seconds, self.timer.time_remaining() or 0.0)
+        target = int(trainer.strategy.broadcast(target, src=0))
+        if abs(target - config.max_steps) < REFIT_MIN_CHANGE * config.max_steps:
+            log.info("pretrain: step %d keeps its schedule of %d steps", step, config.max_steps)
+            return
+        refitted = refit_schedule(config, step, target, keep=self.keep)
+        self._apply(trainer, pl_module, refitted)
+        log.info(
+            "pretrain: step %d at %.4f s per step: schedule re-fitted from %d to %d steps",
+            step, seconds / made, config.max_steps, target,
+        )  # fmt: skip
+        # A checkpoint at the re-fit, then the new schedule in run.json: --resume never runs
+        # steps made under the old schedule again under the new one (a kill between the two
+        # resumes on the old schedule, as if the re-fit had not happened).
+        trainer.save_checkpoint(self.run / CHECKPOINT_DIR / LAST_CHECKPOINT, weights_only=False)
+        if trainer.is_global_zero:
+            record = json.loads((self.run / RUN_FILE).read_text())
+            record["config"] = refitted.to_dict()
+            record.setdefault("schedule_fitted", {}).setdefault("refits", []).append(
+                {"step": step, "seconds_per_step": seconds / made, "max_steps": target}
+            )
+            write_json(self.run / RUN_FILE, record)
+
+    @staticmethod
+    def _apply(trainer: pl.Trainer, module: PretrainModule, config: PretrainConfig) -> None:
+        trainer.fit_loop.epoch_loop.max_steps = config.max_steps
+        scheduler = trainer.lr_scheduler_configs[0].scheduler
+        assert isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR)
+        factor = warmup_linear_decay(config.warmup_steps, config.max_steps, config.decay_start)
+        groups = scheduler.optimizer.param_groups
+        scheduler.lr_lambdas = [factor] * len(groups)
+        # The rate of the next step, as a run resumed from here computes it.
+        for group, base in zip(groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports
+        module.config = config
+        module.schedule = config.mask_schedule
+        data = getattr(trainer, "datamodule", None)  # set by fit(), unknown to the stubs
+        assert isinstance(data, PretrainData)
+        data.config = config
+        assert data.train_batches is not None and data.train_sampler is not None
+        data.train_batches.mask_schedule = config.mask_schedule
+        data.train_sampler.total_steps = config.max_steps
 
 
 class _InvocationTimer(Timer):

@@ -9,6 +9,13 @@ this machine's pace on a few throw-away training steps (``measure_pace``), then 
 schedule to the steps that M minutes hold (``steps_for_minutes``); the timer still stops the run
 at M minutes if the machine slows down. Keys that the user's ``--config`` file sets itself are
 kept as written; a file that sets ``max_steps`` turns the fitting off (the budget is then a cap).
+
+The throw-away steps miss Lightning's own work per step, and on a shared machine the pace they
+measure is that of their few seconds. So a run fitted to ``--max-time`` re-fits its schedule
+twice on the way (``refit_schedule``, at 20% and 60% of its steps), to the pace of the steps it
+has really made, validations and checkpoints included, and to the time its timer has left: the
+learning rate still reaches zero and the mask-rate stages keep their share of the run when the
+machine turns out slower or faster than it looked.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import torch
 from tracklm.models import TrackingBert
 from tracklm.train.config import PretrainConfig
 from tracklm.train.module import forward_batch
-from tracklm.train.optim import build_optimizer
+from tracklm.train.optim import build_optimizer, warmup_linear_decay
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +74,76 @@ def fit_schedule(
     for key in ("val_every", "checkpoint_every"):
         if key not in keep:
             changes[key] = max(1, round(getattr(config, key) * scale))
+    if config.decay_start is not None and "decay_start" not in keep:
+        changes["decay_start"] = min(round(config.decay_start * scale), max_steps - 1)
     return dataclasses.replace(config, **changes)
+
+
+REFIT_AT = (0.2, 0.6)
+"""Fractions of its (latest) fitted steps at which a ``--max-time`` run re-fits its schedule."""
+
+REFIT_MARGIN = 0.97
+"""Share of the time left that a re-fit fills: the pace it uses already holds validations,
+checkpoints and Lightning's work, so only the pace's own drift needs room."""
+
+REFIT_MIN_CHANGE = 0.02
+"""A re-fit that would move the last step by less than this fraction leaves the schedule alone."""
+
+
+def refit_schedule(
+    config: PretrainConfig, step: int, max_steps: int, keep: tuple[str, ...] | frozenset[str] = ()
+) -> PretrainConfig:
+    """``config``, already trained ``step`` steps, re-fitted to end at ``max_steps``.
+
+    What lies behind ``step`` stays as it was: a warm-up or mask-rate boundary already passed
+    keeps its step, and the ones still ahead scale with ``max_steps / config.max_steps`` (at
+    least one step ahead, strictly increasing). So the schedule of the steps still to come is a
+    function of the new config alone, which a resumed run rebuilds from ``run.json``. The
+    validation and checkpoint intervals stay (they decide nothing of the training), as do the
+    keys in ``keep`` (set by the user's ``--config`` file).
+
+    Parameters
+    ----------
+    config : the schedule in force.
+    step : optimiser steps made so far.
+    max_steps : the new last step (more than ``step``).
+    keep : keys of ``SCHEDULE_KEYS`` not to move.
+
+    Returns
+    -------
+    The re-fitted config. Past the warm-up, the learning-rate decay goes on from the factor in
+    force at ``step`` to 0 at ``max_steps`` (``decay_start`` moves to where the new decay line
+    stands at 1), so the rate does not jump.
+    """
+    if max_steps <= step:
+        raise ValueError(f"max_steps must exceed the {step} steps made, got {max_steps}")
+    scale = max_steps / config.max_steps
+    in_force = warmup_linear_decay(config.warmup_steps, config.max_steps, config.decay_start)(step)
+
+    def ahead(boundary: int, floor: int) -> int:
+        if boundary <= step:
+            return boundary
+        return max(floor, step + 1, round(boundary * scale))
+
+    changes: dict[str, Any] = {"max_steps": max_steps}
+    if "warmup_steps" not in keep:
+        changes["warmup_steps"] = min(ahead(config.warmup_steps, 0), max_steps - 1)
+    if "mask_rate_steps" not in keep:
+        boundaries: list[int] = []
+        for boundary in config.mask_rate_steps:
+            boundaries.append(ahead(boundary, boundaries[-1] + 1 if boundaries else 1))
+        changes["mask_rate_steps"] = tuple(boundaries)
+    if step >= config.warmup_steps and in_force > 0 and "decay_start" not in keep:
+        # (max_steps - step) / (max_steps - decay_start) == the factor in force
+        changes["decay_start"] = round(max_steps - (max_steps - step) / in_force)
+    return dataclasses.replace(config, **changes)
+
+
+def refit_steps(step: int, made: int, seconds: float, seconds_left: float) -> int:
+    """The last step of a run now at ``step``, whose last ``made`` steps took ``seconds``, with
+    ``seconds_left`` to go (``REFIT_MARGIN`` of them filled at that pace; one step at least)."""
+    pace = seconds / max(made, 1)
+    return step + max(1, int(max(seconds_left, 0.0) * REFIT_MARGIN / pace))
 
 
 @dataclass(frozen=True)
