@@ -7,7 +7,7 @@ import torch
 
 from tracklm.errors import InputError
 from tracklm.models import TrackingBert, TrackingBertConfig
-from tracklm.models.heads import PairHead
+from tracklm.models.heads import PairHead, in_batch_pair_loss
 
 from .test_bert import make_batch, make_vocab, mask_some
 
@@ -52,6 +52,30 @@ def test_difference_logit_is_score_of_b_minus_score_of_a_in_both_paths():
         pruned = model(masked, types, mask, labels=labels).pair_logits  # the last block pruned
     torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(pruned, expected, rtol=1e-5, atol=1e-5)
+    # both paths give the per-track scores the in-batch pair loss compares
+    with torch.no_grad():
+        for out in (model(masked, types, mask), model(masked, types, mask, labels=labels)):
+            assert out.pair_scores is not None
+            torch.testing.assert_close(out.pair_scores, scores, rtol=1e-5, atol=1e-5)
+    assert tiny("cls")(masked, types, mask).pair_scores is None
+
+
+def test_in_batch_pair_loss_asks_every_two_tracks():
+    import torch.nn.functional as F
+
+    scores = torch.tensor([0.0, 1.0, 2.0, -1.0])
+    pt = torch.tensor([1.0, 2.0, 3.0, 0.5])
+    # pairs i < j: logit score(j) - score(i), label pT(j) > pT(i)
+    logits = torch.tensor([1.0, 2.0, -1.0, 1.0, -2.0, -3.0])
+    labels = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    expected = F.binary_cross_entropy_with_logits(logits, labels)
+    torch.testing.assert_close(in_batch_pair_loss(scores, pt), expected)
+    # blocks of 2: only (0, 1) and (2, 3) are compared
+    blocks = F.binary_cross_entropy_with_logits(logits[[0, 5]], labels[[0, 5]])
+    torch.testing.assert_close(in_batch_pair_loss(scores, pt, block=2), blocks)
+    # scores in the order of pT: the loss falls as their spread grows
+    assert in_batch_pair_loss(10 * scores, pt) < in_batch_pair_loss(scores, pt)
+    assert in_batch_pair_loss(-scores, pt) > in_batch_pair_loss(scores, pt)
 
 
 def test_cls_reads_one_token_and_old_configs_mean_cls(tmp_path):

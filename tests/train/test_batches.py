@@ -71,7 +71,12 @@ def test_batch_contents_follow_the_tracks(dataset):
         np.testing.assert_array_equal(ids[row, positions][~chosen], original[~chosen])
         assert chosen[:la].any() and chosen[la:].any()
         assert batch["pair_labels"][row] == float(split.pt[b] > split.pt[a])
+        # the tracks' pT, for the in-batch pair loss
+        np.testing.assert_array_equal(
+            batch["pair_pt"][row].numpy(), np.float32([split.pt[a], split.pt[b]])
+        )
     assert int(batch["step"]) == 3
+    assert "pair_pt" not in batches(dataset, pair_task="swap")[3]
 
 
 def test_ranks_take_disjoint_pairs_of_each_epoch(dataset):

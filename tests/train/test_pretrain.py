@@ -250,5 +250,28 @@ def test_two_process_ddp_fits_one_schedule_to_max_time(data, tmp_path):
     final = (fitted.get("refits") or [fitted])[-1]["max_steps"]
     assert fitted["to"] == "max_time" and record["config"]["max_steps"] == final
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0 < metrics["step"] <= fitted["max_steps"] and metrics["train"]["devices"] == 2
+    assert 0 < metrics["step"] <= final and metrics["train"]["devices"] == 2
     assert metrics["train"]["pairs_seen"] == metrics["step"] * 16 * 2
+
+
+def test_in_batch_pair_loss_trains_and_is_refused_without_a_difference_head(data, tmp_path):
+    config = tmp_path / "in-batch.yaml"
+    config.write_text(
+        SHORT_RUN.replace("{dropout: 0.1,", "{pair_head: difference, dropout: 0.1,")
+        + "pair_in_batch_weight: 0.5\n"
+    )
+    run = run_pretrain(data, tmp_path / "run", preset="tiny", config=config, accelerator="cpu")
+    with open(run / "logs" / "version_0" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/pair_in_batch_loss")]
+    assert rows and all(float(row["train/pair_in_batch_loss"]) > 0 for row in rows)
+    # an untrained head scores every track about alike: the loss starts at ln 2
+    assert float(rows[0]["train/pair_in_batch_loss"]) == pytest.approx(0.693, abs=0.05)
+    cls = tmp_path / "cls.yaml"
+    cls.write_text(SHORT_RUN + "pair_in_batch_weight: 0.5\n")
+    with pytest.raises(InputError, match=r"cls\.yaml.*pair_head: difference"):
+        run_pretrain(data, tmp_path / "refused", preset="tiny", config=cls, accelerator="cpu")
+    assert not (tmp_path / "refused").exists()
+    swap = tmp_path / "swap.yaml"
+    swap.write_text(SHORT_RUN + "pair_task: swap\npair_in_batch_weight: 0.5\n")
+    with pytest.raises(InputError, match="pair_task: pt"):
+        run_pretrain(data, tmp_path / "swap", preset="tiny", config=swap, accelerator="cpu")

@@ -71,7 +71,8 @@ class PairBatches(Dataset):
     -----
     ``dataset[step]`` is a dict of tensors: ``input_ids``, ``token_type_ids`` (B, W) int64,
     ``attention_mask`` (B, W) bool, ``labels`` (B, W) int64 (-100 = no label), ``pair_labels``
-    (B,) float32 when there is a pair task, and ``step`` (a 0-d int64 tensor). With ``hits``,
+    (B,) float32 when there is a pair task, ``pair_pt`` (B, 2) float32, the pT in GeV of tracks A
+    and B, with the ``pt`` pair task, and ``step`` (a 0-d int64 tensor). With ``hits``,
     also ``hits`` (B, W, 3) float32, the positions in mm of the visible hits (NaN at every
     labelled position, and wherever there is no hit), and ``hit_labels`` (B, W, 3), the true
     positions at the labelled positions (NaN elsewhere).
@@ -201,6 +202,9 @@ class PairBatches(Dataset):
         }
         if pairs.labels is not None:
             batch["pair_labels"] = torch.from_numpy(pairs.labels)
+        if self.pair_task == "pt" and pairs.index_b is not None:
+            pt = np.stack([self.pt[pairs.index_a], self.pt[pairs.index_b]], axis=1)
+            batch["pair_pt"] = torch.from_numpy(pt.astype(np.float32))
         if visible is not None and targets is not None:
             batch["hits"] = torch.from_numpy(visible)
             batch["hit_labels"] = torch.from_numpy(targets)

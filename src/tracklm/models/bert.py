@@ -433,12 +433,16 @@ class TrackingBert(nn.Module):
             hidden = self.encode(
                 input_ids, token_type_ids, attention_mask, hits=hits, geometry=geometry
             )  # (b, t, d)
-            pair_logits = None
+            pair_logits = scores = None
             if pair:
                 b, t = input_ids.shape
                 read = self.pair_positions(token_type_ids, attention_mask, b, t)
-                pair_logits = self.pair_head.classify(hidden.reshape(b * t, -1)[read])
-            return HeadOutputs(self.mlm_head(hidden, table), pair_logits, hidden)
+                pair_logits, scores = self.pair_head.classify_with_scores(
+                    hidden.reshape(b * t, -1)[read]
+                )
+            return HeadOutputs(
+                self.mlm_head(hidden, table), pair_logits, hidden, pair_scores=scores
+            )
         b, t = input_ids.shape
         k = at.shape[0]
         if pair:
@@ -453,8 +457,12 @@ class TrackingBert(nn.Module):
                 input_ids, token_type_ids, attention_mask, hits=hits, geometry=geometry
             )
             rows = hidden.reshape(b * t, -1).index_select(0, at)  # (k [+ b], d)
-        pair_logits = self.pair_head.classify(rows[k:]) if pair else None
-        return HeadOutputs(self.mlm_head(rows[:k], table), pair_logits, None, rows[:k])
+        pair_logits = scores = None
+        if pair:
+            pair_logits, scores = self.pair_head.classify_with_scores(rows[k:])
+        return HeadOutputs(
+            self.mlm_head(rows[:k], table), pair_logits, None, rows[:k], pair_scores=scores
+        )
 
     def forward(
         self,
@@ -517,6 +525,7 @@ class TrackingBert(nn.Module):
             pair_logits=pair_logits,
             hidden_states=heads.hidden_states,
             position_loss=hit_loss,
+            pair_scores=heads.pair_scores,
         )
 
     def _position_loss(

@@ -29,6 +29,8 @@ class TrackingBertOutput:
     mlm_logits : (k, v) at the labelled positions in row-major order when labels are given,
         else (b, t, v).
     pair_logits : (b,) logit of pT(B) > pT(A).
+    pair_scores : (2b,) with ``pair_head: difference``, the score of each track (the b tracks A,
+        then the b tracks B; ``pair_logits`` is score(B) - score(A)); None otherwise.
     hidden_states : (b, t, d) encoder output (zeros at padding) without labels; None with labels,
         where the last block computes only the positions the heads read (``TrackingBert.encode``
         gives every position).
@@ -41,6 +43,7 @@ class TrackingBertOutput:
     pair_logits: Tensor
     hidden_states: Tensor | None
     position_loss: Tensor | None = None
+    pair_scores: Tensor | None = None
 
 
 class HeadOutputs(NamedTuple):
@@ -50,6 +53,7 @@ class HeadOutputs(NamedTuple):
     pair_logits: Tensor | None
     hidden_states: Tensor | None
     rows: Tensor | None = None  # (k, d) hidden states at ``at`` (None without ``at``)
+    pair_scores: Tensor | None = None  # (2b,) per-track scores of a difference head, else None
 
 
 class MaskedModuleHead(nn.Module):
@@ -102,8 +106,36 @@ class PairHead(nn.Module):
     def classify(self, rows: Tensor) -> Tensor:
         """The pair logits from the rows at ``TrackingBert.pair_positions``: (b, d) summary rows,
         or (2b, d) with ``difference`` (the b rows ending track A, then the b ending track B)."""
+        return self.classify_with_scores(rows)[0]
+
+    def classify_with_scores(self, rows: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``classify``, and with ``difference`` the (2b,) scores of the tracks (else None)."""
         scores = self.score(rows)
         if not self.difference:
-            return scores
+            return scores, None
         b = scores.shape[0] // 2
-        return scores[b:] - scores[:b]
+        return scores[b:] - scores[:b], scores
+
+
+def in_batch_pair_loss(scores: Tensor, pt: Tensor, block: int = 256) -> Tensor:
+    """The pair task asked of every two tracks of a batch: mean binary cross-entropy of
+    score(j) - score(i) against pT(j) > pT(i), over the pairs i < j of each block of ``block``
+    consecutive tracks (the whole batch of the CPU presets; blocks keep a GPU batch of 5,000
+    pairs from building a 10,000-square matrix).
+
+    Parameters
+    ----------
+    scores : (n,) per-track scores of a ``difference`` pair head (``pair_scores``).
+    pt : (n,) the tracks' transverse momenta, in the same order.
+    block : tracks compared with each other.
+    """
+    losses, pairs = scores.new_zeros((), dtype=torch.float32), 0
+    for start in range(0, scores.shape[0], block):
+        s = scores[start : start + block].float()
+        p = pt[start : start + block].float()
+        upper = torch.triu(torch.ones(len(s), len(s), dtype=torch.bool, device=s.device), 1)
+        logits = (s[None, :] - s[:, None])[upper]  # score(j) - score(i) for i < j
+        targets = (p[None, :] > p[:, None])[upper].float()
+        losses = losses + F.binary_cross_entropy_with_logits(logits, targets, reduction="sum")
+        pairs += logits.numel()
+    return losses / max(pairs, 1)

@@ -47,6 +47,10 @@ class PretrainConfig:
     mlm_loss_weight, pair_loss_weight : weights of the masked-module and the pair losses in
         the training loss (the position loss keeps the model's ``position_loss_weight``);
         validation's ``val/loss`` is always their plain sum, so runs compare.
+    pair_in_batch_weight : weight of the pair task asked of every two tracks of a training
+        batch, not only of its pairs (``in_batch_pair_loss``: 32,640 comparisons in a batch of
+        128 pairs instead of 128); needs ``pair_task: pt`` and a model with
+        ``pair_head: difference``, whose per-track scores it compares. 0 (default) turns it off.
     pair_clean_fraction : fraction of each training batch's pairs left unmasked, training the
         pair task on clean pairs (as the evaluation asks it) at the cost of their module labels;
         validation batches stay as configured.
@@ -77,6 +81,7 @@ class PretrainConfig:
     pair_task: Literal["pt", "swap", "none"] = "pt"
     mlm_loss_weight: float = 1.0
     pair_loss_weight: float = 1.0
+    pair_in_batch_weight: float = 0.0
     pair_clean_fraction: float = 0.0
     val_every: int = 1000
     val_batches: int = 20
@@ -122,6 +127,15 @@ class PretrainConfig:
         ):
             raise InputError(
                 "pretrain config: mlm_loss_weight and pair_loss_weight must be >= 0, not both 0"
+            )
+        if not self.pair_in_batch_weight >= 0:
+            raise InputError(
+                f"pretrain config: pair_in_batch_weight must be >= 0, got {self.pair_in_batch_weight}"
+            )
+        if self.pair_in_batch_weight > 0 and self.pair_task != "pt":
+            raise InputError(
+                f"pretrain config: pair_in_batch_weight compares the tracks' pT; it needs "
+                f"pair_task: pt, not {self.pair_task!r}"
             )
         if not 0.0 <= self.pair_clean_fraction < 1.0:
             raise InputError(

@@ -23,7 +23,7 @@ from tracklm.data.masking import IGNORE_INDEX
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.models import TrackingBert
-from tracklm.models.heads import TrackingBertOutput
+from tracklm.models.heads import TrackingBertOutput, in_batch_pair_loss
 from tracklm.train.config import PretrainConfig
 from tracklm.train.optim import build_optimizer
 
@@ -86,6 +86,10 @@ class PretrainModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = forward_batch(self.model, batch)
         loss = self._weighted_loss(out)
+        in_batch = None
+        if self.config.pair_in_batch_weight > 0:
+            in_batch = self._in_batch_loss(out, batch)
+            loss = loss + self.config.pair_in_batch_weight * in_batch
         step = self.trainer.global_step
         # Only on the steps the loggers write: self.log costs as much as a tiny model's forward.
         # (set on the Trainer at run time, unknown to its type stubs)
@@ -96,6 +100,8 @@ class PretrainModule(pl.LightningModule):
                 metrics["train/pair_loss"] = out.pair_loss.detach()
             if out.position_loss is not None:
                 metrics["train/position_loss"] = out.position_loss.detach()
+            if in_batch is not None:
+                metrics["train/pair_in_batch_loss"] = in_batch.detach()
             self.log_dict(metrics, batch_size=batch["input_ids"].shape[0])
             self.log("train/mask_rate", self.schedule.rate_at(step))
             self.log("lr", self._learning_rate())
@@ -114,6 +120,17 @@ class PretrainModule(pl.LightningModule):
         if out.pair_loss is not None:
             loss = loss + (c.pair_loss_weight - 1.0) * out.pair_loss
         return loss
+
+    @staticmethod
+    def _in_batch_loss(out: TrackingBertOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``in_batch_pair_loss`` of the batch's tracks (A rows, then B rows, as the scores)."""
+        if out.pair_scores is None or "pair_pt" not in batch:
+            raise InputError(
+                "pretrain config: pair_in_batch_weight needs a model with pair_head: difference "
+                "(model_overrides) and pair_task: pt"
+            )
+        pt = batch["pair_pt"]
+        return in_batch_pair_loss(out.pair_scores, torch.cat([pt[:, 0], pt[:, 1]]))
 
     def _learning_rate(self) -> float:
         """The learning rate in force (from the one step-wise scheduler ``configure_optimizers`` sets)."""

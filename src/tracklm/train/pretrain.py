@@ -160,6 +160,12 @@ def run_pretrain(
     except InputError as exc:
         source = config if config is not None else f"--preset {preset}"
         raise InputError(f"{source}: model_overrides: {exc}") from None
+    if cfg.pair_in_batch_weight > 0 and planned.pair_head != "difference":
+        source = config if config is not None else f"--preset {preset}"
+        raise InputError(
+            f"{source}: pair_in_batch_weight compares per-track scores; it needs "
+            "model_overrides: {pair_head: difference}"
+        )
     if resume and inputs is not None and inputs != planned.inputs:
         raise InputError(
             f"--inputs: the run in {run} trains a model with inputs {planned.inputs!r}, not "
