@@ -483,9 +483,9 @@ def _write_outputs(
 class _ScheduleRefit(Callback):
     """Re-fits a ``--max-time`` run's schedule to the pace it really makes (``refit_schedule``).
 
-    At ``REFIT_AT`` of its (latest) fitted steps the run's pace so far (its wall time since
-    training started over its steps, validations and checkpoints included) and the time its
-    timer has left give a new last step (``refit_steps``; rank 0 decides for every rank). Unless
+    At ``REFIT_AT`` of its (latest) fitted steps the run's recent pace (wall time over the steps
+    made since the first step or the previous re-fit point, validations and checkpoints
+    included) and the time its timer has left give a new last step (``refit_steps``; rank 0 decides for every rank). Unless
     it moves by less than ``REFIT_MIN_CHANGE``, the trainer's step limit, the learning-rate
     schedule, the mask-rate stages and the sampler follow it, a checkpoint is saved, and
     ``run.json`` records the new config (what ``--resume`` rebuilds) and the re-fit under
@@ -513,8 +513,11 @@ class _ScheduleRefit(Callback):
         if step < max(self.clock[0] + 1, round(REFIT_AT[self.done] * config.max_steps)):
             return
         self.done += 1
-        seconds = time.perf_counter() - self.clock[1]
-        made = step - self.clock[0]
+        now = time.perf_counter()
+        seconds, made = now - self.clock[1], step - self.clock[0]
+        # The next re-fit paces the steps made after this one: a slow spell that has passed
+        # does not size the rest of the run twice.
+        self.clock = (step, now)
         target = refit_steps(step, made, seconds, self.timer.time_remaining() or 0.0)
         target = int(trainer.strategy.broadcast(target, src=0))
         if abs(target - config.max_steps) < REFIT_MIN_CHANGE * config.max_steps:

@@ -13,9 +13,9 @@ kept as written; a file that sets ``max_steps`` turns the fitting off (the budge
 The throw-away steps miss Lightning's own work per step, and on a shared machine the pace they
 measure is that of their few seconds. So a run fitted to ``--max-time`` re-fits its schedule
 twice on the way (``refit_schedule``, at 20% and 60% of its steps), to the pace of the steps it
-has really made, validations and checkpoints included, and to the time its timer has left: the
-learning rate still reaches zero and the mask-rate stages keep their share of the run when the
-machine turns out slower or faster than it looked.
+made since the start or the previous point, validations and checkpoints included, and to the
+time its timer has left: the learning rate still reaches zero and the mask-rate stages keep
+their share of the run when the machine turns out slower or faster than it looked.
 """
 
 from __future__ import annotations
