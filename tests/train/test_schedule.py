@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -52,6 +53,10 @@ def test_fit_schedule_keeps_user_keys_and_squeezes_stages_that_cannot_fit():
     assert fitted.mask_rate_steps[0] >= 1 and fitted.mask_rate_steps[1] > fitted.mask_rate_steps[0]
     with pytest.raises(ValueError, match="max_steps"):
         fit_schedule(paper, 0)
+    # a decay line moved by a re-fit scales with the run, and stays below its last step
+    moved = dataclasses.replace(paper, decay_start=150_000)
+    assert fit_schedule(moved, 2_000).decay_start == 1_500
+    assert fit_schedule(dataclasses.replace(paper, decay_start=199_999), 4).decay_start == 3
 
 
 def test_steps_for_minutes_counts_validation_time():

@@ -151,6 +151,7 @@ def run_pretrain(
             cfg = fit_schedule(cfg, max_steps, keep=file_keys)
             fitted = {"to": "max_steps", "max_steps": max_steps}
     # Refuse bad model_overrides now, before a new run directory exists.
+    source = config if config is not None else f"--preset {preset}"
     try:
         planned = _model_config(
             cfg,
@@ -158,10 +159,8 @@ def run_pretrain(
             width=input_width(dataset.split("train").max_length, cfg.pairing),
         )
     except InputError as exc:
-        source = config if config is not None else f"--preset {preset}"
         raise InputError(f"{source}: model_overrides: {exc}") from None
     if cfg.pair_in_batch_weight > 0 and planned.pair_head != "difference":
-        source = config if config is not None else f"--preset {preset}"
         raise InputError(
             f"{source}: pair_in_batch_weight compares per-track scores; it needs "
             "model_overrides: {pair_head: difference}"
@@ -485,11 +484,11 @@ class _ScheduleRefit(Callback):
 
     At ``REFIT_AT`` of its (latest) fitted steps the run's recent pace (wall time over the steps
     made since the first step or the previous re-fit point, validations and checkpoints
-    included) and the time its timer has left give a new last step (``refit_steps``; rank 0 decides for every rank). Unless
-    it moves by less than ``REFIT_MIN_CHANGE``, the trainer's step limit, the learning-rate
-    schedule, the mask-rate stages and the sampler follow it, a checkpoint is saved, and
-    ``run.json`` records the new config (what ``--resume`` rebuilds) and the re-fit under
-    ``schedule_fitted.refits``.
+    included) and the time its timer has left give a new last step (``refit_steps``; rank 0
+    decides for every rank). Unless it moves by less than ``REFIT_MIN_CHANGE``, the trainer's
+    step limit, the learning-rate schedule, the mask-rate stages and the sampler follow it, a
+    checkpoint is saved, and ``run.json`` records the new config (what ``--resume`` rebuilds)
+    and the re-fit under ``schedule_fitted.refits``.
     """
 
     def __init__(self, run: Path, timer: Timer, keep: frozenset[str]) -> None:
