@@ -294,7 +294,7 @@ def test_pair_logits_are_the_pair_head_on_clean_pairs(special_loving_model):
 def test_every_report_scores_the_pair_baselines(masked_report):
     out, metrics = masked_report
     baselines = metrics["pair_pt"]["baselines"]
-    assert list(baselines) == ["lookup", "circle", "circle_hits"]
+    assert list(baselines) == ["lookup", "regression", "circle", "circle_hits"]
     for block in baselines.values():
         assert 0.0 <= block["accuracy"] <= 1.0 and 0.0 <= block["auc"] <= 1.0
     # the measured hits order pT well (the toy events are simulated helices in 2 T)

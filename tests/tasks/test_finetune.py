@@ -48,7 +48,7 @@ METRIC_KEYS = {
     "pt": {"pt_sigma68", "pt_std", "pt_bias", "pt_q68_abs", "pt_spearman", "charge_accuracy"},
 }
 BASELINE_NAMES = {"holes": {"helix"}, "outliers": {"helix"}, "extrapolate": {"helix"},
-                  "pt": {"circle", "circle_hits", "lookup"}}  # fmt: skip
+                  "pt": {"circle", "circle_hits", "lookup", "regression"}}  # fmt: skip
 
 
 def _check_pt_metrics(block: dict, n_examples: int) -> None:

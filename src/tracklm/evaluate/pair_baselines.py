@@ -6,6 +6,9 @@ is ``log pT(B) - log pT(A)``:
 * ``lookup``: the mean log pT of the training tracks with the same module-sequence key, the
   (first, second, last) module, backing off to (first, last), to the first module and to the
   mean of all training tracks (the information a module-token model has);
+* ``regression``: a small network fitted to the training tracks, log pT from all the module
+  centres of a track (``tracklm.evaluate.pt_regression``; the same information, and the best
+  module-only estimate found so far);
 * ``circle``: a circle in x-y through the beam line and the module centres (the same
   information; 82% low at the median, but the order of two tracks is what is scored here);
 * ``circle_hits``: the same circle through the measured hit positions (a reference for a
@@ -20,12 +23,15 @@ import numpy as np
 import pandas as pd
 
 from tracklm.evaluate import metrics as M
+from tracklm.evaluate.pt_regression import regression_estimates
 from tracklm.io.dataset import TrackArrays
 from tracklm.tracking.helix import beam_line_circle
 
 PAIR_BASELINE_TEXT = {
     "lookup": "mean log pT of training tracks with the same (first, second, last) module, backing "
     "off to (first, last), first, and all",
+    "regression": "network fitted to the training tracks: log pT from the module centres' radius, "
+    "z and azimuth",
     "circle": "circle through the beam line and the module centres",
     "circle_hits": "circle through the beam line and the measured hits (information a "
     "module-token model does not have)",
@@ -95,7 +101,7 @@ def pair_baselines(
     tracks : the N evaluated tracks (track A of pair i is track i).
     partner : (N,) index of track B of each pair.
     labels : (N,) bool, pT(B) > pT(A).
-    train : the tracks the lookup counts on (None: no lookup).
+    train : the tracks the lookup counts on and the regression is fitted to (None: neither).
     centres_mm : (V, 3) module centre of every token id.
     b_field_t : the field the events were made with, tesla.
 
@@ -111,7 +117,11 @@ def pair_baselines(
         "circle_hits": circle_log_pt(np.asarray(tracks.hits), lengths, b_field_t),
     }
     if train is not None and len(train):
-        estimates = {"lookup": lookup_log_pt(train, tracks), **estimates}
+        fitted, _ = regression_estimates(
+            train.tokens, train.lengths, np.log(np.asarray(train.pt, dtype=np.float64)), None,
+            tokens, lengths, centres_mm,
+        )  # fmt: skip
+        estimates = {"lookup": lookup_log_pt(train, tracks), "regression": fitted, **estimates}
     out = {}
     for name, log_pt in estimates.items():
         score = log_pt[partner] - log_pt

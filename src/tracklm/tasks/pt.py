@@ -16,7 +16,10 @@ Every hit is shown, with its measured position (read by an ``inputs: hits`` mode
 
   and ``lookup``: the mean log pT (and charge) of the train split's tracks with the same
   (first, second, last) module, backing off to (first, last), first and all (the pair task's
-  ``lookup``; the best module-only estimate of pT found so far).
+  ``lookup``);
+  and ``regression``: a small network fitted to the train split's tracks, log pT and charge from
+  all the module centres of a track (``tracklm.evaluate.pt_regression``; the pair task's
+  ``regression``, the best module-only estimate of pT found so far).
 
   pT = 0.3 * B[T] * R[m] in the dataset's field (``b_field_t``), charge from the bending
   direction (a positive particle turns clockwise seen from +z, the field being along +z).
@@ -36,6 +39,7 @@ from torch import Tensor, nn
 
 from tracklm.evaluate.metrics import exact_accuracy
 from tracklm.evaluate.pair_baselines import lookup_mean
+from tracklm.evaluate.pt_regression import regression_estimates
 from tracklm.io.dataset import TrackArrays
 from tracklm.models.bert import PairHead, TrackingBert
 from tracklm.tasks.common import (
@@ -149,6 +153,27 @@ def lookup_baseline(examples: Examples, context: TaskContext) -> dict[str, np.nd
     return {"pt_gev": np.exp(log_pt), "charge": np.where(charge >= 0.0, 1, -1)}
 
 
+def regression_baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
+    """``regression``: the network fitted to the training tracks' module centres (module
+    docstring)."""
+    train = context.train_tracks
+    if train is None or len(train) == 0:
+        raise ValueError("the regression baseline needs the dataset's training tracks")
+    charge = np.asarray(train.charge)
+    pt = np.asarray(train.pt, dtype=np.float64)
+    charged = (charge != 0) & (pt > 0)
+    log_pt, positive = regression_estimates(
+        np.asarray(train.tokens)[charged],
+        np.asarray(train.lengths)[charged],
+        np.log(pt[charged]),
+        (charge[charged] > 0).astype(np.float32),
+        examples.tokens,
+        examples.lengths,
+        context.centres_mm,
+    )
+    return {"pt_gev": np.exp(log_pt), "charge": np.where(positive >= 0.5, 1, -1).astype(np.int8)}
+
+
 def circle_hits_baseline(examples: Examples, context: TaskContext) -> dict[str, np.ndarray]:
     """``circle_hits``: through the beam line and the measured hits (module docstring)."""
     if examples.hits is None:
@@ -172,5 +197,9 @@ SPEC = TaskSpec(
     headline="pt_q68_abs",
     higher_is_better=False,
     baseline_name="circle",
-    extra_baselines={"circle_hits": circle_hits_baseline, "lookup": lookup_baseline},
+    extra_baselines={
+        "circle_hits": circle_hits_baseline,
+        "lookup": lookup_baseline,
+        "regression": regression_baseline,
+    },
 )
