@@ -424,3 +424,30 @@ def test_memory_stays_flat_from_100_to_1000_events(
     # Keeping the 268,000 tracks (about 170 bytes each) in memory would add ~45 MiB; streaming adds
     # only the manifest's per-file records (~2 MiB) and allocator noise (measured: 166 -> 177 MiB).
     assert rss_many - rss_few < 24 * 1024, (rss_few, rss_many)
+
+
+def test_a_detector_path_is_recorded_absolute_and_an_old_relative_one_found_beside_the_events(
+    toy_events: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """A dataset evaluated from another directory keeps its exact module frames (the helix
+    baselines use them): a relative ``--detector`` is recorded resolved, and one recorded
+    relative by an older version is found beside the events when its sha256 matches."""
+    monkeypatch.chdir(toy_events.parent)
+    out = tmp_path / "data"
+    relative = f"{toy_events.name}/detectors.csv"
+    run_prepare(toy_events.name, out, detector=relative, val_fraction=0.2, test_fraction=0.2)
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["inputs"]["detector"]["name"] == str((toy_events / "detectors.csv").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert open_dataset(out).frames().exact
+    manifest["inputs"]["detector"]["name"] = relative  # as older versions wrote it
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        assert open_dataset(out).frames().exact
+    assert "guessing" not in caplog.text
+    manifest["inputs"]["detector"]["sha256"] = "0" * 64  # another file of that name: not used
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        assert not open_dataset(out).frames().exact
+    assert "not usable for module frames" in caplog.text

@@ -398,6 +398,8 @@ def _write_prepare_manifest(
     """
     detector_input: dict[str, Any] = {"name": job.detector.name}
     if Path(job.detector.name).is_file():
+        # absolute, like the events: the dataset is read from other directories later
+        detector_input["name"] = str(Path(job.detector.name).resolve())
         detector_input["sha256"] = sha256_file(job.detector.name)
     return write_manifest(
         tmp,

@@ -28,6 +28,7 @@ from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.io.native import read_parquet
+from tracklm.manifest import sha256_file
 from tracklm.tracking.constants import TRACKML_FIELD_TESLA
 
 log = logging.getLogger(__name__)
@@ -289,13 +290,16 @@ class PreparedDataset:
         """The modules' frames and bounds by token id, from the detector the dataset was prepared with.
 
         ``manifest.json`` records it under ``inputs.detector.name`` (``"trackml"`` or a
-        ``detectors.csv`` path). When it is absent, unreadable or does not hold every module of
+        ``detectors.csv`` path; a relative path that older versions recorded, missing from the
+        working directory, is looked for beside the recorded events, and used if its sha256 is
+        the recorded one). When it is absent, unreadable or does not hold every module of
         the dataset, the frames are guessed from the module centres (``ModuleFrames.approximate``)
         and a warning says so.
         """
         from tracklm.detector.geometry import Detector  # the detector imports io.tables
 
-        name = (self.manifest.get("inputs") or {}).get("detector", {}).get("name")
+        inputs = self.manifest.get("inputs") or {}
+        name = _detector_path(inputs)
         if name:
             try:
                 return Detector.load(name).frames_by_token(self.modules, len(self.vocab))
@@ -395,3 +399,17 @@ def modules_table(vocab: ModuleVocab, detector: Any) -> pd.DataFrame:
         }
     )
     return table
+
+
+def _detector_path(inputs: dict[str, Any]) -> str | None:
+    """The detector a dataset was prepared with (``inputs.detector.name``), a relative
+    ``detectors.csv`` path that is not found here replaced by the file of that name beside the
+    recorded events when its sha256 is the recorded one."""
+    detector = inputs.get("detector") or {}
+    name = detector.get("name")
+    if not name or Path(name).is_absolute() or Path(name).is_file() or not inputs.get("events"):
+        return name
+    beside = Path(inputs["events"]) / Path(name).name
+    if beside.is_file() and detector.get("sha256") == sha256_file(beside):
+        return str(beside)
+    return name
