@@ -406,7 +406,7 @@ def _detector_path(inputs: dict[str, Any]) -> str | None:
     ``detectors.csv`` path that is not found here replaced by the file of that name beside the
     recorded events when its sha256 is the recorded one."""
     detector = inputs.get("detector") or {}
-    name = detector.get("name")
+    name: str | None = detector.get("name")
     if not name or Path(name).is_absolute() or Path(name).is_file() or not inputs.get("events"):
         return name
     beside = Path(inputs["events"]) / Path(name).name
