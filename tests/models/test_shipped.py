@@ -24,7 +24,7 @@ def test_the_shipped_model_loads_by_name_with_its_card():
     # the paper's architecture
     c = model.config
     assert (c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size) == (64, 12, 8, 512)
-    assert (c.inputs, c.objective) == ("tokens", "masked")
+    assert (c.inputs, c.objective, c.pair_head) == ("geometry", "masked", "difference")
     directory = resolve_model(NAME)
     card = (directory / "README.md").read_text()
     for needed in ("paper-cpu", "tracklm pretrain", "tracklm evaluate", "accuracy"):
