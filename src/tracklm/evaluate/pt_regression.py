@@ -104,7 +104,8 @@ def fit_predict(
     training tracks; return the (n,) log pT and the (n,) probability of a positive charge (0.5
     everywhere when ``train_positive`` is None) of the other tracks' ``features``.
 
-    Deterministic for given inputs on one machine (fixed seed); a few seconds for 10^5 tracks.
+    Deterministic for given inputs on one machine (fixed seed); about 10 s for 10^5 training
+    tracks on one thread (at most ``MAX_STEPS`` steps).
     """
     y = np.asarray(train_log_pt, dtype=np.float32)
     if len(y) == 0:
