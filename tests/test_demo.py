@@ -97,10 +97,14 @@ def test_demo_runs_the_stages_in_order_with_its_recipe(tmp_path: Path, stages, c
     for options in (pretrain, hits):
         assert options["max_steps"] is None and options["max_time"] == 2.0
     resolved = load_pretrain_config("small", hits["config"]).to_dict()
+    # the hit-aware model also ranks every two tracks of a batch by pT, per-track scores
     assert resolved == {
         **small,
-        "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0, "inputs": "hits"},
-    }
+        "model_overrides": {
+            "dropout": 0.0, "attention_dropout": 0.0, "inputs": "hits", "pair_head": "difference",
+        },
+        "pair_in_batch_weight": 1.0,
+    }  # fmt: skip
     assert small == {
         **small,
         "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0},
@@ -131,3 +135,14 @@ def test_on_one_core_the_models_train_in_turn_sharing_the_budget(
     assert [r["out"].name for r in runs] == ["run", "run-hits"]
     assert [r["max_time"] for r in runs] == [1.0, 1.0]
     assert [r["max_steps"] for r in runs] == [None, None]  # each fitted to its half
+
+
+def test_the_hits_models_in_batch_pairs_can_be_turned_off() -> None:
+    config = demo.DemoConfig(hits_pair_in_batch_weight=0.0)
+    assert demo.demo_pretrain_overrides(config, "hits") == {
+        "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0, "inputs": "hits"}
+    }
+    on = demo.demo_pretrain_overrides(demo.DemoConfig(), "hits")
+    assert on["pair_in_batch_weight"] == 1.0
+    assert on["model_overrides"]["pair_head"] == "difference"  # type: ignore[index]
+    assert demo.demo_pretrain_overrides(demo.DemoConfig(), "tokens") == {}
