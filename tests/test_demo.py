@@ -92,12 +92,16 @@ def test_demo_runs_the_stages_in_order_with_its_recipe(tmp_path: Path, stages, c
     # The recipe files set only what differs from the preset, and no step-counted key: the
     # preset's schedule is fitted to --max-time by the pace pretrain measures.
     small = preset_config("small").to_dict()
-    assert yaml.safe_load(pretrain["config"].read_text()) is None  # the small preset itself
+    written = yaml.safe_load(pretrain["config"].read_text())
+    # the small preset, with the pair question asked of every two tracks of a batch
+    assert written == {
+        "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0, "pair_head": "difference"},
+        "pair_in_batch_weight": 1.0,
+    }
     assert all(small[key] != value for key, value in written_hits.items())
     for options in (pretrain, hits):
         assert options["max_steps"] is None and options["max_time"] == 2.0
     resolved = load_pretrain_config("small", hits["config"]).to_dict()
-    # the hit-aware model also ranks every two tracks of a batch by pT, per-track scores
     assert resolved == {
         **small,
         "model_overrides": {
@@ -137,12 +141,9 @@ def test_on_one_core_the_models_train_in_turn_sharing_the_budget(
     assert [r["max_steps"] for r in runs] == [None, None]  # each fitted to its half
 
 
-def test_the_hits_models_in_batch_pairs_can_be_turned_off() -> None:
-    config = demo.DemoConfig(hits_pair_in_batch_weight=0.0)
-    assert demo.demo_pretrain_overrides(config, "hits") == {
+def test_the_in_batch_pairs_can_be_turned_off() -> None:
+    off = demo.DemoConfig(pair_in_batch_weight=0.0)
+    assert demo.demo_pretrain_overrides(off, "tokens") == {}  # the small preset itself
+    assert demo.demo_pretrain_overrides(off, "hits") == {
         "model_overrides": {"dropout": 0.0, "attention_dropout": 0.0, "inputs": "hits"}
     }
-    on = demo.demo_pretrain_overrides(demo.DemoConfig(), "hits")
-    assert on["pair_in_batch_weight"] == 1.0
-    assert on["model_overrides"]["pair_head"] == "difference"  # type: ignore[index]
-    assert demo.demo_pretrain_overrides(demo.DemoConfig(), "tokens") == {}
