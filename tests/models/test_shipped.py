@@ -16,6 +16,7 @@ from tracklm.models import TrackingBert
 from tracklm.pretrained import resolve_model, shipped_names
 
 NAME = "trackml-pixel"
+SMALL = "trackml-pixel-small"
 
 
 def test_the_shipped_model_loads_by_name_with_its_card():
@@ -33,14 +34,30 @@ def test_the_shipped_model_loads_by_name_with_its_card():
     assert 2e6 < size < 8e6
 
 
+def test_the_small_shipped_model_loads_by_name_with_its_card():
+    assert shipped_names() == (NAME, SMALL)
+    model = TrackingBert.from_pretrained(SMALL)
+    # the small preset, with the same inputs and heads as the paper's architecture
+    c = model.config
+    assert (c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size) == (64, 4, 8, 256)
+    assert (c.inputs, c.objective, c.pair_head) == ("geometry", "masked", "difference")
+    card = (resolve_model(SMALL) / "README.md").read_text()
+    for needed in ("--preset small", "tracklm pretrain", "tracklm evaluate", "accuracy"):
+        assert needed in card, needed
+    # one vocabulary: the built-in detector's pixel modules
+    same = (resolve_model(SMALL) / "vocab.json").read_bytes()
+    assert same == (resolve_model(NAME) / "vocab.json").read_bytes()
+
+
 def test_the_shipped_vocabulary_is_the_built_in_detectors(toy_data):
     # a dataset prepared from the built-in detector (pixel-4to8) speaks the model's vocabulary
     model = TrackingBert.from_pretrained(NAME)
     model.check_vocab(open_dataset(toy_data).vocab)
 
 
-def test_the_shipped_model_predicts_a_hidden_module_better_than_chance(toy_data):
-    model = TrackingBert.from_pretrained(NAME)
+@pytest.mark.parametrize("name", [NAME, SMALL])
+def test_the_shipped_model_predicts_a_hidden_module_better_than_chance(toy_data, name):
+    model = TrackingBert.from_pretrained(name)
     data = open_dataset(toy_data)
     test = data.split("test")
     vocab = data.vocab
@@ -64,7 +81,9 @@ def test_the_shipped_model_predicts_a_hidden_module_better_than_chance(toy_data)
 
 
 def test_a_name_that_is_neither_path_nor_shipped_is_one_line(tmp_path):
-    with pytest.raises(InputError, match=r"no shipped model of that name \(shipped: trackml-pixel"):
+    with pytest.raises(
+        InputError, match=r"no shipped model of that name \(shipped: trackml-pixel,"
+    ):
         TrackingBert.from_pretrained("trackml-strips")
     # an existing directory of that name wins over the shipped model
     assert resolve_model(tmp_path) == tmp_path
@@ -83,6 +102,6 @@ def test_every_verb_takes_the_name(toy_data, tmp_path: Path):
     assert done.stderr.strip().splitlines() == [
         "tracklm evaluate: error: --model trackml-strips: no such model directory, and no "
         "shipped model "
-        "of that name (shipped: trackml-pixel)"
+        "of that name (shipped: trackml-pixel, trackml-pixel-small)"
     ]
     assert not (tmp_path / "r").exists()
