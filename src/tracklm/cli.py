@@ -43,7 +43,8 @@ _COMMANDS = {
 
 
 def _model_dir(text: str) -> Path:
-    """A model directory, or the name of a model shipped with the package (``trackml-pixel``);
+    """A model directory, or the name of a model shipped with the package (``trackml-pixel``,
+    ``trackml-pixel-small``: ``tracklm.pretrained.shipped_names``);
     anything else is left to the loader, which names it in its one-line error."""
     from tracklm.pretrained import resolve_model
 
