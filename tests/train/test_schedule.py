@@ -174,9 +174,11 @@ def _mis_timed(factor: float, monkeypatch: pytest.MonkeyPatch) -> list[Pace]:
     return measured
 
 
-# The throw-away steps run about 3 times faster than a tiny run on the toy data (Lightning's
-# work per step, validations and checkpoints): x10 makes the fit far too short, x1/3 too long.
-@pytest.mark.parametrize("factor", [10.0, 1 / 3], ids=["too-slow", "too-fast"])
+# A tiny run's steps on the toy data (Lightning's work per step, validations and checkpoints)
+# take about 1.4 times the throw-away steps on an idle machine, about 2 times beside another
+# test: x10 makes the fit far too short, x1/2 too long, yet its first re-fit point (20% of the
+# fitted steps) still comes before the timer ends (at x1/3 a loaded machine missed it).
+@pytest.mark.parametrize("factor", [10.0, 1 / 2], ids=["too-slow", "too-fast"])
 def test_a_mis_timed_run_refits_its_schedule_on_the_way(toy_data, tmp_path, monkeypatch, factor):
     _mis_timed(factor, monkeypatch)
     run = run_pretrain(toy_data, tmp_path / "run", preset="tiny", max_time=0.2, accelerator="cpu")
