@@ -77,6 +77,21 @@ def test_selected_fraction_follows_the_rate(vocab):
         )  # tracks of 8 hits: no "at least one" floor at these rates
 
 
+def test_hidden_masks_select_the_same_positions_and_hide_every_one(vocab):
+    enc = encoded_pairs(vocab, 4000, seed=5)
+    bert = mask_modules(enc.input_ids, enc.token_type_ids, vocab, 0.3, np.random.default_rng(5))
+    hidden = mask_modules(
+        enc.input_ids, enc.token_type_ids, vocab, 0.3, np.random.default_rng(5), hidden=True
+    )
+    np.testing.assert_array_equal(hidden.labels, bert.labels)  # same positions, same answers
+    selected = hidden.labels != IGNORE_INDEX
+    assert np.all(hidden.input_ids[selected] == vocab.mask_id)  # no answer left readable
+    np.testing.assert_array_equal(hidden.input_ids[~selected], enc.input_ids[~selected])
+    # BERT's masks leave about 10% of the answers in place, which validation must not count
+    kept = np.mean(bert.input_ids[selected] == enc.input_ids[selected])
+    assert 0.08 < kept < 0.13
+
+
 def test_replacement_is_80_percent_mask_10_random_10_unchanged(vocab):
     enc = encoded_pairs(vocab, 40000, seed=4)
     masked = mask_modules(enc.input_ids, enc.token_type_ids, vocab, 0.3, np.random.default_rng(4))

@@ -117,6 +117,15 @@ def test_training_and_validation_receive_the_configs_schedules(dataset):
     assert data.train_batches is not None and data.val_batches is not None
     assert data.train_batches.mask_schedule is config.mask_schedule
     assert data.val_batches.mask_schedule is config.val_mask_schedule
+    # validation asks about hidden modules only, as ``tracklm evaluate`` does; training keeps
+    # BERT's random and kept tokens
+    assert data.val_batches.hidden_masks and not data.train_batches.hidden_masks
+    val = data.val_batches[0]
+    asked = val["labels"] != IGNORE_INDEX
+    assert asked.any() and (val["input_ids"][asked] == dataset.vocab.mask_id).all()
+    train = data.train_batches[0]
+    asked = train["labels"] != IGNORE_INDEX
+    assert (train["input_ids"][asked] != dataset.vocab.mask_id).any()
     model = TrackingBert(
         TrackingBertConfig.preset("tiny", vocab_size=len(dataset.vocab), max_length=64)
     )

@@ -66,6 +66,8 @@ class PairBatches(Dataset):
     clean_fraction : the first ``round(clean_fraction * batch_size)`` pairs of every batch are
         left unmasked (no module label; they train the pair task on clean pairs, as the
         evaluation asks it).
+    hidden_masks : every labelled module becomes ``[MASK]`` (``masking.mask_modules``'s
+        ``hidden``): validation, where BERT's 10% kept tokens would show the answer.
 
     Notes
     -----
@@ -93,8 +95,10 @@ class PairBatches(Dataset):
         hits: bool = False,
         next_module: bool = False,
         clean_fraction: float = 0.0,
+        hidden_masks: bool = False,
     ) -> None:
         self.split_dir = Path(split_dir)
+        self.hidden_masks = hidden_masks
         self.clean_rows = round(clean_fraction * batch_size)
         self.hits = hits
         self.next_module = next_module
@@ -187,6 +191,7 @@ class PairBatches(Dataset):
                 self.vocab,
                 self.mask_schedule.rate_at(step),
                 rng,
+                hidden=self.hidden_masks,
             )
             input_ids, labels = masked.input_ids, masked.labels
             if self.clean_rows:

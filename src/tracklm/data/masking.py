@@ -81,6 +81,8 @@ def mask_modules(
     vocab: ModuleVocab,
     rate: float,
     rng: np.random.Generator,
+    *,
+    hidden: bool = False,
 ) -> MaskedTokens:
     """Mask module tokens of a batch BERT-style (80% ``[MASK]``, 10% random module, 10% kept).
 
@@ -91,6 +93,8 @@ def mask_modules(
     vocab : gives the module token range and the ``[MASK]`` id.
     rate : mean fraction of each track's hits to select, in (0, 1]; at least one per track.
     rng : the random generator.
+    hidden : every selected position becomes ``[MASK]`` (no random or kept token): the honest
+        protocol of validation, where a kept token would be an answer the model can read.
 
     Returns
     -------
@@ -100,6 +104,8 @@ def mask_modules(
     is_candidate = vocab.is_module(input_ids)
     selected = select_positions(is_candidate, np.asarray(token_type_ids), rate, rng)
     action = rng.random(input_ids.shape)
+    if hidden:
+        action[:] = 0.0  # the same random draws, so a seed selects the same positions
     random_modules = rng.integers(vocab.num_special, len(vocab), size=input_ids.shape)
     masked = np.where(selected & (action < MASK_FRACTION), vocab.mask_id, input_ids)
     use_random = selected & (action >= MASK_FRACTION) & (action < MASK_FRACTION + RANDOM_FRACTION)

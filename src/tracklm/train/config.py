@@ -56,7 +56,8 @@ class PretrainConfig:
         validation batches stay as configured.
     val_every : optimiser steps between validations on the held-out ``val`` split.
     val_batches : batches per validation (fixed pairs and masks, so numbers compare across steps).
-    val_mask_rate : mask rate of the validation batches.
+    val_mask_rate : mask rate of the validation batches (every selected module hidden behind
+        ``[MASK]``: no random or kept tokens, as in ``tracklm evaluate``).
     checkpoint_every : optimiser steps between ``checkpoints/last.ckpt`` saves.
     early_stopping_patience : validations without improvement of ``val/loss`` before stopping;
         None turns early stopping off.

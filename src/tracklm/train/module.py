@@ -2,7 +2,9 @@
 
 ``PretrainModule`` trains both heads (masked modules and the pair task), logs losses, the mask
 rate and throughput, and validates on the held-out ``val`` split with fixed pairs and masks
-(``val/masked_accuracy``, ``val/pair_accuracy``, ``val/loss``). ``PretrainData`` serves batches
+(``val/masked_accuracy``, ``val/pair_accuracy``, ``val/loss``). Validation hides every module it
+asks about behind ``[MASK]`` (no BERT random or kept tokens, which would show the answer to the
+10% kept), so its accuracy is the honest one that ``tracklm evaluate`` reports on test. ``PretrainData`` serves batches
 keyed by the optimiser step, sharded by rank, so resuming reproduces the data order exactly.
 """
 
@@ -281,13 +283,13 @@ class PretrainData(pl.LightningDataModule):
             )
         val = PairBatches(
             self.data / "val", self.vocab, batch_size=c.batch_size, seed=self.seed,
-            mask_schedule=c.val_mask_schedule, **common,
+            mask_schedule=c.val_mask_schedule, hidden_masks=True, **common,
         )  # fmt: skip
         if val.batches_per_epoch < 1 and val.n_pairs >= world:
             # A small validation split still validates, with smaller batches.
             val = PairBatches(
                 self.data / "val", self.vocab, batch_size=val.n_pairs // world, seed=self.seed,
-                mask_schedule=val.mask_schedule, **common,
+                mask_schedule=val.mask_schedule, hidden_masks=True, **common,
             )  # fmt: skip
         self.val_batches = val
         self.n_val_batches = min(c.val_batches, val.batches_per_epoch)
