@@ -8,6 +8,7 @@ process with torch can have, curves in time order with accuracies in [0, 1].
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -136,6 +137,12 @@ def test_time_to_accuracy_benchmark_writes_its_curve(random_data, tmp_path):
     assert all(0.0 <= p["masked_accuracy"] <= 1.0 for p in curve)
     assert result["final_step"] == steps[-1]
     assert result["final_masked_accuracy"] == curve[-1]["masked_accuracy"]
+    # re-validating the final model on the run's own batches gives the run's own final figure
+    # (validation hides every asked module); BERT's masks are measured beside it
+    final = result["final_validation"]
+    logged = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert final["hidden"] == pytest.approx(logged["val"]["masked_accuracy"], abs=1e-6)
+    assert 0.0 <= final["bert_masks"] <= 1.0
     assert 0.0 <= result["frequency_baseline_accuracy"] <= 1.0
     assert result["accuracy_over_baseline"] == pytest.approx(
         result["final_masked_accuracy"] / result["frequency_baseline_accuracy"]

@@ -157,7 +157,7 @@ def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
         default="tiny",
         choices=preset_names("pretrain"),
         help="model and training preset (paper-cpu: the paper's architecture with a recipe for "
-        "CPU budgets)",
+        "CPU budgets; trackml-pixel, trackml-pixel-small: the recipes of the shipped models)",
     )
     p.add_argument("--config", type=Path, default=None, help="YAML file overriding the preset")
     p.add_argument(

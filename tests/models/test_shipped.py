@@ -105,3 +105,15 @@ def test_every_verb_takes_the_name(toy_data, tmp_path: Path):
         "of that name (shipped: trackml-pixel, trackml-pixel-small)"
     ]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", [NAME, SMALL])
+def test_the_pretrain_preset_of_a_shipped_models_name_builds_its_architecture(name):
+    from tracklm.train.config import preset_config
+    from tracklm.train.pretrain import _model_config
+
+    shipped = TrackingBert.from_pretrained(name).config
+    planned = _model_config(
+        preset_config(name), vocab_size=shipped.vocab_size, width=shipped.max_length
+    )
+    assert planned == shipped

@@ -16,10 +16,16 @@ from tracklm.train.config import PretrainConfig, load_pretrain_config, preset_co
 FIELDS = {f.name for f in dataclasses.fields(PretrainConfig)}
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "paper", "paper-cpu"])
+PRESET_MODELS = {
+    "tiny": "tiny", "small": "small", "paper": "paper", "paper-cpu": "paper",
+    "trackml-pixel": "paper", "trackml-pixel-small": "small",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PRESET_MODELS))
 def test_each_preset_loads_by_name_and_sets_only_its_own_keys(name):
     keys = load_preset("pretrain", name)
-    assert keys["model"] == name.removesuffix("-cpu") and set(keys) <= FIELDS
+    assert keys["model"] == PRESET_MODELS[name] and set(keys) <= FIELDS
     config = preset_config(name)
     assert config == load_pretrain_config(name)
     for key, value in config_lib.to_dict(config).items():
@@ -36,7 +42,7 @@ def test_the_command_line_offers_exactly_the_shipped_presets():
     assert (
         set(preset.choices)
         == set(preset_names("pretrain"))
-        == {"tiny", "small", "paper", "paper-cpu"}
+        == set(PRESET_MODELS)
     )
 
 
@@ -46,9 +52,31 @@ def test_unknown_preset_is_a_one_line_input_error():
     message = str(error.value)
     assert (
         message
-        == "--preset: unknown pretrain preset 'huge' (choose from paper, paper-cpu, small, tiny)"
+        == "--preset: unknown pretrain preset 'huge' (choose from paper, paper-cpu, small, tiny, "
+        "trackml-pixel, trackml-pixel-small)"
     )
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("preset", "base"), [("trackml-pixel", "paper-cpu"), ("trackml-pixel-small", "small")]
+)
+def test_a_shipped_models_preset_is_its_recipe(preset, base):
+    # The shipped model was made with `--preset BASE --inputs geometry --config C`, where C
+    # sets the per-track pair head and in-batch pairs (its model card): the preset is the same
+    # recipe in one name.
+    made_with = config_lib.merge(
+        preset_config(base),
+        {
+            "model_overrides": {
+                **preset_config(base).model_overrides,
+                "pair_head": "difference",
+                "inputs": "geometry",
+            },
+            "pair_in_batch_weight": 1.0,
+        },
+    )
+    assert preset_config(preset) == made_with
 
 
 def test_the_mask_schedule_is_built_once_from_the_config():
