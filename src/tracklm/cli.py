@@ -192,7 +192,8 @@ def _add_pretrain(sub: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         choices=["tokens", "geometry", "hits"],  # models.config.INPUT_MODES (no torch import here)
         help="what the model reads of each hit: module tokens (the paper's), plus their "
-        "geometry, plus the measured hit positions (default: the preset's, tokens)",
+        "geometry, plus the measured hit positions (default: the preset's: geometry in the "
+        "trackml-pixel presets, tokens in the others)",
     )
     p.add_argument(
         "--objective",
