@@ -39,11 +39,7 @@ def test_the_command_line_offers_exactly_the_shipped_presets():
     (verbs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     (preset,) = [a for a in verbs.choices["pretrain"]._actions if a.dest == "preset"]
     assert preset.choices is not None
-    assert (
-        set(preset.choices)
-        == set(preset_names("pretrain"))
-        == set(PRESET_MODELS)
-    )
+    assert set(preset.choices) == set(preset_names("pretrain")) == set(PRESET_MODELS)
 
 
 def test_unknown_preset_is_a_one_line_input_error():
