@@ -130,13 +130,16 @@ def final_validation(run: Path, data: Path) -> dict[str, float]:
     pairs and positions), asked two ways: ``hidden``, every asked module behind ``[MASK]`` (the
     validation ``tracklm pretrain`` logs), and ``bert_masks``, BERT's 80/10/10 with a tenth of
     the answers left in place (what runs logged before validation hid every module). Their
-    difference is how far an older run's curve reads high. {} for a run without validation."""
-    record = json.loads((run / "run.json").read_text())
-    config = from_dict(PretrainConfig, record["config"], where=str(run / "run.json"))
+    difference is how far an older run's curve reads high. {} for a run without validation and
+    for a ``next-module`` run (it masks nothing)."""
     model = TrackingBert.from_pretrained(run / "model").eval()
     assert model.vocab is not None  # set by from_pretrained
+    if model.config.causal:
+        return {}
+    record = json.loads((run / "run.json").read_text())
+    config = from_dict(PretrainConfig, record["config"], where=str(run / "run.json"))
     batches = PretrainData(
-        data, model.vocab, config, seed=record["seed"], hits=model.config.inputs == "hits"
+        data, model.vocab, config, seed=record["seed"], hits=model.config.reads_hits
     )
     batches.setup("validate")
     if batches.val_batches is None or batches.n_val_batches == 0:

@@ -3,9 +3,10 @@
 ``PretrainModule`` trains both heads (masked modules and the pair task), logs losses, the mask
 rate and throughput, and validates on the held-out ``val`` split with fixed pairs and masks
 (``val/masked_accuracy``, ``val/pair_accuracy``, ``val/loss``). Validation hides every module it
-asks about behind ``[MASK]`` (no BERT random or kept tokens, which would show the answer to the
-10% kept), so its accuracy is the honest one that ``tracklm evaluate`` reports on test. ``PretrainData`` serves batches
-keyed by the optimiser step, sharded by rank, so resuming reproduces the data order exactly.
+asks about behind ``[MASK]`` (no BERT random or kept tokens: a kept token is a readable answer),
+so its accuracy is the honest one that ``tracklm evaluate`` reports on test. ``PretrainData``
+serves batches keyed by the optimiser step, sharded by rank, so resuming reproduces the data
+order exactly.
 """
 
 from __future__ import annotations
