@@ -61,6 +61,12 @@ def simulate(out: Path, events: int, seed: int, pileup: float) -> Path:
     return Path(run_simulate(out, events=events, pileup=pileup, seed=seed))
 
 
+def model_tag(model: Path) -> str:
+    """A short name for a model's output directories: RUN of ``RUN/model``, else the directory's
+    own name (a shipped model, ``trackml-pixel-small``)."""
+    return model.parent.name if model.name == "model" and model.parent.name else model.name
+
+
 def find_and_score(
     events: Path, out: Path, method: str, model: Path | None = None, short_veto: float = 0.0
 ) -> dict[str, Any]:
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=Path,
         action="append",
         default=None,
-        help=f"model directory for --method model (repeatable; default {DEMO_MODEL})",
+        help=f"model directory or shipped name for --method model (repeatable; default {DEMO_MODEL})",
     )
     parser.add_argument("--pileup", type=float, default=200.0, help="pile-up (default 200)")
     parser.add_argument(
@@ -184,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     configure_torch()
     args.out.mkdir(parents=True, exist_ok=True)
-    models = args.model or [DEMO_MODEL]
+    from tracklm.pretrained import resolve_model
+
+    models = [resolve_model(model) for model in args.model or [DEMO_MODEL]]
     events = args.input or simulate(args.out / "events", args.events, args.seed, args.pileup)
     sets = {f"simulated (seed {args.seed})" if args.input is None else str(events): events}
     if REAL_EVENTS.is_dir():
@@ -199,14 +207,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tag = "real" if directory == REAL_EVENTS else "sim"
         runs = {"helix": find_and_score(directory, args.out / f"{tag}-helix", "helix")}
         for model in models:
-            name = "model" if len(models) == 1 else f"model ({model})"
+            name = "model" if len(models) == 1 else f"model ({model_tag(model)})"
             runs[name] = find_and_score(
-                directory, args.out / f"{tag}-model-{model.parent.name}", "model", model
+                directory, args.out / f"{tag}-model-{model_tag(model)}", "model", model
             )
             if args.short_veto > 0:
                 runs[f"{name} --short-veto {args.short_veto:g}"] = find_and_score(
                     directory,
-                    args.out / f"{tag}-model-{model.parent.name}-veto",
+                    args.out / f"{tag}-model-{model_tag(model)}-veto",
                     "model",
                     model,
                     args.short_veto,

@@ -19,14 +19,24 @@ def test_centre_features_by_hand() -> None:
     centres[0, :3] = np.stack([radius * np.cos(azimuth), radius * np.sin(azimuth), [1, 2, 3]], -1)
     raw = centre_features(centres, np.array([3]))
     width = 4
-    blocks = raw[0, : 7 * width].reshape(7, width)  # r, z, turned, |turned|, from 2nd, |..|, slope
+    # r, z, turned, |turned|, from 2nd, |..|, slope, and the centre with the first on the x axis
+    blocks = raw[0, : 9 * width].reshape(9, width)
     np.testing.assert_allclose(blocks[0, :3], radius)
     np.testing.assert_allclose(blocks[1, :3], [1, 2, 3])
     np.testing.assert_allclose(blocks[2, :3], [0.0, 0.1, 0.3], atol=1e-12)
     np.testing.assert_allclose(blocks[4, :3], [-0.1, 0.0, 0.2], atol=1e-12)
     np.testing.assert_allclose(blocks[6, 1:3], [0.1 / 40.0, 0.3 / 80.0])
+    np.testing.assert_allclose(blocks[7, :3], radius * np.cos(azimuth))
+    np.testing.assert_allclose(blocks[8, :3], radius * np.sin(azimuth), atol=1e-12)
     assert np.isnan(blocks[:, 3]).all() and np.isnan(blocks[6, 0])  # absent, and no slope at 1st
-    np.testing.assert_allclose(raw[0, 7 * width :], [0.3, 0.3, 3.0])  # last turned, |..|, hits
+    np.testing.assert_allclose(raw[0, 9 * width :], [0.3, 0.3, 3.0])  # last turned, |..|, hits
+    # the detector's azimuth carries no pT: the same track turned about the beam line (by more
+    # than pi, so the azimuths wrap) has the same features
+    turn = 2.5
+    turned_centres = centres.copy()
+    turned_centres[0, :3, 0] = radius * np.cos(azimuth + turn)
+    turned_centres[0, :3, 1] = radius * np.sin(azimuth + turn)
+    np.testing.assert_allclose(centre_features(turned_centres, np.array([3])), raw, atol=1e-9)
 
 
 def _helix_tracks(n: int, rng: np.random.Generator, first_token: int):

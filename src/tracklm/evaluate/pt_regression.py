@@ -13,10 +13,17 @@ beat.
 Features of a track, one set per hit position (NaN where the track is shorter, then replaced by
 0 with a "present" flag): the centre's radius and z, its azimuth relative to the first and to the
 second module's (signed: the bending direction says the charge) and their absolute values, the
-absolute azimuth turned per mm of radius from the first module; the last module's signed and
-absolute azimuth relative to the first; the number of hits. Standardised on the
-training tracks; a 2-layer GELU network of width ``WIDTH`` fitted by Adam on the squared error of
-log pT (and the cross-entropy of the charge), with a fixed seed.
+absolute azimuth turned per mm of radius from the first module, the centre in the frame turned so
+that the first module lies on the x axis; the last module's signed and absolute azimuth relative
+to the first; the number of hits. Standardised on the training tracks; a GELU network of
+``DEPTH`` hidden layers of width ``WIDTH`` fitted by Adam on the squared error of log pT (and the
+cross-entropy of the charge), with a fixed seed.
+
+How hard to fit it is measured, not guessed: on the 4,000 test pairs of the 90 simulated events
+of the shipped models' cards, the first version of this baseline (2 layers of 128, at most 2,500
+steps, without the turned frame) ordered 77.7% (ROC AUC 0.863); a fit of 3 layers of 256 for
+8,000 steps 78.6%, and with the turned frame 79.2% (AUC 0.876). A baseline that a model
+"beats" only because it was fitted briefly measures nothing, so the defaults are the larger fit.
 
 Shape legend: ``n`` tracks, ``l`` hit positions, ``f`` features.
 """
@@ -30,11 +37,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WIDTH = 128
+WIDTH = 256
+DEPTH = 3
 BATCH = 2048
-EPOCHS = 12
+EPOCHS = 40
 MIN_STEPS = 100
-MAX_STEPS = 2500
+MAX_STEPS = 8000
 LEARNING_RATE = 2e-3
 SEED = 0
 
@@ -53,6 +61,7 @@ def centre_features(centres_mm: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     turned_second = _wrap(azimuth - azimuth[:, 1:2]) if width > 1 else turned  # from the second
     slope = np.abs(turned) / np.maximum(radius - radius[:, :1], 1.0)  # rad per mm from the first
     slope[:, :1] = np.nan
+    along, across = radius * np.cos(turned), radius * np.sin(turned)  # first module on the x axis
     last = np.clip(lengths - 1, 0, max(width - 1, 0))
     turned_last = turned[np.arange(n), last][:, None] if width else np.zeros((n, 1))
     parts = [
@@ -63,6 +72,8 @@ def centre_features(centres_mm: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         turned_second,
         np.abs(turned_second),
         slope,
+        along,
+        across,
         turned_last,
         np.abs(turned_last),
         lengths[:, None].astype(np.float64),
@@ -104,8 +115,9 @@ def fit_predict(
     training tracks; return the (n,) log pT and the (n,) probability of a positive charge (0.5
     everywhere when ``train_positive`` is None) of the other tracks' ``features``.
 
-    Deterministic for given inputs on one machine (fixed seed); about 10 s for 10^5 training
-    tracks on one thread (at most ``MAX_STEPS`` steps).
+    Deterministic for given inputs on one machine (fixed seed); ``EPOCHS`` passes over the
+    training tracks, at most ``MAX_STEPS`` steps (about 2 minutes on 2 cores for the 418,671
+    training tracks of 90 events, 40 s for the demo's 122,000).
     """
     y = np.asarray(train_log_pt, dtype=np.float32)
     if len(y) == 0:
@@ -121,11 +133,10 @@ def fit_predict(
     generator = torch.Generator().manual_seed(SEED)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        net = nn.Sequential(
-            nn.Linear(x.shape[1], WIDTH), nn.GELU(),
-            nn.Linear(WIDTH, WIDTH), nn.GELU(),
-            nn.Linear(WIDTH, 2),
-        )  # fmt: skip
+        layers: list[nn.Module] = []
+        for size_in in [x.shape[1]] + [WIDTH] * (DEPTH - 1):
+            layers += [nn.Linear(size_in, WIDTH), nn.GELU()]
+        net = nn.Sequential(*layers, nn.Linear(WIDTH, 2))
     batch = min(BATCH, len(y))
     steps = int(np.clip(EPOCHS * len(y) // batch, MIN_STEPS, MAX_STEPS))
     optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
