@@ -57,9 +57,15 @@ def test_perfect_submission_scores_one_and_shuffled_near_zero(
     assert perfect["seconds_per_event"] is None  # the truth submission has no finder manifest
     assert sum(perfect["efficiency_vs_pt"]["particles"]) == perfect["counts"]["particles"] > 0
 
-    # the shuffled one without writing a report (the slow part)
+    assert set(perfect["score_losses"].values()) == {0.0}
+
+    # the shuffled one without writing a report (the slow part): nearly everything lost, and
+    # the losses and the score account for all the weight
     shuffled, _ = score_events(toy_events, toy_tracks["shuffled"], PIXEL)
     assert max(shuffled.scores) < 0.02
+    lost = sum(shuffled.losses.values())
+    assert lost + sum(shuffled.scores) == pytest.approx(len(shuffled.scores))
+    assert shuffled.losses["not_found_split"] > 0.9 * lost
     assert shuffled.counts["found"] < 0.02 * shuffled.counts["particles"]
     assert shuffled.counts["fake"] > 0.98 * shuffled.counts["tracks"]
 
@@ -75,6 +81,10 @@ def test_perfect_submission_scores_one_and_shuffled_near_zero(
     }
     report = (out / "report.md").read_text()
     assert "| pixel_trackml_score (mean over events) | 1.0000 |" in report
+    assert (
+        "| particle not found: its hits split over tracks, none with more than half | 0.0000 |"
+        in report
+    )
     assert json.loads((out / "manifest.json").read_text())["stage"] == "score"
 
 

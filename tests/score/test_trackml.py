@@ -11,6 +11,7 @@ from tracklm.score.trackml import (
     order_weights,
     pt_weight,
     score_event,
+    score_losses,
     trackml_weights,
 )
 
@@ -60,6 +61,39 @@ def test_trackml_weights_break_ties_by_hit_id():
     particle = np.full(4, A)
     weight = trackml_weights(particle, np.zeros(4), np.full(4, 2.0), np.array([40, 10, 30, 20]))
     assert np.allclose(weight, order_weights(4)[[3, 0, 2, 1]])
+
+
+def test_losses_say_where_each_uncounted_hit_went_and_sum_with_the_score_to_one():
+    D, E, F, G = 44, 55, 66, 77
+    particle = np.array([A] * 4 + [B] * 4 + [C] * 4 + [D] * 4 + [E] * 4 + [F] * 4 + [G] * 4 + [0])
+    track = np.array(
+        [1] * 4  # A: found whole
+        + [2, 2, 2, 0]  # B: found, one hit left out
+        + [3, 3, 3, 1]  # C: found, one hit in A's track (A's track stays 4/5 A)
+        + [4, 4, 5, 5]  # D: two halves, neither more than half: split
+        + [0, 0, 6, 7]  # E: half left out
+        + [8, 8, 8, 0]  # F: 3 of 4 in track 8, but track 8 is 4 G + 3 F: impure
+        + [8] * 4  # G: found in track 8 (4 of its 7 hits)
+        + [1]  # noise, in A's track, weighs nothing
+    )
+    weight = np.r_[np.random.default_rng(5).uniform(0.5, 1.5, 28), 0.0]
+    weight /= weight.sum()
+    result, matches = score_event(track, particle, weight, np.full(29, 2.0), np.zeros(29))
+    losses = score_losses(particle, weight, matches)
+
+    def of(p, hits=slice(None)):
+        return weight[particle == p][hits].sum()
+
+    assert losses["found_hit_unassigned"] == pytest.approx(of(B, slice(3, 4)))
+    assert losses["found_hit_elsewhere"] == pytest.approx(of(C, slice(3, 4)))
+    assert losses["not_found_split"] == pytest.approx(of(D))
+    assert losses["not_found_unassigned"] == pytest.approx(of(E))
+    assert losses["not_found_impure"] == pytest.approx(of(F))
+    assert result.score == pytest.approx(of(A) + of(B, slice(0, 3)) + of(C, slice(0, 3)) + of(G))
+    assert result.score + sum(losses.values()) == pytest.approx(1.0)
+    # a perfect submission loses nothing
+    _, perfect = score_event(particle, particle, weight, np.full(29, 2.0), np.zeros(29))
+    assert set(score_losses(particle, weight, perfect).values()) == {0.0}
 
 
 def test_perfect_submission_scores_one():

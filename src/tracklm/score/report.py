@@ -38,6 +38,15 @@ FIGURES = {
 }
 
 
+LOSS_TEXT = {
+    "not_found_impure": "particle not found: a track holds most of its hits, but is mostly others'",
+    "not_found_unassigned": "particle not found: half or more of its hits left out",
+    "not_found_split": "particle not found: its hits split over tracks, none with more than half",
+    "found_hit_unassigned": "particle found: its hits left out",
+    "found_hit_elsewhere": "particle found: its hits in other tracks",
+}
+
+
 def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
@@ -202,9 +211,23 @@ def report_markdown(
         f"| duplicate rate ({counts['matched']} matched tracks) | {_pct(result['duplicate_rate'])} |",
         f"| finder seconds per event | {_seconds(result['seconds_per_event'])} |",
         "",
-        "## Definitions",
-        "",
     ]
+    losses = result.get("score_losses") or {}
+    if losses:
+        lines += [
+            "## Where the score is lost",
+            "",
+            f"Weight of the hits the score does not count (mean over events); with `{key}` they "
+            "sum to 1.",
+            "",
+            "| lost to | weight |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {LOSS_TEXT.get(name, name)} | {_num(value)} |" for name, value in losses.items()
+        ]
+        lines += [""]
+    lines += ["## Definitions", ""]
     lines += [f"- **{name}**: {text}" for name, text in result["conventions"].items()]
     lines += [
         "",

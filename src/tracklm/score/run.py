@@ -236,6 +236,7 @@ class ScoreTotals:
 
     per_event: dict[str, dict[str, Any]] = field(default_factory=dict)
     scores: list[float] = field(default_factory=list)
+    losses: dict[str, float] = field(default_factory=lambda: dict.fromkeys(T.LOSS_KINDS, 0.0))
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
             (
@@ -257,8 +258,16 @@ class ScoreTotals:
     eta_total: np.ndarray = field(default_factory=lambda: np.zeros(len(ETA_EDGES) - 1, np.int64))
     scoring_seconds: float = 0.0
 
-    def add(self, event_id: int, result: T.EventScore, key: str, seconds: float) -> None:
-        """Add one event's figures."""
+    def add(
+        self,
+        event_id: int,
+        result: T.EventScore,
+        key: str,
+        seconds: float,
+        losses: dict[str, float] | None = None,
+    ) -> None:
+        """Add one event's figures (``losses``: its ``score_losses``, summed over the events
+        that have a score, like the score itself)."""
         high = result.particle_pt_gev > T.PT_ONE_GEV
         event_counts = {
             "particles": result.n_particles,
@@ -274,6 +283,8 @@ class ScoreTotals:
             self.counts[name] += value
         if result.score is not None:
             self.scores.append(result.score)
+            for name, value in (losses or {}).items():
+                self.losses[name] += value
         found, total = T.binned_counts(result.particle_pt_gev, result.particle_found, PT_EDGES_GEV)
         self.pt_found += found
         self.pt_total += total
@@ -373,7 +384,8 @@ def score_events(
         result, matches = T.score_event(
             track_of_hit[event.evaluated], event.particle_id, event.weight, event.pt_gev, event.eta
         )
-        totals.add(event_id, result, key, time.perf_counter() - start)
+        losses = T.score_losses(event.particle_id, event.weight, matches)
+        totals.add(event_id, result, key, time.perf_counter() - start, losses)
         if display is None:
             display = _display(event, result, matches)
     return totals, display
@@ -433,6 +445,10 @@ def run_score(
             "events": n_events,
             "volumes": "all" if evaluated_volumes is None else list(evaluated_volumes),
             "counts": counts,
+            "score_losses": {
+                name: value / len(totals.scores) if totals.scores else None
+                for name, value in totals.losses.items()
+            },
             "efficiency_vs_pt": _binned(PT_EDGES_GEV, totals.pt_found, totals.pt_total),
             "efficiency_vs_eta": _binned(ETA_EDGES, totals.eta_found, totals.eta_total),
             "conventions": CONVENTIONS,

@@ -34,6 +34,16 @@ Figures beside the score (``EventScore``), with the conventions named:
   are not the only match of their particle, ``(matched tracks - matched particles) / matched
   tracks`` (ACTS's duplication rate). The double majority cannot be used here: it lets at most one
   track per particle pass, so no duplicate could ever be seen.
+
+Where the score is lost (``score_losses``): every hit the score does not count, by weight, in one
+of ``LOSS_KINDS``, so that the score and the losses sum to the event's total weight (1):
+
+- a particle that no track matches: ``not_found_impure`` (one track holds more than half of the
+  particle's hits, but half or more of that track is other hits), ``not_found_unassigned`` (else,
+  when half or more of its hits were left out), ``not_found_split`` (else: its hits spread over
+  several tracks, none holding more than half);
+- a particle that a track matches: ``found_hit_unassigned`` (its hits that were left out) and
+  ``found_hit_elsewhere`` (its hits in another track).
 """
 
 from __future__ import annotations
@@ -248,6 +258,60 @@ def match_tracks(track_id: np.ndarray, particle_id: np.ndarray) -> TrackMatches:
         particle_hits=particle_size[pair_particle[majority]],
         assigned=np.arange(n_tracks) < n_assigned,
     )
+
+
+LOSS_KINDS = (
+    "not_found_impure",
+    "not_found_unassigned",
+    "not_found_split",
+    "found_hit_unassigned",
+    "found_hit_elsewhere",
+)
+
+
+def score_losses(
+    particle_id: np.ndarray, weight: np.ndarray, matches: TrackMatches
+) -> dict[str, float]:
+    """Weight of the hits the score does not count, by ``LOSS_KINDS`` (module docstring).
+
+    Parameters
+    ----------
+    particle_id : (H,) int64, true particle of each evaluated hit (``NOISE`` for noise).
+    weight : (H,) float, hit weights.
+    matches : ``match_tracks`` of the submission over the same hits.
+
+    Returns
+    -------
+    kind -> summed weight; with the score they add up to ``weight.sum()``.
+    """
+    particle_id = np.asarray(particle_id, dtype=np.int64)
+    weight = np.asarray(weight, dtype=np.float64)
+    track = matches.hit_track
+    counted = matches.double_majority[track] & (particle_id == matches.majority_particle[track])
+    assigned = matches.assigned[track]
+    found = np.isin(particle_id, matches.majority_particle[matches.matched])
+    found &= particle_id != NOISE
+    lost = ~counted & found
+    losses = {
+        "found_hit_unassigned": float(weight[lost & ~assigned].sum()),
+        "found_hit_elsewhere": float(weight[lost & assigned].sum()),
+    }
+    # A particle no track matches (no hit of it counts): how its hits lie among the tracks.
+    missed = ~found & (particle_id != NOISE)
+    particles, hit_particle, size = _group_by(particle_id[missed])
+    left_out = np.bincount(hit_particle, weights=~assigned[missed], minlength=particles.size)
+    best = np.zeros(particles.size, dtype=np.int64)  # most of its hits in one submitted track
+    on_track = assigned[missed]
+    if on_track.any():
+        pair = np.stack([hit_particle[on_track], track[missed][on_track]])
+        pairs, pair_hits = np.unique(pair, axis=1, return_counts=True)
+        np.maximum.at(best, pairs[0], pair_hits)
+    # 0 impure, 1 left out, 2 split
+    kind = np.where(2 * best > size, 0, np.where(2 * left_out >= size, 1, 2))
+    missed_weight = np.bincount(hit_particle, weights=weight[missed], minlength=particles.size)
+    for index, name in enumerate(LOSS_KINDS[:3]):
+        losses[name] = float(missed_weight[kind == index].sum())
+    return {name: losses[name] for name in LOSS_KINDS}
 
 
 @dataclass(frozen=True)
