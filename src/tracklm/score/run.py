@@ -283,8 +283,8 @@ class ScoreTotals:
             self.counts[name] += value
         if result.score is not None:
             self.scores.append(result.score)
-            for name, value in (losses or {}).items():
-                self.losses[name] += value
+            for kind, weight in (losses or {}).items():
+                self.losses[kind] += weight
         found, total = T.binned_counts(result.particle_pt_gev, result.particle_found, PT_EDGES_GEV)
         self.pt_found += found
         self.pt_total += total
