@@ -208,6 +208,12 @@ class TrackMatches:
         """(T,) bool: a double-majority track whose majority particle is not noise."""
         return self.double_majority & (self.majority_particle != NOISE)
 
+    def counted(self, particle_id: np.ndarray) -> np.ndarray:
+        """(H,) bool: the hits the score counts, those of a double-majority track's majority
+        particle (``particle_id``: the true particle of each hit)."""
+        track = self.hit_track
+        return self.double_majority[track] & (particle_id == self.majority_particle[track])
+
     @property
     def candidate(self) -> np.ndarray:
         """(T,) bool: submitted tracks of at least ``MIN_TRACK_HITS`` hits (fake and duplicate
@@ -287,11 +293,10 @@ def score_losses(
     particle_id = np.asarray(particle_id, dtype=np.int64)
     weight = np.asarray(weight, dtype=np.float64)
     track = matches.hit_track
-    counted = matches.double_majority[track] & (particle_id == matches.majority_particle[track])
     assigned = matches.assigned[track]
     found = np.isin(particle_id, matches.majority_particle[matches.matched])
     found &= particle_id != NOISE
-    lost = ~counted & found
+    lost = ~matches.counted(particle_id) & found
     losses = {
         "found_hit_unassigned": float(weight[lost & ~assigned].sum()),
         "found_hit_elsewhere": float(weight[lost & assigned].sum()),
@@ -393,10 +398,8 @@ def score_event(
     particle_id = np.asarray(particle_id, dtype=np.int64)
     weight = np.asarray(weight, dtype=np.float64)
     matches = match_tracks(track_id, particle_id)
-    track = matches.hit_track
-    counted = matches.double_majority[track] & (particle_id == matches.majority_particle[track])
     total = weight.sum()
-    score = float(weight[counted].sum()) if total > 0 else None
+    score = float(weight[matches.counted(particle_id)].sum()) if total > 0 else None
 
     particles, first_hit, size = np.unique(particle_id, return_index=True, return_counts=True)
     keep = (particles != NOISE) & (size >= MIN_PARTICLE_HITS)
