@@ -255,7 +255,10 @@ def _add_finetune(sub: Any, common: argparse.ArgumentParser) -> None:
     """``tracklm finetune``: options passed by name to ``tracklm.tasks.finetune.run_finetune``."""
     p = sub.add_parser("finetune", parents=[common], help="train a downstream task")
     p.add_argument(
-        "--task", required=True, choices=["holes", "outliers", "extrapolate", "pt"], help="the task"
+        "--task",
+        required=True,
+        choices=["holes", "outliers", "extrapolate", "pt", "candidates"],
+        help="the task",
     )
     p.add_argument(
         "--model",
@@ -263,7 +266,12 @@ def _add_finetune(sub: Any, common: argparse.ArgumentParser) -> None:
         required=True,
         help="pre-trained model directory or shipped name",
     )
-    p.add_argument("--data", type=Path, required=True, help="dataset directory")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset directory (for --task candidates: events with truth)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run directory")
     p.add_argument(
         "--mode",

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+TRIPLE_KINDS = ("first", "skipped", "consecutive", "overlap")
+"""The kinds of layer triple a round seeds on (``SeedRound.triples``)."""
+
 
 @dataclass(frozen=True)
 class SeedRound:
@@ -108,6 +111,10 @@ class FinderConfig:
         switches it off: it trades score for fewer fakes (``tracklm find --short-veto``).
     model_reference_min_tracks, model_reference_max_tracks : fewer reference tracks than the
         minimum leave only ``model_veto_pll``; beyond the maximum, an even sample of them.
+    model_scorer_weight : with a model fine-tuned on candidates (``tracklm finetune --task
+        candidates``), the weight of its track logit added to the helix quality.
+    model_scorer_veto : such a model drops a candidate whose track logit is below this.
+    model_scorer_batch : candidates per forward pass of such a model.
     """
 
     rounds: tuple[SeedRound, ...] = field(default=DEFAULT_ROUNDS)
@@ -143,3 +150,6 @@ class FinderConfig:
     model_short_veto_quantile: float = 0.0
     model_reference_min_tracks: int = 50
     model_reference_max_tracks: int = 2000
+    model_scorer_weight: float = 2.0
+    model_scorer_veto: float = 0.0
+    model_scorer_batch: int = 4096

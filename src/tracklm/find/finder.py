@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracklm.find.config import FinderConfig
+from tracklm.find.config import FinderConfig, SeedRound
 from tracklm.find.extend import (
     StepDecider,
     TrackCandidates,
@@ -35,17 +35,17 @@ class Method:
     ----------
     name : ``helix`` or ``model``.
     decider : builds the ``StepDecider`` for an event's hits.
-    quality : (candidates, hits, config, the round's min_hits) -> (N,) quality for the
-        resolution (larger is better).
+    quality : (candidates, hits, config, the round) -> (N,) quality for the resolution
+        (larger is better).
     """
 
     name: str
     decider: Callable[[FinderConfig, EventHits], StepDecider]
-    quality: Callable[[TrackCandidates, EventHits, FinderConfig, int], np.ndarray]
+    quality: Callable[[TrackCandidates, EventHits, FinderConfig, SeedRound], np.ndarray]
 
 
 def helix_quality(
-    tracks: TrackCandidates, hits: EventHits, config: FinderConfig, min_hits: int
+    tracks: TrackCandidates, hits: EventHits, config: FinderConfig, seed_round: SeedRound
 ) -> np.ndarray:
     """Hits first, then a small chi2 per hit."""
     return track_quality(tracks.n_hits, tracks.chi2, config.chi2_weight)
@@ -124,7 +124,7 @@ def find_tracks(
         )
         times.add("extend", time.perf_counter() - start)
         start = time.perf_counter()
-        quality = method.quality(tracks, hits, config, seed_round.min_hits)
+        quality = method.quality(tracks, hits, config, seed_round)
         chosen, accepted = resolve_greedy(
             tracks.hits,
             tracks.n_hits,

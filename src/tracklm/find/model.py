@@ -42,13 +42,20 @@ from tracklm.detector.geometry import Detector
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.evaluate.masked import module_logits_only
-from tracklm.find.config import FinderConfig
+from tracklm.find.candidates import (
+    CandidateSet,
+    candidate_features,
+    order_by_distance,
+    unique_candidates,
+)
+from tracklm.find.config import FinderConfig, SeedRound
 from tracklm.find.extend import (
     StepCandidates,
     StepDecider,
     TrackCandidates,
     best_and_overlaps,
     first_per_module,
+    helix_decider,
     rank_in_query,
 )
 from tracklm.find.finder import Method, helix_quality
@@ -300,24 +307,41 @@ def veto_levels(n_hits: np.ndarray, config: FinderConfig, short_veto: float) -> 
     return levels
 
 
+def check_finder_vocab(
+    model: TrackingBert, detector: Detector, volumes: tuple[int, ...], name: str
+) -> None:
+    """Refuse (``InputError`` naming ``name``) a model whose vocabulary is not the detector's
+    modules of ``volumes``: its tokens would mean other modules."""
+    expected = ModuleVocab.from_detector(detector, volumes)
+    assert model.vocab is not None
+    if model.vocab.sha256 != expected.sha256:
+        raise InputError(
+            f"{name}: its vocabulary ({len(model.vocab.modules)} modules, sha256 "
+            f"{model.vocab.sha256[:12]}) is not the detector's modules of volumes "
+            f"{','.join(map(str, volumes))} ({len(expected.modules)} modules, sha256 "
+            f"{expected.sha256[:12]})"
+        )
+
+
 def model_method(
     model_dir: str | os.PathLike[str], detector: Detector, volumes: tuple[int, ...]
 ) -> tuple[Method, dict[str, Any]]:
     """The model-guided ``Method`` for a model directory, and what the manifest records of it.
 
+    A pre-trained model decides steps and scores candidates by their pseudo-log-likelihood; a
+    model fine-tuned on the finder's candidates (``tracklm finetune --task candidates``)
+    scores them with its head instead (``scorer_method``).
+
     Raises ``InputError`` when the model's vocabulary is not the detector's modules of
-    ``volumes`` (the tokens would mean other modules).
+    ``volumes`` (the tokens would mean other modules), or for a model fine-tuned on another task.
     """
+    from tracklm.tasks.finetune import HEAD_FILE
+
+    if (Path(model_dir) / HEAD_FILE).is_file():
+        return scorer_method(model_dir, detector, volumes)
     model = TrackingBert.from_pretrained(model_dir)
-    expected = ModuleVocab.from_detector(detector, volumes)
+    check_finder_vocab(model, detector, volumes, f"--model {model_dir}")
     assert model.vocab is not None
-    if model.vocab.sha256 != expected.sha256:
-        raise InputError(
-            f"--model {model_dir}: its vocabulary ({len(model.vocab.modules)} modules, sha256 "
-            f"{model.vocab.sha256[:12]}) is not the detector's modules of volumes "
-            f"{','.join(map(str, volumes))} ({len(expected.modules)} modules, sha256 "
-            f"{expected.sha256[:12]})"
-        )
     state: dict[str, Any] = {"hits": None, "scorer": None, "short_veto": None}
 
     def scorer_for(hits: EventHits) -> TrackScorer:
@@ -331,22 +355,20 @@ def model_method(
         return model_decider(config, hits, scorer_for(hits))
 
     def quality(
-        tracks: TrackCandidates, hits: EventHits, config: FinderConfig, min_hits: int
+        tracks: TrackCandidates, hits: EventHits, config: FinderConfig, seed_round: SeedRound
     ) -> np.ndarray:
-        base = helix_quality(tracks, hits, config, min_hits)
+        base = helix_quality(tracks, hits, config, seed_round)
         rows = np.flatnonzero(
-            (tracks.n_hits >= min_hits) & (tracks.n_hits <= config.model_max_scored_hits)
+            (tracks.n_hits >= seed_round.min_hits) & (tracks.n_hits <= config.model_max_scored_hits)
         )
         pll = np.zeros(len(tracks))
         if rows.size:
             # copies of one track (a particle seeded several times) are scored once
-            width = tracks.hits.shape[1]
-            valid = np.arange(width)[None, :] < tracks.n_hits[rows, None]
-            key = np.sort(np.where(valid, tracks.hits[rows], np.iinfo(np.int64).max), axis=1)
-            unique, inverse = np.unique(key, axis=0, return_inverse=True)
-            n_unique = (unique < np.iinfo(np.int64).max).sum(1)
-            unique = np.where(unique < np.iinfo(np.int64).max, unique, -1)
-            pll[rows] = scorer_for(hits).pseudo_log_likelihood(unique, n_unique)[inverse.ravel()]
+            first, inverse = unique_candidates(tracks.hits[rows], tracks.n_hits[rows])
+            unique = rows[first]
+            pll[rows] = scorer_for(hits).pseudo_log_likelihood(
+                tracks.hits[unique], tracks.n_hits[unique]
+            )[inverse]
         result: np.ndarray = base + config.model_pll_weight * pll
         if state["short_veto"] is None:
             # the event's first round: its long candidates calibrate the veto of short ones
@@ -356,10 +378,75 @@ def model_method(
         vetoed[rows] = pll[rows] < veto_levels(tracks.n_hits[rows], config, state["short_veto"])
         return np.where(vetoed, -np.inf, result)
 
-    record = {
+    return Method("model", decider, quality), _model_record(model_dir, model)
+
+
+def _model_record(model_dir: str | os.PathLike[str], model: TrackingBert) -> dict[str, Any]:
+    assert model.vocab is not None
+    return {
         "path": str(Path(model_dir).resolve()),
         "vocab_sha256": model.vocab.sha256,
         "parameters": model.num_parameters(),
         "config": model.config.to_dict(),
     }
-    return Method("model", decider, quality), record
+
+
+def scorer_method(
+    model_dir: str | os.PathLike[str], detector: Detector, volumes: tuple[int, ...]
+) -> tuple[Method, dict[str, Any]]:
+    """The ``Method`` of a model fine-tuned on the finder's candidates (``tracklm finetune --task
+    candidates``): the helix decides the steps (the fine-tuned encoder no longer predicts
+    modules as it was pre-trained to); the candidate head orders the resolution, adding
+    ``model_scorer_weight`` times its track logit to the helix quality, and drops a candidate
+    whose logit is below ``model_scorer_veto``.
+    """
+    from tracklm.tasks.candidates import SPEC, candidate_examples, candidate_width
+    from tracklm.tasks.finetune import load_finetuned, predict_examples
+
+    spec, model, head = load_finetuned(model_dir)
+    if spec is not SPEC:
+        raise InputError(
+            f"--model {model_dir}: fine-tuned for task {spec.name}; tracklm find takes a "
+            "pre-trained model or one fine-tuned with --task candidates"
+        )
+    check_finder_vocab(model, detector, volumes, f"--model {model_dir}")
+    assert model.vocab is not None
+    vocab = model.vocab
+    width = candidate_width(model)
+
+    def quality(
+        tracks: TrackCandidates, hits: EventHits, config: FinderConfig, seed_round: SeedRound
+    ) -> np.ndarray:
+        base = helix_quality(tracks, hits, config, seed_round)
+        rows = np.flatnonzero(tracks.n_hits >= seed_round.min_hits)
+        result = np.full(len(tracks), -np.inf)
+        if rows.size == 0:
+            return result
+        first, inverse = unique_candidates(tracks.hits[rows], tracks.n_hits[rows])
+        unique = rows[first]
+        n = tracks.n_hits[unique]
+        ordered = order_by_distance(
+            tracks.hits[unique], n, np.linalg.norm(hits.xyz_mm, axis=1), width
+        )
+        shown = ordered >= 0
+        candidates = CandidateSet(
+            module_ids=np.where(shown[..., None], hits.module_ids[np.maximum(ordered, 0)], -1),
+            xyz_mm=np.where(shown[..., None], hits.xyz_mm[np.maximum(ordered, 0)], np.nan).astype(
+                np.float32
+            ),
+            n_hits=n,
+            features=candidate_features(n, tracks.chi2[unique], seed_round),
+            real=np.zeros(len(unique), dtype=bool),
+            good=np.zeros(shown.shape, dtype=bool),
+            event=np.zeros(len(unique), dtype=np.int64),
+        )
+        examples = candidate_examples(candidates, vocab, model.config.reads_hits, False)
+        logit = predict_examples(SPEC, model, head, examples, config.model_scorer_batch)[
+            "real_logit"
+        ][inverse]
+        score = base[rows] + config.model_scorer_weight * logit
+        result[rows] = np.where(logit < config.model_scorer_veto, -np.inf, score)
+        return result
+
+    record = _model_record(model_dir, model) | {"task": SPEC.name}
+    return Method("model", helix_decider, quality), record

@@ -384,6 +384,35 @@ def masked_module_logits_at(
     )
 
 
+def each_hit_masked_log_probs(
+    encoder: TrackingBert, examples: Examples, vocab: ModuleVocab, batch_size: int
+) -> np.ndarray:
+    """(B, L) log p of each hit's own module with that hit masked (its position hidden too), the
+    others shown, under the pre-trained masked-module head (normalised over modules, special
+    tokens excluded); NaN after each track's end. The zero-shot reading of "is this hit
+    plausible here?"."""
+    tokens, lengths = examples.tokens, examples.lengths
+    n, width = tokens.shape
+    rows, hits = np.nonzero(track_mask(lengths, width))
+    positions = None if examples.hits is None else examples.hits[rows]
+    inputs = single_inputs(tokens[rows], lengths[rows], vocab, width + 2, positions)
+    inputs["input_ids"][np.arange(len(rows)), 1 + hits] = vocab.mask_id
+    if "hits" in inputs:
+        inputs["hits"][np.arange(len(rows)), 1 + hits] = np.nan  # the masked hit hides its position
+    observed = torch.from_numpy(tokens[rows, hits])
+
+    def observed_log_probability(logits: Tensor, part: slice) -> Tensor:
+        target = observed[part].to(logits.device)
+        return logits.log_softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
+
+    log_p = masked_module_logits_at(
+        encoder, inputs, 1 + hits, vocab.num_special, batch_size, observed_log_probability
+    )
+    out = np.full((n, width), np.nan)
+    out[rows, hits] = log_p
+    return out
+
+
 def top_k_modules(logits: Tensor, k: int) -> Tensor:
     """(b, k) best tokens of (b, v) module-only logits (``module_logits_only``), best first."""
     return logits.topk(k, dim=-1).indices

@@ -45,7 +45,7 @@ from tracklm.io.dataset import PreparedDataset, open_dataset
 from tracklm.manifest import write_manifest
 from tracklm.models.bert import TrackingBert
 from tracklm.models.inputs import check_hits_present
-from tracklm.tasks import extrapolate, holes, outliers, pt
+from tracklm.tasks import candidates, extrapolate, holes, outliers, pt
 from tracklm.tasks.common import Examples, TaskContext, TaskSpec
 from tracklm.tasks.config import FinetuneConfig, load_finetune_config
 from tracklm.train.optim import build_optimizer, parameter_groups
@@ -53,8 +53,11 @@ from tracklm.train.optim import build_optimizer, parameter_groups
 logger = logging.getLogger(__name__)
 
 TASKS: dict[str, TaskSpec] = {
-    spec.name: spec for spec in (holes.SPEC, outliers.SPEC, extrapolate.SPEC, pt.SPEC)
+    spec.name: spec
+    for spec in (holes.SPEC, outliers.SPEC, extrapolate.SPEC, pt.SPEC, candidates.SPEC)
 }
+TRACK_TASKS = ("holes", "outliers", "extrapolate", "pt")
+"""The tasks whose examples come from a prepared dataset's tracks (``candidates`` reads events)."""
 MODES = ("finetune", "frozen", "scratch")
 ADAM_BETAS = (0.9, 0.999)  # torch's AdamW defaults
 HEAD_WEIGHTS_FILE = "head.safetensors"
@@ -321,9 +324,10 @@ def finetune(
 
     Parameters
     ----------
-    task : ``holes``, ``outliers``, ``extrapolate`` or ``pt``.
+    task : ``holes``, ``outliers``, ``extrapolate``, ``pt`` or ``candidates``.
     model : pre-trained model directory (``RUN/model``).
-    data : prepared dataset directory; its vocabulary must be the model's.
+    data : prepared dataset directory; its vocabulary must be the model's. For ``candidates``,
+        a directory of events with truth (``tracklm.tasks.candidates.finetune_candidates``).
     out : run directory to create (atomically).
     settings : fine-tuning options (``FinetuneConfig()`` when None).
     mode : ``finetune``, ``frozen`` or ``scratch``.
@@ -344,12 +348,53 @@ def finetune(
     configure_torch()
     settings = settings or FinetuneConfig()
     spec = _check_options(task, mode, Path(out))
+    if spec is candidates.SPEC:
+        return candidates.finetune_candidates(
+            model, data, out, settings, mode=mode, train_size=train_size, max_steps=max_steps,
+            max_time=max_time, seed=seed, references=references,
+        )  # fmt: skip
     steps = int(max_steps or settings.max_steps)
     encoder, dataset, context = open_inputs(model, data, mode, seed)
     examples, n_train_tracks = make_split_examples(
         spec, dataset, context, np.random.default_rng(seed), train_size, settings,
         encoder.config.max_length, data,
     )  # fmt: skip
+    return train_score_and_write(
+        spec, encoder, examples, context, settings, model, data, out,
+        mode=mode, train_size=train_size, steps=steps, max_time=max_time, seed=seed,
+        references=references, n_train_tracks=n_train_tracks,
+        vocab_sha256=dataset.vocab.sha256,
+    )  # fmt: skip
+
+
+def train_score_and_write(
+    spec: TaskSpec,
+    encoder: TrackingBert,
+    examples: dict[str, Examples],
+    context: TaskContext,
+    settings: FinetuneConfig,
+    model: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    mode: str,
+    train_size: int | None,
+    steps: int,
+    max_time: float | None,
+    seed: int,
+    references: bool,
+    n_train_tracks: int,
+    vocab_sha256: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The steps ``finetune`` shares with every task once its examples exist: a new head trained
+    (``train_head``), scored on the test examples beside the references, and the run written
+    (``write_finetune_run``). ``extra`` adds keys to ``metrics.json``.
+
+    Returns
+    -------
+    The content of ``metrics.json``.
+    """
     torch.manual_seed(seed)
     head = spec.make_head(encoder)
     training, device = train_head(
@@ -358,7 +403,7 @@ def finetune(
     test = examples["test"]
     predictions = predict_examples(spec, encoder, head, test, settings.eval_batch_size)
     result: dict[str, Any] = {
-        "task": task,
+        "task": spec.name,
         "mode": mode,
         "train_size": train_size,
         "metrics": spec.metrics(predictions, test, context),
@@ -366,6 +411,7 @@ def finetune(
         "n_train_tracks": n_train_tracks,
         "n_train_examples": len(examples["train"]),
         "n_test_examples": len(test),
+        **(extra or {}),
         "training": training,
         "seed": seed,
         "model": str(model),
@@ -377,11 +423,9 @@ def finetune(
         )
     result = json_ready(result)
     _log_result(spec, mode, result)
-    options = {"task": task, "mode": mode, "train_size": train_size, "max_steps": steps,
+    options = {"task": spec.name, "mode": mode, "train_size": train_size, "max_steps": steps,
                "max_time": max_time, "seed": seed}  # fmt: skip
-    write_finetune_run(
-        Path(out), spec, encoder, head, result, settings, options, dataset.vocab.sha256
-    )
+    write_finetune_run(Path(out), spec, encoder, head, result, settings, options, vocab_sha256)
     return result
 
 

@@ -40,9 +40,9 @@ from tracklm.tasks.common import (
     Examples,
     TaskContext,
     TaskSpec,
+    each_hit_masked_log_probs,
     encode_batch,
     hits_of,
-    masked_module_logits_at,
     random_choice_where,
     single_inputs,
     track_classifier,
@@ -175,27 +175,8 @@ def zero_shot(
     encoder: TrackingBert, examples: Examples, context: TaskContext, batch_size: int
 ) -> dict[str, np.ndarray]:
     """Mask each hit in turn; least probable observed module = outlier (module docstring)."""
-    vocab = context.vocab
-    tokens, lengths = examples.tokens, examples.lengths
-    n, width = tokens.shape
-    rows, hits = np.nonzero(track_mask(lengths, width))
-    positions = None if examples.hits is None else examples.hits[rows]
-    inputs = single_inputs(tokens[rows], lengths[rows], vocab, width + 2, positions)
-    inputs["input_ids"][np.arange(len(rows)), 1 + hits] = vocab.mask_id
-    if "hits" in inputs:
-        inputs["hits"][np.arange(len(rows)), 1 + hits] = np.nan  # the masked hit hides its position
-    observed = torch.from_numpy(tokens[rows, hits])
-
-    def observed_log_probability(logits: Tensor, part: slice) -> Tensor:
-        # log P(observed module | the other hits), normalised over modules (specials excluded)
-        target = observed[part].to(logits.device)
-        return logits.log_softmax(dim=-1).gather(1, target[:, None]).squeeze(1)
-
-    log_p = masked_module_logits_at(
-        encoder, inputs, 1 + hits, vocab.num_special, batch_size, observed_log_probability
-    )
-    surprise = np.full((n, width), -np.inf)
-    surprise[rows, hits] = -log_p
+    log_p = each_hit_masked_log_probs(encoder, examples, context.vocab, batch_size)
+    surprise = np.where(np.isnan(log_p), -np.inf, -log_p)
     return {"outlier_score": surprise.max(axis=1), "position": surprise.argmax(axis=1)}
 
 
