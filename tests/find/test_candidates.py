@@ -186,7 +186,10 @@ def test_find_orders_and_vetoes_candidates_with_the_scorer(
         chi2=np.linspace(0, 10, 6), active=np.zeros(6, bool),
     )  # fmt: skip
     seed_round = DEFAULT_ROUNDS[0]
-    keep = dataclasses.replace(FinderConfig(), model_scorer_veto=-np.inf, model_scorer_weight=1.0)
+    keep = dataclasses.replace(
+        FinderConfig(), model_scorer_veto=-np.inf, model_scorer_weight=1.0,
+        model_scorer_bad_weight=0.0,
+    )  # fmt: skip
     base = helix_quality(tracks, hits, keep, seed_round)
     once = method.quality(tracks, hits, keep, seed_round)
     twice = method.quality(
@@ -195,6 +198,11 @@ def test_find_orders_and_vetoes_candidates_with_the_scorer(
     logit = once - base
     assert np.isfinite(logit).all() and np.ptp(logit) > 0
     assert twice - base == pytest.approx(2 * logit, abs=1e-5)
+    # the hits it expects not to be the particle's lower the quality: between 0 and 5 of them
+    cleaner = method.quality(
+        tracks, hits, dataclasses.replace(keep, model_scorer_bad_weight=1.0), seed_round
+    )
+    assert ((once - cleaner) > 0).all() and ((once - cleaner) < 5).all()
     veto = dataclasses.replace(keep, model_scorer_veto=float(np.median(logit)))
     dropped = method.quality(tracks, hits, veto, seed_round) == -np.inf
     assert (dropped == (logit < np.median(logit))).all()

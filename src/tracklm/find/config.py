@@ -113,6 +113,8 @@ class FinderConfig:
         minimum leave only ``model_veto_pll``; beyond the maximum, an even sample of them.
     model_scorer_weight : with a model fine-tuned on candidates (``tracklm finetune --task
         candidates``), the weight of its track logit added to the helix quality.
+    model_scorer_bad_weight : the weight of the hits such a model expects not to be the
+        candidate's particle's (subtracted from the quality).
     model_scorer_veto : such a model drops a candidate whose track logit is below this.
     model_scorer_batch : candidates per forward pass of such a model.
     """
@@ -150,6 +152,7 @@ class FinderConfig:
     model_short_veto_quantile: float = 0.0
     model_reference_min_tracks: int = 50
     model_reference_max_tracks: int = 2000
-    model_scorer_weight: float = 2.0
+    model_scorer_weight: float = 0.5
+    model_scorer_bad_weight: float = 1.0
     model_scorer_veto: float = 0.0
     model_scorer_batch: int = 4096

@@ -397,8 +397,10 @@ def scorer_method(
     """The ``Method`` of a model fine-tuned on the finder's candidates (``tracklm finetune --task
     candidates``): the helix decides the steps (the fine-tuned encoder no longer predicts
     modules as it was pre-trained to); the candidate head orders the resolution, adding
-    ``model_scorer_weight`` times its track logit to the helix quality, and drops a candidate
-    whose logit is below ``model_scorer_veto``.
+    ``model_scorer_weight`` times its track logit to the helix quality and subtracting
+    ``model_scorer_bad_weight`` times the hits it expects not to be the particle's (the sum of
+    one minus each shown hit's probability), and drops a candidate whose logit is below
+    ``model_scorer_veto``.
     """
     from tracklm.tasks.candidates import SPEC, candidate_examples, candidate_width
     from tracklm.tasks.finetune import load_finetuned, predict_examples
@@ -441,10 +443,12 @@ def scorer_method(
             event=np.zeros(len(unique), dtype=np.int64),
         )
         examples = candidate_examples(candidates, vocab, model.config.reads_hits, False)
-        logit = predict_examples(SPEC, model, head, examples, config.model_scorer_batch)[
-            "real_logit"
-        ][inverse]
-        score = base[rows] + config.model_scorer_weight * logit
+        predicted = predict_examples(SPEC, model, head, examples, config.model_scorer_batch)
+        logit = predicted["real_logit"][inverse]
+        bad = np.nansum(1.0 - predicted["good_probability"], axis=1)[inverse]
+        score = (
+            base[rows] + config.model_scorer_weight * logit - config.model_scorer_bad_weight * bad
+        )
         result[rows] = np.where(logit < config.model_scorer_veto, -np.inf, score)
         return result
 
