@@ -10,7 +10,8 @@ process: ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``).
 Usage (CPU heavy: about 10 to 20 minutes for 10 events on one core)::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/find_tracks.py --events 10 --seed 11 --out DIR \\
-        [--model demo/run/model ...] [--input EVENTS] [--memory-events 100] [--short-veto 0.35]
+        [--model demo/run/model ...] [--input EVENTS] [--memory-events 100] [--short-veto 0.35] \\
+        [--scorer SCORER/model ...]
 """
 
 from __future__ import annotations
@@ -68,7 +69,12 @@ def model_tag(model: Path) -> str:
 
 
 def find_and_score(
-    events: Path, out: Path, method: str, model: Path | None = None, short_veto: float = 0.0
+    events: Path,
+    out: Path,
+    method: str,
+    model: Path | None = None,
+    short_veto: float = 0.0,
+    scorer: Path | None = None,
 ) -> dict[str, Any]:
     """Run ``run_find`` and ``run_score``; the score's headline figures and the finder's stages."""
     from tracklm.find.run import run_find
@@ -76,7 +82,9 @@ def find_and_score(
 
     for path in (out, out.with_name(out.name + "-score")):
         shutil.rmtree(path, ignore_errors=True)
-    manifest = run_find(events, out, method=method, model=model, short_veto=short_veto)
+    manifest = run_find(
+        events, out, method=method, model=model, short_veto=short_veto, scorer=scorer
+    )
     score = run_score(events, out, out.with_name(out.name + "-score"))
     result = {key: score.get(key) for key in SCORE_KEYS}
     result["seconds_per_stage"] = manifest["seconds_per_stage"]
@@ -182,6 +190,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also run each model with 'tracklm find --short-veto Q' (default 0: not run)",
     )
     parser.add_argument(
+        "--scorer",
+        type=Path,
+        action="append",
+        default=None,
+        help="a candidate scorer ('tracklm finetune --task candidates'): also run each --model "
+        "with 'tracklm find --scorer S' (repeatable)",
+    )
+    parser.add_argument(
         "--memory-events", type=int, default=100, help="memory scan size (0: skip; default 100)"
     )
     args = parser.parse_args(argv)
@@ -218,6 +234,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "model",
                     model,
                     args.short_veto,
+                )
+            for scorer in args.scorer or []:
+                runs[f"{name} --scorer {model_tag(scorer)}"] = find_and_score(
+                    directory,
+                    args.out / f"{tag}-model-{model_tag(model)}-scorer-{model_tag(scorer)}",
+                    "model",
+                    model,
+                    scorer=scorer,
                 )
         results["runs"][label] = runs
     if args.memory_events > 0:

@@ -375,6 +375,14 @@ def _add_find(sub: Any, common: argparse.ArgumentParser) -> None:
         "is below this quantile of the model's values for the event's real tracks (fewer fakes, "
         "some real short tracks lost; default 0: off)",
     )
+    p.add_argument(
+        "--scorer",
+        type=_model_dir,
+        default=None,
+        help="--method model: a model fine-tuned with 'tracklm finetune --task candidates' that "
+        "orders and vetoes the candidates, while --model decides the steps (a scorer given as "
+        "--model alone leaves the steps to the helix)",
+    )
 
 
 def _add_generate(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -279,3 +279,73 @@ def test_a_hits_model_is_shown_the_positions_of_a_candidates_hits(four_events: P
     assert (ids[np.arange(len(found)), shown + 1] == vocab.sep_id).all()
     assert (with_hits.inputs["features"] == found.features).all()
     assert with_hits.labels["real"].tolist() == found.real.astype(np.float32).tolist()
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_scorer_beside_a_pretrained_model_scores_while_the_model_steps(
+    four_events: Path, scorer_run: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    from tracklm.detector.geometry import Detector
+    from tracklm.find.extend import helix_decider
+    from tracklm.find.run import load_method, run_find
+
+    detector, volumes = Detector.builtin("trackml"), (7, 8, 9)
+    both, record = load_method("model", tiny_model, detector, volumes, scorer_run / "model")
+    alone, _ = load_method("model", scorer_run / "model", detector, volumes)
+    pretrained, _ = load_method("model", tiny_model, detector, volumes)
+    assert record["scorer"]["task"] == "candidates" and "task" not in record
+    assert alone.decider is helix_decider and both.decider is not helix_decider
+    # the same quality as the scorer alone, not the pre-trained model's
+    from tracklm.find.extend import TrackCandidates
+    from tracklm.find.hits import EventHits
+    from tracklm.io.trackml import event_path, read_part
+
+    layers, _ = finder_setup(four_events)
+    hits, _ = EventHits.from_table(
+        read_part(event_path(four_events, 3, "hits"), "hits"), layers, "hits"
+    )
+    table = np.full((4, 32), -1, dtype=np.int64)
+    table[:, :6] = np.random.default_rng(1).choice(len(hits), size=(4, 6), replace=False)
+    tracks = TrackCandidates(
+        hits=table, n_hits=np.full(4, 6), anchors=table[:, 3:6], seed=table[:, :3],
+        z0_mm=np.zeros(4), visited=np.zeros(4, np.int64), missed=np.zeros(4, np.int64),
+        chi2=np.ones(4), active=np.zeros(4, bool),
+    )  # fmt: skip
+    config, seed_round = FinderConfig(), DEFAULT_ROUNDS[2]
+    expected = alone.quality(tracks, hits, config, seed_round)
+    np.testing.assert_array_equal(both.quality(tracks, hits, config, seed_round), expected)
+    assert not np.array_equal(pretrained.quality(tracks, hits, config, seed_round), expected)
+    manifest = run_find(
+        four_events, tmp_path / "tracks", method="model", model=tiny_model,
+        scorer=scorer_run / "model",
+    )  # fmt: skip
+    assert manifest["model"]["scorer"]["task"] == "candidates"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--scorer", "{scorer}"], "--scorer: only --method model"),
+        (["--method", "model", "--model", "{scorer}", "--scorer", "{scorer}"], "already a candidate scorer"),
+        (["--method", "model", "--model", "{model}", "--scorer", "{model}"], "head.json"),
+        (["--method", "model", "--model", "{model}", "--scorer", "{scorer}", "--short-veto", "0.3"],
+         "--short-veto"),
+        (["--method", "model", "--model", "{scorer}", "--short-veto", "0.3"], "--short-veto"),
+    ],
+)  # fmt: skip
+def test_bad_scorer_options_exit_2_with_one_line(
+    arguments: list[str],
+    message: str,
+    four_events: Path,
+    scorer_run: Path,
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    names = {"scorer": scorer_run / "model", "model": tiny_model}
+    argv = ["find", "--events", str(four_events), "--out", str(tmp_path / "tracks"),
+            *(a.format(**names) for a in arguments)]  # fmt: skip
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "tracks").exists()

@@ -51,26 +51,41 @@ def finder_volumes(volumes: str, detector: Detector) -> tuple[int, ...]:
 
 
 def load_method(
-    method: str, model: str | os.PathLike[str] | None, detector: Detector, volumes: tuple[int, ...]
+    method: str,
+    model: str | os.PathLike[str] | None,
+    detector: Detector,
+    volumes: tuple[int, ...],
+    scorer: str | os.PathLike[str] | None = None,
 ) -> tuple[Method, dict[str, Any]]:
     """The finder method named by ``--method`` and what the manifest records about it.
 
     Raises ``InputError`` for an unknown method, ``--method model`` without ``--model``, a
-    ``--model`` given to another method, or a model whose vocabulary is not the detector's
-    modules of ``volumes``.
+    ``--model`` or ``--scorer`` given to another method, a ``--scorer`` beside a ``--model``
+    that is itself a scorer, or a model whose vocabulary is not the detector's modules of
+    ``volumes``.
     """
     if method not in METHODS:
         raise InputError(f"--method: expected one of {', '.join(METHODS)}, got {method!r}")
     if method == "helix":
         if model is not None:
             raise InputError("--model: only --method model uses a model")
+        if scorer is not None:
+            raise InputError("--scorer: only --method model uses a scorer")
         return HELIX, {}
     if model is None:
         raise InputError("--method model needs --model RUN/model")
-    from tracklm.find.model import model_method
+    from tracklm.find.model import model_method, scorer_method
 
     built, record = model_method(Path(model), detector, volumes)
-    return built, record
+    if scorer is None:
+        return built, record
+    if record.get("task") is not None:
+        raise InputError(
+            f"--scorer: --model {model} is already a candidate scorer; give --model a "
+            "pre-trained model to decide the steps"
+        )
+    scoring, scorer_record = scorer_method(Path(scorer), detector, volumes)
+    return Method("model", built.decider, scoring.quality), record | {"scorer": scorer_record}
 
 
 def run_find(
@@ -80,6 +95,7 @@ def run_find(
     model: str | os.PathLike[str] | None = None,
     volumes: str = DEFAULT_VOLUMES,
     short_veto: float = 0.0,
+    scorer: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Find the tracks of every event of ``events`` and write their submission files.
 
@@ -95,6 +111,9 @@ def run_find(
     short_veto : for ``--method model``, the quantile of the model's values for the event's
         real tracks below which a candidate of at most 4 hits is dropped (0: off; see
         ``FinderConfig.model_short_veto_quantile``).
+    scorer : for ``--method model``, a model fine-tuned on candidates (``tracklm finetune
+        --task candidates``) that orders and vetoes the candidates; ``model`` then decides only
+        the steps (``find.model.scorer_method``).
 
     Returns
     -------
@@ -115,7 +134,12 @@ def run_find(
     config = FinderConfig(model_short_veto_quantile=short_veto)
     setup_start = time.perf_counter()
     layers = FinderLayers.from_detector(detector, volume_ids, b_field_t, config.seed_layer_support)
-    finder, method_record = load_method(method, model, detector, volume_ids)
+    finder, method_record = load_method(method, model, detector, volume_ids, scorer)
+    if short_veto > 0 and (scorer is not None or method_record.get("task") is not None):
+        raise InputError(
+            "--short-veto: a candidate scorer orders and vetoes the candidates; the short veto "
+            "reads a pre-trained model's pseudo-log-likelihood"
+        )
     setup_seconds = time.perf_counter() - setup_start
     times = StageTimes()
     per_event: dict[str, dict[str, Any]] = {}
