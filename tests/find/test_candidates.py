@@ -58,6 +58,19 @@ def scorer_run(
     return out
 
 
+def random_candidates(n_event: int, n: int, length: int, chi2: np.ndarray, seed: int):
+    """``n`` candidates of ``length`` distinct random hits of an event of ``n_event`` hits."""
+    from tracklm.find.extend import TrackCandidates
+
+    table = np.full((n, 32), -1, dtype=np.int64)
+    table[:, :length] = np.random.default_rng(seed).choice(n_event, size=(n, length), replace=False)
+    return TrackCandidates(
+        hits=table, n_hits=np.full(n, length), anchors=table[:, length - 3 : length],
+        seed=table[:, :3], z0_mm=np.zeros(n), visited=np.zeros(n, np.int64),
+        missed=np.zeros(n, np.int64), chi2=chi2, active=np.zeros(n, bool),
+    )  # fmt: skip
+
+
 def test_labels_follow_the_double_majority_rule() -> None:
     particle = np.array([0, 7, 7, 7, 8, 8, 0, 0, 9, 9])  # hit index -> particle (0: noise)
     hits = np.array(
@@ -158,7 +171,6 @@ def test_find_orders_and_vetoes_candidates_with_the_scorer(
     import dataclasses
 
     from tracklm.detector.geometry import Detector
-    from tracklm.find.extend import TrackCandidates
     from tracklm.find.finder import helix_quality
     from tracklm.find.model import model_method
     from tracklm.find.run import run_find
@@ -177,14 +189,7 @@ def test_find_orders_and_vetoes_candidates_with_the_scorer(
     hits, _ = EventHits.from_table(
         read_part(event_path(four_events, 4, "hits"), "hits"), layers, "hits"
     )
-    rng = np.random.default_rng(0)
-    table = np.full((6, 32), -1, dtype=np.int64)
-    table[:, :5] = rng.choice(len(hits), size=(6, 5), replace=False)
-    tracks = TrackCandidates(
-        hits=table, n_hits=np.full(6, 5), anchors=table[:, 2:5], seed=table[:, :3],
-        z0_mm=np.zeros(6), visited=np.zeros(6, np.int64), missed=np.zeros(6, np.int64),
-        chi2=np.linspace(0, 10, 6), active=np.zeros(6, bool),
-    )  # fmt: skip
+    tracks = random_candidates(len(hits), 6, 5, np.linspace(0, 10, 6), seed=0)
     seed_round = DEFAULT_ROUNDS[0]
     keep = dataclasses.replace(
         FinderConfig(), model_scorer_veto=-np.inf, model_scorer_weight=1.0,
@@ -296,7 +301,6 @@ def test_a_scorer_beside_a_pretrained_model_scores_while_the_model_steps(
     assert record["scorer"]["task"] == "candidates" and "task" not in record
     assert alone.decider is helix_decider and both.decider is not helix_decider
     # the same quality as the scorer alone, not the pre-trained model's
-    from tracklm.find.extend import TrackCandidates
     from tracklm.find.hits import EventHits
     from tracklm.io.trackml import event_path, read_part
 
@@ -304,13 +308,7 @@ def test_a_scorer_beside_a_pretrained_model_scores_while_the_model_steps(
     hits, _ = EventHits.from_table(
         read_part(event_path(four_events, 3, "hits"), "hits"), layers, "hits"
     )
-    table = np.full((4, 32), -1, dtype=np.int64)
-    table[:, :6] = np.random.default_rng(1).choice(len(hits), size=(4, 6), replace=False)
-    tracks = TrackCandidates(
-        hits=table, n_hits=np.full(4, 6), anchors=table[:, 3:6], seed=table[:, :3],
-        z0_mm=np.zeros(4), visited=np.zeros(4, np.int64), missed=np.zeros(4, np.int64),
-        chi2=np.ones(4), active=np.zeros(4, bool),
-    )  # fmt: skip
+    tracks = random_candidates(len(hits), 4, 6, np.ones(4), seed=1)
     config, seed_round = FinderConfig(), DEFAULT_ROUNDS[2]
     expected = alone.quality(tracks, hits, config, seed_round)
     np.testing.assert_array_equal(both.quality(tracks, hits, config, seed_round), expected)
