@@ -117,7 +117,7 @@ def test_collected_candidates_carry_their_hits_and_the_truth(four_events: Path) 
     from tracklm.find.hits import EventHits
     from tracklm.io.trackml import event_path, read_part
 
-    layers, b_field_t = finder_setup(four_events)
+    layers, b_field_t, _ = finder_setup(four_events)
     found = collect_candidates(four_events, [1], layers, FinderConfig(), b_field_t, width=8)
     assert len(found) > 50 and (found.event == 1).all()
     assert found.module_ids.shape == (len(found), 8, 3) and found.features.shape[1] == N_FEATURES
@@ -182,7 +182,7 @@ def test_find_orders_and_vetoes_candidates_with_the_scorer(
     assert len(list((tmp_path / "tracks").glob("event*-tracks.csv"))) == 4
     # the quality is the helix's plus the weighted logit, -inf below the veto
     method, _ = model_method(scorer_run / "model", Detector.builtin("trackml"), (7, 8, 9))
-    layers, _ = finder_setup(four_events)
+    layers, _, _ = finder_setup(four_events)
     from tracklm.find.hits import EventHits
     from tracklm.io.trackml import event_path, read_part
 
@@ -266,7 +266,7 @@ def test_a_hits_model_is_shown_the_positions_of_a_candidates_hits(four_events: P
     from tracklm.detector.vocab import ModuleVocab
     from tracklm.tasks.candidates import candidate_examples
 
-    layers, b_field_t = finder_setup(four_events)
+    layers, b_field_t, _ = finder_setup(four_events)
     found = collect_candidates(four_events, [2], layers, FinderConfig(), b_field_t, width=6)
     vocab = ModuleVocab.from_detector(Detector.builtin("trackml"), (7, 8, 9))
     with_hits = candidate_examples(found, vocab, reads_hits=True)
@@ -304,7 +304,7 @@ def test_a_scorer_beside_a_pretrained_model_scores_while_the_model_steps(
     from tracklm.find.hits import EventHits
     from tracklm.io.trackml import event_path, read_part
 
-    layers, _ = finder_setup(four_events)
+    layers, _, _ = finder_setup(four_events)
     hits, _ = EventHits.from_table(
         read_part(event_path(four_events, 3, "hits"), "hits"), layers, "hits"
     )

@@ -20,6 +20,7 @@ its seeds came from the beam line, its kind of layer triple).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,8 +167,35 @@ def label_candidates(
     return real, good
 
 
+def shown_candidates(
+    tracks: TrackCandidates,
+    rows: np.ndarray,
+    hits: EventHits,
+    distance: np.ndarray,
+    width: int,
+    seed_round: SeedRound,
+) -> tuple[CandidateSet, np.ndarray]:
+    """The candidates ``rows`` of ``tracks`` as a model is shown them (``CandidateSet``, labels
+    all False, event 0), and (N, width) their first ``width`` hits outwards (-1 after).
+    ``distance`` is every hit's distance from the origin."""
+    n = tracks.n_hits[rows].astype(np.int64)
+    ordered = order_by_distance(tracks.hits[rows], n, distance, width)
+    shown = ordered >= 0
+    at = np.maximum(ordered, 0)
+    candidates = CandidateSet(
+        module_ids=np.where(shown[..., None], hits.module_ids[at], -1),
+        xyz_mm=np.where(shown[..., None], hits.xyz_mm[at], np.nan).astype(np.float32),
+        n_hits=n,
+        features=candidate_features(n, tracks.chi2[rows], seed_round),
+        real=np.zeros(len(rows), dtype=bool),
+        good=np.zeros(shown.shape, dtype=bool),
+        event=np.zeros(len(rows), dtype=np.int64),
+    )
+    return candidates, ordered
+
+
 class _Recorder:
-    """A helix ``Method.quality`` that records one event's candidates on the way (``record``)."""
+    """A helix ``Method.quality`` that records one event's candidates on the way, labelled."""
 
     def __init__(self, event_id: int, particle: np.ndarray, hits: EventHits, width: int) -> None:
         self.event_id = event_id
@@ -182,22 +210,10 @@ class _Recorder:
         rows = np.flatnonzero(tracks.n_hits >= seed_round.min_hits)
         first, _ = unique_candidates(tracks.hits[rows], tracks.n_hits[rows])
         rows = rows[first]
-        n = tracks.n_hits[rows]
-        ordered = order_by_distance(tracks.hits[rows], n, self.distance, self.width)
-        real, good = label_candidates(ordered, n, self.particle, tracks.hits[rows])
-        shown = ordered >= 0
-        at = np.maximum(ordered, 0)
-        self.parts.append(
-            CandidateSet(
-                module_ids=np.where(shown[..., None], hits.module_ids[at], -1),
-                xyz_mm=np.where(shown[..., None], hits.xyz_mm[at], np.nan).astype(np.float32),
-                n_hits=n.astype(np.int64),
-                features=candidate_features(n, tracks.chi2[rows], seed_round),
-                real=real,
-                good=good,
-                event=np.full(len(rows), self.event_id, dtype=np.int64),
-            )
-        )
+        shown, ordered = shown_candidates(tracks, rows, hits, self.distance, self.width, seed_round)
+        real, good = label_candidates(ordered, shown.n_hits, self.particle, tracks.hits[rows])
+        event = np.full(len(rows), self.event_id, dtype=np.int64)
+        self.parts.append(dataclasses.replace(shown, real=real, good=good, event=event))
         return helix_quality(tracks, hits, config, seed_round)
 
 
@@ -242,8 +258,11 @@ def split_events(event_ids: list[int], source: str | os.PathLike[str]) -> dict[s
     }
 
 
-def finder_setup(events: Path, detector: Detector | None = None) -> tuple[FinderLayers, float]:
-    """The finder's layers of the pixel volumes and the field of ``events`` (as ``tracklm find``)."""
+def finder_setup(
+    events: Path, detector: Detector | None = None
+) -> tuple[FinderLayers, float, tuple[int, ...]]:
+    """The finder's layers of the pixel volumes, the field of ``events`` and the volumes (as
+    ``tracklm find`` sets them up by default)."""
     from tracklm.data.prepare import events_magnetic_field, resolve_detector
     from tracklm.find.run import DEFAULT_VOLUMES, finder_volumes
 
@@ -253,4 +272,4 @@ def finder_setup(events: Path, detector: Detector | None = None) -> tuple[Finder
     layers = FinderLayers.from_detector(
         detector, volumes, b_field_t, FinderConfig().seed_layer_support
     )
-    return layers, b_field_t
+    return layers, b_field_t, volumes

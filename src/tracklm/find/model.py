@@ -27,6 +27,11 @@ Each decision combines both:
 
 Tracks longer than the model's inputs allow show it their first (or, growing, last)
 ``context_hits`` hits.
+
+A model fine-tuned on the finder's candidates (``tracklm finetune --task candidates``) judges
+whole candidates with its head instead of the pseudo-log-likelihood (``scorer_method``), given
+as ``--model`` (the helix then decides the steps) or as ``--scorer`` beside a pre-trained
+``--model`` that decides them.
 """
 
 from __future__ import annotations
@@ -42,12 +47,7 @@ from tracklm.detector.geometry import Detector
 from tracklm.detector.vocab import ModuleVocab
 from tracklm.errors import InputError
 from tracklm.evaluate.masked import module_logits_only
-from tracklm.find.candidates import (
-    CandidateSet,
-    candidate_features,
-    order_by_distance,
-    unique_candidates,
-)
+from tracklm.find.candidates import shown_candidates, unique_candidates
 from tracklm.find.config import FinderConfig, SeedRound
 from tracklm.find.extend import (
     StepCandidates,
@@ -392,7 +392,10 @@ def _model_record(model_dir: str | os.PathLike[str], model: TrackingBert) -> dic
 
 
 def scorer_method(
-    model_dir: str | os.PathLike[str], detector: Detector, volumes: tuple[int, ...]
+    model_dir: str | os.PathLike[str],
+    detector: Detector,
+    volumes: tuple[int, ...],
+    option: str = "--model",
 ) -> tuple[Method, dict[str, Any]]:
     """The ``Method`` of a model fine-tuned on the finder's candidates (``tracklm finetune --task
     candidates``): the helix decides the steps (the fine-tuned encoder no longer predicts
@@ -400,7 +403,7 @@ def scorer_method(
     ``model_scorer_weight`` times its track logit to the helix quality and subtracting
     ``model_scorer_bad_weight`` times the hits it expects not to be the particle's (the sum of
     one minus each shown hit's probability), and drops a candidate whose logit is below
-    ``model_scorer_veto``.
+    ``model_scorer_veto``. ``option`` names the command-line option in messages.
     """
     from tracklm.tasks.candidates import SPEC, candidate_examples, candidate_width
     from tracklm.tasks.finetune import load_finetuned, predict_examples
@@ -408,10 +411,10 @@ def scorer_method(
     spec, model, head = load_finetuned(model_dir)
     if spec is not SPEC:
         raise InputError(
-            f"--model {model_dir}: fine-tuned for task {spec.name}; tracklm find takes a "
+            f"{option} {model_dir}: fine-tuned for task {spec.name}; tracklm find takes a "
             "pre-trained model or one fine-tuned with --task candidates"
         )
-    check_finder_vocab(model, detector, volumes, f"--model {model_dir}")
+    check_finder_vocab(model, detector, volumes, f"{option} {model_dir}")
     assert model.vocab is not None
     vocab = model.vocab
     width = candidate_width(model)
@@ -425,23 +428,8 @@ def scorer_method(
         if rows.size == 0:
             return result
         first, inverse = unique_candidates(tracks.hits[rows], tracks.n_hits[rows])
-        unique = rows[first]
-        n = tracks.n_hits[unique]
-        ordered = order_by_distance(
-            tracks.hits[unique], n, np.linalg.norm(hits.xyz_mm, axis=1), width
-        )
-        shown = ordered >= 0
-        candidates = CandidateSet(
-            module_ids=np.where(shown[..., None], hits.module_ids[np.maximum(ordered, 0)], -1),
-            xyz_mm=np.where(shown[..., None], hits.xyz_mm[np.maximum(ordered, 0)], np.nan).astype(
-                np.float32
-            ),
-            n_hits=n,
-            features=candidate_features(n, tracks.chi2[unique], seed_round),
-            real=np.zeros(len(unique), dtype=bool),
-            good=np.zeros(shown.shape, dtype=bool),
-            event=np.zeros(len(unique), dtype=np.int64),
-        )
+        distance = np.linalg.norm(hits.xyz_mm, axis=1)
+        candidates, _ = shown_candidates(tracks, rows[first], hits, distance, width, seed_round)
         examples = candidate_examples(candidates, vocab, model.config.reads_hits, False)
         predicted = predict_examples(SPEC, model, head, examples, config.model_scorer_batch)
         logit = predicted["real_logit"][inverse]

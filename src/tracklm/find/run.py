@@ -84,7 +84,7 @@ def load_method(
             f"--scorer: --model {model} is already a candidate scorer; give --model a "
             "pre-trained model to decide the steps"
         )
-    scoring, scorer_record = scorer_method(Path(scorer), detector, volumes)
+    scoring, scorer_record = scorer_method(Path(scorer), detector, volumes, "--scorer")
     return Method("model", built.decider, scoring.quality), record | {"scorer": scorer_record}
 
 

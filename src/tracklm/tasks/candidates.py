@@ -235,7 +235,6 @@ def finetune_candidates(
     from tracklm.data.prepare import resolve_detector
     from tracklm.find.candidates import collect_candidates, finder_setup, split_events
     from tracklm.find.model import check_finder_vocab
-    from tracklm.find.run import DEFAULT_VOLUMES, finder_volumes
     from tracklm.io.trackml import list_events
     from tracklm.tasks import finetune as ft
 
@@ -247,11 +246,10 @@ def finetune_candidates(
         )
     encoder = ft.load_encoder(model, mode, seed)
     detector = resolve_detector(events, None)
-    volumes = finder_volumes(DEFAULT_VOLUMES, detector)
+    layers, b_field_t, volumes = finder_setup(events, detector)
     check_finder_vocab(encoder, detector, volumes, f"--model {model}")
     assert encoder.vocab is not None
     splits = split_events(list_events(events), events)
-    layers, b_field_t = finder_setup(events, detector)
     config = FinderConfig()
     width = candidate_width(encoder)
     rng = np.random.default_rng(seed)
