@@ -100,6 +100,23 @@ def _add_simulate(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=_positive_int, default=1, help="parallel processes (default 1)"
     )
+    p.add_argument(
+        "--vertex-sigma-z",
+        type=_sigma_list,
+        default=SimulationConfig.vertex_sigma_z_mm,
+        metavar="MM[,MM...]",
+        help=(
+            "Gaussian z spread of the collision vertices in mm (default "
+            f"{SimulationConfig.vertex_sigma_z_mm:g}, TrackML's accuracy-phase events; its "
+            "throughput-phase events have about 50); a list is cycled over the events"
+        ),
+    )
+
+
+def _sigma_list(text: str) -> float | list[float]:
+    """``MM[,MM...]``: one spread, or several (cycled over the events)."""
+    values = [_non_negative_float(part) for part in text.split(",")]
+    return values[0] if len(values) == 1 else values
 
 
 def _add_prepare(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -156,3 +156,43 @@ def test_workers_do_not_change_the_files(simulated: Path, tmp_path: Path) -> Non
     )
     for name in ["detectors.csv", *EVENT_FILES]:
         assert (parallel / name).read_bytes() == (simulated / name).read_bytes(), name
+
+
+def _primary_vertex_z(events: Path, event_id: int) -> np.ndarray:
+    particles = _tables(read_event(events, event_id))[1]
+    primary = np.hypot(particles["vx"], particles["vy"]) < 1.0
+    return np.unique(particles["vz"].to_numpy()[primary])
+
+
+def test_a_list_of_vertex_spreads_is_cycled_over_the_events(
+    simulated: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cycled"
+    argv = ["simulate", "--out", str(out), "--events", "4", "--pileup", "10", "--seed", "7"]
+    assert main([*argv, "--vertex-sigma-z", "6,60", "--workers", "2"]) == 0
+    # Event k uses the spread (k - 1) mod 2; the first spread is the default, so event 1 is
+    # the default run's event 1, byte for byte.
+    name = EVENT_FILES[0]
+    assert (out / name).read_bytes() == (simulated / name).read_bytes()
+    narrow = np.concatenate([_primary_vertex_z(out, k) for k in (1, 3)])
+    wide = np.concatenate([_primary_vertex_z(out, k) for k in (2, 4)])
+    assert len(narrow) > 10 and len(wide) > 10
+    # About 20 vertices each: their spreads lie near 6 and 60 mm, ten times apart.
+    assert 3.0 < np.std(narrow) < 10.0 and 35.0 < np.std(wide) < 90.0
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert config["simulation"]["vertex_sigma_z_mm"] == 6.0
+    assert config["cycled"] == {"vertex_sigma_z_mm": [6.0, 60.0]}
+
+
+@pytest.mark.parametrize("value", ["-1", "6,abc", "inf"])
+def test_a_bad_vertex_spread_exits_2_and_writes_nothing(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "never"
+    try:  # argparse exits on what it parses; the verb returns 2 on what it checks
+        status = main(["simulate", "--out", str(out), "--events", "1", "--vertex-sigma-z", value])
+    except SystemExit as exc:
+        status = exc.code
+    assert status == 2
+    assert "--vertex-sigma-z" in capsys.readouterr().err.splitlines()[-1]
+    assert not out.exists()

@@ -17,8 +17,10 @@ import math
 import multiprocessing
 import os
 import weakref
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -349,20 +351,20 @@ def simulate_event(
 
 
 # ---------------------------------------------------------------------- event directories
-_WORKER: dict[str, _EventGenerator] = {}
+_WORKER: dict[str, Detector] = {}
 
 
-def _init_worker(detector: Detector, config: SimulationConfig) -> None:
-    _WORKER["generator"] = _generator(detector, config)
+def _init_worker(detector: Detector) -> None:
+    _WORKER["detector"] = detector
 
 
-def _init_pool_worker(detector: Detector, config: SimulationConfig) -> None:
+def _init_pool_worker(detector: Detector) -> None:
     exit_with_parent()
-    _init_worker(detector, config)
+    _init_worker(detector)
 
 
-def _write_one(directory: Path, event_id: int, seed: int) -> int:
-    event = _WORKER["generator"].generate(_event_rng(seed, event_id))
+def _write_one(directory: Path, event_id: int, seed: int, config: SimulationConfig) -> int:
+    event = _generator(_WORKER["detector"], config).generate(_event_rng(seed, event_id))
     write_event(directory, event_id, hits=event.hits, particles=event.particles, truth=event.truth)
     return len(event.hits)
 
@@ -370,18 +372,19 @@ def _write_one(directory: Path, event_id: int, seed: int) -> int:
 def _write_events(
     directory: Path,
     geometry: Detector,
-    config: SimulationConfig,
+    configs: list[SimulationConfig],
     event_ids: list[int],
     seed: int,
     workers: int,
 ) -> int:
-    """Write the events ``event_ids`` into ``directory``; returns the number of hits written."""
+    """Write the events ``event_ids`` into ``directory`` (event ``event_ids[i]`` with
+    ``configs[i]``); returns the number of hits written."""
     progress = tqdm(total=len(event_ids), desc="simulate", unit="event", disable=None)
     n_hits = 0
     if workers == 1:
-        _init_worker(geometry, config)
-        for event_id in event_ids:
-            n_hits += _write_one(directory, event_id, seed)
+        _init_worker(geometry)
+        for event_id, config in zip(event_ids, configs):
+            n_hits += _write_one(directory, event_id, seed, config)
             progress.update()
     else:
         # Spawned (not forked) workers: safe whatever threads the parent runs.
@@ -390,9 +393,12 @@ def _write_events(
             max_workers=min(workers, len(event_ids)),
             mp_context=context,
             initializer=_init_pool_worker,
-            initargs=(geometry, config),
+            initargs=(geometry,),
         ) as pool:
-            futures = [pool.submit(_write_one, directory, event_id, seed) for event_id in event_ids]
+            futures = [
+                pool.submit(_write_one, directory, event_id, seed, config)
+                for event_id, config in zip(event_ids, configs)
+            ]
             for future in concurrent.futures.as_completed(futures):
                 n_hits += future.result()
                 progress.update()
@@ -400,9 +406,15 @@ def _write_events(
     return n_hits
 
 
+def _cycled_fields(configs: list[SimulationConfig]) -> dict[str, list[Any]]:
+    """The fields in which ``configs`` differ: {field: [its value in each config]}."""
+    rows = [to_dict(c) for c in configs]
+    return {k: [r[k] for r in rows] for k in rows[0] if any(r[k] != rows[0][k] for r in rows)}
+
+
 def simulate_events(
     out: str | os.PathLike[str],
-    config: SimulationConfig,
+    config: SimulationConfig | Sequence[SimulationConfig],
     *,
     detector: str | os.PathLike[str] = "trackml",
     events: int = 10,
@@ -414,7 +426,10 @@ def simulate_events(
     Parameters
     ----------
     out : output directory (must not exist or be empty).
-    config : simulation parameters, pile-up included; recorded in the manifest.
+    config : simulation parameters, pile-up included; recorded in the manifest. A sequence of
+        configs is cycled over the events (event ``k`` uses ``config[(k - 1) % len(config)]``);
+        the manifest's ``simulation`` is then the first, and ``cycled`` lists per config the
+        fields that differ.
     detector : ``"trackml"`` (built-in) or a path to a TrackML ``detectors.csv``.
     events : number of events, at least 1; their ids are 1..events.
     seed : run seed; the same seed and config give byte-identical event files.
@@ -425,25 +440,34 @@ def simulate_events(
     The output directory, holding ``detectors.csv``, the event files and ``manifest.json``
     (whose ``config`` holds ``events``, ``seed`` and the whole ``simulation`` config).
     """
+    configs = [config] if isinstance(config, SimulationConfig) else list(config)
+    if not configs:
+        raise InputError("simulation config: no config given")
     geometry = Detector.load(detector)
     if len(geometry) == 0:
         raise InputError(f"{detector}: the detector has no modules")
     out = Path(out)
+    settings = {"events": events, "seed": seed, "simulation": to_dict(configs[0])}
+    cycled = _cycled_fields(configs)
+    if cycled:
+        settings["cycled"] = cycled
     log.info(
         "simulate: %d events, pile-up %g, seed %d, detector %s -> %s",
         events,
-        config.mean_pileup_collisions,
+        configs[0].mean_pileup_collisions,
         seed,
         detector,
         out,
     )
     with atomic_output_dir(out) as tmp:
         geometry.to_csv(tmp / "detectors.csv")
-        n_hits = _write_events(tmp, geometry, config, list(range(1, events + 1)), seed, workers)
+        event_ids = list(range(1, events + 1))
+        per_event = [configs[(k - 1) % len(configs)] for k in event_ids]
+        n_hits = _write_events(tmp, geometry, per_event, event_ids, seed, workers)
         write_manifest(
             tmp,
             "simulate",
-            config={"events": events, "seed": seed, "simulation": to_dict(config)},
+            config=settings,
             inputs={"detector": str(detector)},
             n_events=events,
             n_hits=n_hits,
@@ -459,6 +483,7 @@ def run_simulate(
     pileup: float = SimulationConfig.mean_pileup_collisions,
     seed: int = 0,
     workers: int = 1,
+    vertex_sigma_z: float | Sequence[float] = SimulationConfig.vertex_sigma_z_mm,
 ) -> Path:
     """``tracklm simulate``: check the options and call ``simulate_events``.
 
@@ -471,11 +496,21 @@ def run_simulate(
         the other simulation parameters keep their defaults).
     seed : run seed; the same seed gives byte-identical event files.
     workers : processes; the result does not depend on it.
+    vertex_sigma_z : the luminous region's Gaussian spread in z (mm,
+        ``SimulationConfig.vertex_sigma_z_mm``); several values are cycled over the events.
 
     Returns
     -------
     The output directory, holding ``detectors.csv``, the event files and ``manifest.json``.
     """
+    sigmas = [vertex_sigma_z] if isinstance(vertex_sigma_z, (int, float)) else list(vertex_sigma_z)
+    if not sigmas or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        for v in sigmas
+    ):
+        raise InputError(
+            f"--vertex-sigma-z: must be finite numbers >= 0 (mm), got {vertex_sigma_z!r}"
+        )
     if isinstance(events, bool) or not isinstance(events, int) or events < 1:
         raise InputError(f"--events: must be a positive integer, got {events!r}")
     if not isinstance(pileup, (int, float)) or not math.isfinite(pileup) or pileup < 0:
@@ -483,6 +518,12 @@ def run_simulate(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise InputError(f"--workers: must be a positive integer, got {workers!r}")
     config = SimulationConfig(mean_pileup_collisions=float(pileup))
+    configs = [replace(config, vertex_sigma_z_mm=float(v)) for v in sigmas]
     return simulate_events(
-        out, config, detector=detector, events=events, seed=seed, workers=workers
+        out,
+        configs[0] if len(configs) == 1 else configs,
+        detector=detector,
+        events=events,
+        seed=seed,
+        workers=workers,
     )
