@@ -520,10 +520,5 @@ def run_simulate(
     config = SimulationConfig(mean_pileup_collisions=float(pileup))
     configs = [replace(config, vertex_sigma_z_mm=float(v)) for v in sigmas]
     return simulate_events(
-        out,
-        configs[0] if len(configs) == 1 else configs,
-        detector=detector,
-        events=events,
-        seed=seed,
-        workers=workers,
+        out, configs, detector=detector, events=events, seed=seed, workers=workers
     )
