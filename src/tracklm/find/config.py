@@ -45,6 +45,7 @@ DEFAULT_ROUNDS = (
     SeedRound("skipped", 0.12, 4),
     SeedRound("consecutive", 0.2, 4, beamline=False),
     SeedRound("overlap", 0.15, 4),
+    SeedRound("consecutive", 0.12, 4, beamline=False),
 )
 
 
