@@ -165,3 +165,52 @@ def test_luminous_region_is_the_central_z0_of_the_first_tracks() -> None:
     lo, hi = luminous_region(z0, config) or (0.0, 0.0)
     assert -20 - config.luminous_margin_mm < lo < -10 and 16 < hi < 25 + config.luminous_margin_mm
     assert luminous_region(z0[: config.luminous_min_tracks - 1], config) is None
+
+
+def displaced_points(
+    layers: FinderLayers, pt_gev: float, charge: int, phi0: float, eta: float, origin: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where a particle made at ``origin`` (mm), leaving with azimuth ``phi0``, first crosses
+    each barrel cylinder outside its start: (points (K, 3), layer index (K,)), outwards."""
+    curvature = -charge * GEV_PER_TESLA_METRE * FIELD_T / 1000.0 / pt_gev  # 1/mm, ccw > 0
+    s = np.linspace(0.0, 600.0, 600_001)  # transverse arc length, 1 um steps
+    psi = phi0 + curvature * s
+    x = origin[0] + (np.sin(psi) - np.sin(phi0)) / curvature
+    y = origin[1] - (np.cos(psi) - np.cos(phi0)) / curvature
+    z = origin[2] + np.sinh(eta) * s
+    r = np.hypot(x, y)
+    points, which = [], []
+    for index in np.flatnonzero(layers.is_barrel):
+        outside = np.flatnonzero(r >= layers.radius_mm[index])
+        if r[0] >= layers.radius_mm[index] or outside.size == 0:
+            continue
+        k = outside[0]
+        if layers.z_min_mm[index] <= z[k] <= layers.z_max_mm[index]:
+            points.append([x[k], y[k], z[k]])
+            which.append(index)
+    order = np.argsort(np.hypot(*np.asarray(points)[:, :2].T))
+    return np.asarray(points)[order], np.asarray(which)[order]
+
+
+def test_the_last_round_finds_a_slow_particle_made_inside_the_detector(
+    layers: FinderLayers,
+) -> None:
+    # pT 0.15 GeV, made 20 mm from the beam line and leaving it at 60 degrees to the radial
+    # direction: its circle passes 17.5 mm from the beam line
+    xyz, layer = displaced_points(
+        layers, pt_gev=0.15, charge=1, phi0=np.pi / 3, eta=0.3, origin=np.array([20.0, 0.0, 30.0])
+    )
+    assert [layers.name(i) for i in layer] == ["8:2", "8:4", "8:6", "8:8"]
+    noise, noise_layer = noise_hits(layers, 300, seed=5)
+    hits = make_hits(layers, np.concatenate([xyz, noise]), np.concatenate([layer, noise_layer]))
+    particle = np.arange(len(xyz))
+
+    config = FinderConfig()
+    assert not config.rounds[-1].beamline and config.rounds[-1].pt_min_gev < 0.15
+    earlier = FinderConfig(rounds=config.rounds[:-1])
+    # no beam-line seed reaches it, and the earlier free seeds bend no further than 0.2 GeV
+    assert np.all(find_tracks(hits, layers, earlier, HELIX, FIELD_T)[particle] == 0)
+
+    track_id = find_tracks(hits, layers, config, HELIX, FIELD_T)
+    assert track_id[0] > 0 and np.all(track_id[particle] == track_id[0])
+    assert np.sum(track_id == track_id[0]) == len(particle)  # and no noise hit
