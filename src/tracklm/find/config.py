@@ -45,6 +45,8 @@ DEFAULT_ROUNDS = (
     SeedRound("skipped", 0.12, 4),
     SeedRound("consecutive", 0.2, 4, beamline=False),
     SeedRound("overlap", 0.15, 4),
+    # slow particles made inside the detector, below the free round's 0.2 GeV (chosen on the
+    # seed-12 tuning events, README "The last round")
     SeedRound("consecutive", 0.12, 4, beamline=False),
 )
 
