@@ -66,11 +66,11 @@ def _hang_in_checkpoint(step: int, signal: Path) -> None:
             handle.write(data[: len(data) // 2])
             handle.flush()
             os.fsync(handle.fileno())
-        # written under another name, then renamed: the test polls for FILE and reads it at once,
-        # so FILE must never exist empty
-        pending = signal.with_name(f".{signal.name}.pending")
-        pending.write_text(f"{f}\n")
-        os.replace(pending, signal)
+        # the test polls for FILE and reads it at once, so FILE must never exist empty
+        from tracklm._fs import atomic_output_file
+
+        with atomic_output_file(signal) as pending:
+            pending.write_text(f"{f}\n")
         time.sleep(600)
         raise AssertionError("the test did not kill the process during the checkpoint write")
 
