@@ -72,7 +72,9 @@ def test_every_verb_reads_the_previous_verbs_output(tmp_path):
     assert (evaluated["protocol"], evaluated["split"]) == ("masked", "test")
     assert evaluated["n_tracks"] == min(40, counts["test"])
     assert 0.0 <= evaluated["masked_module"]["accuracy"] <= 1.0
-    assert {"frequency", "helix", "helix+frequency", "helix_hits"} == set(evaluated["baselines"])
+    assert {"frequency", "sequence", "helix", "helix+frequency", "helix_hits"} == set(
+        evaluated["baselines"]
+    )
     assert "Protocol: masked" in (report / "report.md").read_text()
 
     table = tmp_path / "embedding.parquet"

@@ -18,8 +18,13 @@ from tests.reference.helices import (
 from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
 from tracklm.detector.vocab import ModuleVocab
-from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
-from tracklm.evaluate.contexts import neighbours
+from tracklm.evaluate.baselines import (
+    FrequencyBaseline,
+    HelixBaseline,
+    HelixFrequencyBaseline,
+    SequenceBaseline,
+)
+from tracklm.evaluate.contexts import neighbours, row_keys
 
 
 def test_neighbours_skip_hidden_hits():
@@ -53,6 +58,52 @@ def test_frequency_baseline_counts_contexts_and_backs_off():
     assert ranked[3, 0] == 22  # last hit: after (20, 21)
     assert ranked[4].tolist() == [10, 12, 11]  # nothing known: overall frequency (ties by id)
     assert not np.any(ranked[0] == 10)  # a module the track already crossed is never proposed
+
+
+def test_sequence_baseline_looks_up_the_whole_visible_track():
+    # Length 4: 10 11 12 13 three times, 10 14 12 13 once, 10 11 16 17 once; length 3: 10 18 12.
+    train = np.array([[10, 11, 12, 13]] * 3 + [[10, 14, 12, 13], [10, 11, 16, 17], [10, 18, 12, 0]])
+    lengths = np.array([4, 4, 4, 4, 4, 3])
+    frequency = FrequencyBaseline(train, lengths, k=3)
+    baseline = SequenceBaseline(train, lengths, frequency, k=3)
+    tokens = np.array(
+        [
+            [10, 99, 12, 13],  # the whole track seen: 11 (3 tracks), then 14 (1)
+            [10, 99, 12, 0],  # the same visible modules, length 3: 18
+            [10, 99, 98, 13],  # hits 1 and 2 hidden: tracks with 10 first and 13 last
+            [10, 99, 12, 30],  # never seen: the frequency baseline's answer
+        ]
+    )
+    visible = np.array(
+        [
+            [True, False, True, True],
+            [True, False, True, False],
+            [True, False, False, True],
+            [True, False, True, True],
+        ]
+    )
+    target = np.array([1, 1, 1, 1])
+    ranked = baseline.predict(tokens, visible, target)
+    assert ranked[0, :2].tolist() == [11, 14]
+    assert ranked[1, 0] == 18
+    assert ranked[2, :2].tolist() == [11, 14]
+    assert ranked[3].tolist() == frequency.predict(tokens, visible, target)[3].tolist()
+    # The hidden modules are never read: other ids there give the same answer.
+    other = np.where(visible | (tokens == 0), tokens, 77)
+    assert baseline.predict(other, visible, target).tolist() == ranked.tolist()
+
+
+def test_row_keys_are_equal_exactly_where_rows_are_equal():
+    rng = np.random.default_rng(5)
+    for columns in (1, 4, 7, 9, 17):
+        rows = rng.integers(6, 8_000, size=(300, columns))
+        rows[150:] = rows[rng.integers(0, 150, size=150)]  # repeats
+        rows[-1, -1] = rows[0, -1] + 1 if rows[0, -1] < 7_999 else 6  # near miss of row 0
+        keys = row_keys(rows)
+        same_rows = (rows[:, None, :] == rows[None, :, :]).all(axis=2)
+        assert ((keys[:, None] == keys[None, :]) == same_rows).all()
+    wide = np.array([[-1, 9_000], [-1, 9_000], [5, 9_000]])  # outside the packed range
+    assert row_keys(wide).tolist()[0] == row_keys(wide).tolist()[1] != row_keys(wide).tolist()[2]
 
 
 def test_helix_baseline_finds_hidden_hits_of_clean_tracks():

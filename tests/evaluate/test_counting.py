@@ -98,6 +98,12 @@ def test_evaluate_leaves_the_baselines_out_and_says_why(tmp_path, tiny_model, al
     metrics = run_evaluate(
         tiny_model, toy_data, tmp_path / "with", max_tracks=60, baseline_data=toy_data
     )
-    assert set(metrics["baselines"]) == {"frequency", "helix", "helix+frequency", "helix_hits"}
+    assert set(metrics["baselines"]) == {
+        "frequency",
+        "sequence",
+        "helix",
+        "helix+frequency",
+        "helix_hits",
+    }
     counted = metrics["baselines_counted_on"]
     assert counted["source"] == "--baseline-data" and counted["n_tracks"] == len(toy.split("train"))

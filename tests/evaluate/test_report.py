@@ -107,7 +107,13 @@ def test_metrics_json_follows_the_schema(masked_report, toy_data):
     assert set(mm["by_track"]) == {"A", "B"}
     assert mm["n_predictions"] == n_test * 6
     assert set(metrics["pair_pt"]) >= {"accuracy", "auc"}
-    assert set(metrics["baselines"]) == {"frequency", "helix", "helix+frequency", "helix_hits"}
+    assert set(metrics["baselines"]) == {
+        "frequency",
+        "sequence",
+        "helix",
+        "helix+frequency",
+        "helix_hits",
+    }
     for block in metrics["baselines"].values():
         assert set(block) >= {"accuracy", "within_20mm", "by_position", "description"}
     assert set(metrics["multi_mask"]) == {"2", "3"}
@@ -151,7 +157,7 @@ def test_report_md_shows_the_headline_and_never_beats_a_reference(masked_report)
 def test_headline_table_has_the_model_and_every_baseline(masked_report):
     _, metrics = masked_report
     table = headline_table(metrics)
-    assert table.count("\n| ") == 6  # header, model and four baselines
+    assert table.count("\n| ") == 7  # header, model and five baselines
     assert "| helix_hits (reference: measured hits) |" in table
     assert "| mean distance [mm] | 90% quantile [mm] |" in table
     assert metrics["model_inputs"] == "tokens"

@@ -9,6 +9,12 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     (previous-but-one, previous) for a last hit; it backs off to one neighbour when the pair was
     never seen, then to the most frequent module overall. Modules the track already crossed are
     never proposed (a track has at most one hit per module).
+``SequenceBaseline`` (``sequence``)
+    The whole visible track looked up: the most frequent module at the hidden hit among training
+    tracks of the same length with the same module at every visible hit, else the frequency
+    baseline's answer. With enough training tracks it is the most probable module given what
+    the model sees; on 300 simulated PU200 events (1.5 M tracks) three quarters of the hidden
+    hits of held-out tracks have such matches.
 ``HelixBaseline`` (``helix``; ``helix_hits`` with ``use_hits=True``)
     A tracking physicist's answer from the same information as the model: fit a helix to the
     visible modules' CENTRES, each weighted by where on its module the hit may lie (uniform over
@@ -43,9 +49,11 @@ from tracklm.detector.frames import ModuleFrames
 from tracklm.detector.layers import TokenLayers
 from tracklm.evaluate.contexts import (
     ContextModel,
+    TopKTable,
     at_index,
     merge_candidates,
     neighbours,
+    row_keys,
     visible_tokens,
 )
 from tracklm.tracking.helix import HelixFit, fit_helix
@@ -53,6 +61,10 @@ from tracklm.tracking.helix import HelixFit, fit_helix
 # What each predictor of the evaluation report is, as the report says it (``metrics.json``).
 BASELINE_TEXT = {
     "frequency": "most frequent module given the neighbouring visible modules, counted on the train split",
+    "sequence": (
+        "most frequent module at the hidden hit among training tracks of the same length whose "
+        "every visible hit is on the same module, else the frequency baseline's"
+    ),
     "helix": (
         "helix fitted to the visible modules' CENTRES (the information the model has), each "
         "weighted by its module's size in its local frame, through the beam spot; crossed with "
@@ -112,6 +124,74 @@ class FrequencyBaseline:
         ``hits_mm`` is accepted for a common signature and not used.
         """
         return self.model.rank(tokens, visible, target, visible_tokens(tokens, visible))
+
+
+class SequenceBaseline:
+    """The whole visible track looked up on the training split (``sequence``).
+
+    Candidates for the hidden hit are the modules found at its place in training tracks of the
+    same length whose every visible hit is on the same module as the evaluated track's, most
+    frequent first; where no training track matches, the ``frequency`` baseline's candidates
+    follow (they also fill the list when the matches offer fewer than ``k`` modules). Where the
+    training split holds many tracks of one visible pattern, this is the most probable module
+    given everything a module-token model sees (the length too: the model sees a ``[MASK]`` at
+    every hidden hit), so it shows how close a model comes to what the modules say.
+
+    Parameters
+    ----------
+    train_tokens : (N, L) training-split tokens, ``[PAD]`` (0) after each track's last hit.
+    train_lengths : (N,) their lengths.
+    fallback : the frequency baseline counted on the same tracks.
+    k : candidates kept per hidden hit.
+    """
+
+    name = "sequence"
+
+    def __init__(
+        self,
+        train_tokens: np.ndarray,
+        train_lengths: np.ndarray,
+        fallback: FrequencyBaseline,
+        k: int = 5,
+    ) -> None:
+        tokens = np.asarray(train_tokens, dtype=np.int64)
+        lengths = np.asarray(train_lengths, dtype=np.int64)
+        self.k = k
+        self.fallback = fallback
+        self._by_length = {int(n): tokens[lengths == n] for n in np.unique(lengths)}
+
+    def predict(
+        self,
+        tokens: np.ndarray,
+        visible: np.ndarray,
+        target: np.ndarray,
+        hits_mm: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(N, k) ranked module tokens for the hidden hit ``target`` of each track (-1: none).
+
+        ``tokens`` are read at visible hits, and only for being a hit or padding elsewhere (a
+        track's length); ``hits_mm`` is accepted for a common signature and not used.
+        """
+        tokens = np.asarray(tokens, dtype=np.int64)
+        visible = np.asarray(visible, dtype=bool)
+        target = np.asarray(target, dtype=np.int64)
+        n, width = tokens.shape
+        lengths = (tokens != 0).sum(axis=1)
+        bits = (visible.astype(np.int64) << np.arange(width, dtype=np.int64)).sum(axis=1)
+        pattern = (lengths * (1 << width) + bits) * width + target
+        found = np.full((n, self.k), -1, dtype=np.int64)
+        for value in np.unique(pattern):
+            rows = np.flatnonzero(pattern == value)
+            first = rows[0]
+            train = self._by_length.get(int(lengths[first]))
+            columns = np.flatnonzero(visible[first])
+            if train is None or len(columns) == 0 or target[first] >= train.shape[1]:
+                continue
+            keys = row_keys(np.concatenate([train[:, columns], tokens[rows][:, columns]]))
+            table = TopKTable.count(keys[: len(train)], train[:, target[first]], self.k)
+            found[rows] = table.lookup(keys[len(train) :])
+        backoff = self.fallback.predict(tokens, visible, target)
+        return merge_candidates([found, backoff], visible_tokens(tokens, visible), self.k)
 
 
 @dataclass

@@ -189,3 +189,29 @@ class ContextModel:
 def visible_tokens(tokens: np.ndarray, visible: np.ndarray) -> np.ndarray:
     """(N, L) tokens of the visible hits, -1 elsewhere (for excluding already-used modules)."""
     return np.where(visible, np.asarray(tokens, dtype=np.int64), -1)
+
+
+def row_keys(rows: np.ndarray) -> np.ndarray:
+    """(M,) int64 keys, equal exactly where two rows of an (M, c) matrix of token ids are equal.
+
+    Ids below 2**13 are packed 13 bits each: the first four into 52 bits, then three at a time
+    beside the number (in order of appearance, fewer than 2**24 rows) of the key so far. Other
+    matrices are numbered by ``numpy.unique``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.ndim != 2:
+        raise ValueError("row_keys expects an (M, c) matrix")
+    if rows.size and (rows.min() < 0 or rows.max() >= 1 << 13 or len(rows) >= 1 << 24):
+        return np.unique(rows, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+    def packed(part: np.ndarray) -> np.ndarray:
+        key = np.zeros(len(part), dtype=np.int64)
+        for c in range(part.shape[1]):
+            key = (key << 13) | part[:, c]
+        return key
+
+    key = packed(rows[:, :4])
+    for start in range(4, rows.shape[1], 3):
+        number = pd.factorize(key)[0].astype(np.int64)
+        key = (number << 39) | packed(rows[:, start : start + 3])
+    return key

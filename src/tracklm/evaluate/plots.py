@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 COLOURS = {
     "model": "#1f4e9c",
     "frequency": "#e3882f",
+    "sequence": "#c0392b",
     "helix": "#3a9e4f",
     "helix+frequency": "#b5651d",
     "helix_hits": "#8c6bb1",

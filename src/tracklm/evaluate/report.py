@@ -35,6 +35,7 @@ from tracklm.evaluate.baselines import (
     FrequencyBaseline,
     HelixBaseline,
     HelixFrequencyBaseline,
+    SequenceBaseline,
 )
 from tracklm.evaluate.counting import counting_split
 from tracklm.evaluate.markdown import report_markdown
@@ -214,7 +215,7 @@ def write_report_files(
 
 
 # ----------------------------------------------------------------------------- evaluation steps
-Baseline = FrequencyBaseline | HelixBaseline | HelixFrequencyBaseline
+Baseline = FrequencyBaseline | SequenceBaseline | HelixBaseline | HelixFrequencyBaseline
 
 
 @dataclass
@@ -295,8 +296,9 @@ def evaluation_pairs(
 
 
 def fit_baselines(dataset: PreparedDataset, train: TrackArrays) -> list[Baseline]:
-    """The baselines, counted and fitted on the train split: frequency, helix (module centres),
-    helix+frequency and the helix on measured hits (a reference)."""
+    """The baselines, counted and fitted on the train split: frequency, the whole visible track
+    looked up (sequence), helix (module centres), helix+frequency and the helix on measured hits
+    (a reference)."""
     surfaces = TokenLayers.from_modules(dataset.modules, len(dataset.vocab))
     bounds = dataset.frames()
     centres = dataset.module_centres
@@ -307,7 +309,8 @@ def fit_baselines(dataset: PreparedDataset, train: TrackArrays) -> list[Baseline
     helix_hits = HelixBaseline(
         surfaces, train.tokens, train.lengths, centres, use_hits=True, bounds=bounds
     )
-    return [frequency, helix, HelixFrequencyBaseline(frequency, helix), helix_hits]
+    sequence = SequenceBaseline(train.tokens, train.lengths, frequency)
+    return [frequency, sequence, helix, HelixFrequencyBaseline(frequency, helix), helix_hits]
 
 
 def predict_single_hits(
