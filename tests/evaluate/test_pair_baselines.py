@@ -32,6 +32,14 @@ def test_the_lookup_backs_off_from_the_longest_known_key() -> None:
     np.testing.assert_allclose(estimate[3], np.exp(np.mean(np.log([1, 4, 8, 0.5]))), rtol=1e-6)
 
 
+def test_the_lookup_asks_the_whole_track_first() -> None:
+    # Both training tracks share (first, second, last) = (10, 11, 13); only one is the same track.
+    train = tracks([[10, 11, 12, 13], [10, 11, 14, 13]], [1.0, 4.0])
+    asked = tracks([[10, 11, 12, 13], [10, 11, 15, 13], [10, 11, 13, 0]], [1.0] * 3)
+    estimate = np.exp(lookup_log_pt(train, asked))
+    np.testing.assert_allclose(estimate, [1.0, 2.0, 2.0], rtol=1e-6)  # else (10, 11, 13): both
+
+
 def test_the_pt_task_lookup_gives_pt_and_charge_from_training_tracks() -> None:
     from types import SimpleNamespace
 

@@ -4,8 +4,9 @@ Each baseline estimates every track's pT and answers ``pT(B) > pT(A)``; its scor
 is ``log pT(B) - log pT(A)``:
 
 * ``lookup``: the mean log pT of the training tracks with the same module-sequence key, the
-  (first, second, last) module, backing off to (first, last), to the first module and to the
-  mean of all training tracks (the information a module-token model has);
+  whole track (most held-out tracks have exact twins among a few hundred events' training
+  tracks), backing off to the (first, second, last) module, (first, last), the first module and
+  the mean of all training tracks (the information a module-token model has);
 * ``regression``: a small network fitted to the training tracks, log pT from all the module
   centres of a track (``tracklm.evaluate.pt_regression``; the same information, and the best
   module-only estimate found so far);
@@ -23,13 +24,14 @@ import numpy as np
 import pandas as pd
 
 from tracklm.evaluate import metrics as M
+from tracklm.evaluate.contexts import row_keys
 from tracklm.evaluate.pt_regression import regression_estimates
 from tracklm.io.dataset import TrackArrays
 from tracklm.tracking.helix import beam_line_circle
 
 PAIR_BASELINE_TEXT = {
-    "lookup": "mean log pT of training tracks with the same (first, second, last) module, backing "
-    "off to (first, last), first, and all",
+    "lookup": "mean log pT of training tracks with the same modules (the whole track), backing "
+    "off to the same (first, second, last) module, (first, last), first, and all",
     "regression": "network fitted to the training tracks: log pT from the module centres' radius, "
     "z and azimuth",
     "circle": "circle through the beam line and the module centres",
@@ -62,12 +64,16 @@ def lookup_mean(
     lengths: np.ndarray,
 ) -> np.ndarray:
     """(N,) mean of the training tracks' ``values`` over those sharing each track's longest
-    known key ((first, second, last) module, then (first, last), first, then all)."""
+    known key: the whole track (every module, in order), then the (first, second, last) module,
+    (first, last), first, then all."""
     values = np.asarray(values, dtype=np.float64)
     estimate = np.full(len(tokens), float(np.mean(values)) if len(values) else 0.0)
     known = np.zeros(len(tokens), dtype=bool)
+    whole = _whole_track_keys(train_tokens, train_lengths, tokens, lengths)
     for train_key, key in zip(
-        _keys(train_tokens, train_lengths), _keys(tokens, lengths), strict=True
+        [whole[0], *_keys(train_tokens, train_lengths)],
+        [whole[1], *_keys(tokens, lengths)],
+        strict=True,
     ):
         means = pd.Series(values).groupby(train_key).mean()
         found = pd.Series(key).map(means).to_numpy(np.float64)
@@ -75,6 +81,25 @@ def lookup_mean(
         estimate[take] = found[take]
         known |= take
     return estimate
+
+
+def _whole_track_keys(
+    train_tokens: np.ndarray, train_lengths: np.ndarray, tokens: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys equal exactly where two tracks (training, then asked) cross the same modules in the
+    same order: (N_train,) and (N,) int64."""
+    width = max(np.shape(train_tokens)[1], np.shape(tokens)[1])
+
+    def laid_out(t: np.ndarray, n: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, dtype=np.int64)
+        out = np.zeros((len(t), width), dtype=np.int64)
+        out[:, : t.shape[1]] = t
+        return np.where(np.arange(width)[None, :] < np.asarray(n)[:, None], out, 0)
+
+    keys = row_keys(
+        np.concatenate([laid_out(train_tokens, train_lengths), laid_out(tokens, lengths)])
+    )
+    return keys[: len(train_tokens)], keys[len(train_tokens) :]
 
 
 def circle_log_pt(points_mm: np.ndarray, lengths: np.ndarray, b_field_t: float) -> np.ndarray:
