@@ -9,7 +9,9 @@ training time that reached the validated model) beside ``val/masked_accuracy`` i
 the curve (accuracy against seconds) is read back from it and written as PNG + JSON.
 
 The peers are the baselines of ``tracklm evaluate`` (``frequency``: most frequent module given the
-neighbouring visible modules, counted on the train split; ``helix``: a helix through the visible
+neighbouring visible modules, counted on the train split; ``sequence``: the most frequent module
+at the hidden place among training tracks with the same visible modules, else ``frequency``'s;
+``helix``: a helix through the visible
 modules' centres crossed with the hidden hit's layer; ``helix+frequency``: the frequency
 candidates re-ranked by the helix), scored on the validation tracks with one random hidden hit per
 track. Validation hides module tokens at random (15% mask rate, at least one per track), every
@@ -46,7 +48,12 @@ import yaml
 
 from tracklm.config import from_dict
 from tracklm.data.masking import IGNORE_INDEX
-from tracklm.evaluate.baselines import FrequencyBaseline, HelixBaseline, HelixFrequencyBaseline
+from tracklm.evaluate.baselines import (
+    FrequencyBaseline,
+    HelixBaseline,
+    HelixFrequencyBaseline,
+    SequenceBaseline,
+)
 from tracklm.io.dataset import open_dataset
 from tracklm.models import TrackingBert
 from tracklm.train.config import PretrainConfig
@@ -185,7 +192,10 @@ def baseline_accuracies(data: str | os.PathLike[str], seed: int = 0) -> dict[str
     truth = tokens[np.arange(len(val)), hidden]
     train_tokens, train_lengths = np.asarray(train_split.tokens), np.asarray(train_split.lengths)
     frequency = FrequencyBaseline(train_tokens, train_lengths)
-    baselines: dict[str, Any] = {"frequency": frequency}
+    baselines: dict[str, Any] = {
+        "frequency": frequency,
+        "sequence": SequenceBaseline(train_tokens, train_lengths, frequency),
+    }
     try:
         from tracklm.detector.layers import TokenLayers
 

@@ -48,7 +48,7 @@ from tracklm.train.pretrain import run_pretrain
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("frequency", "helix+frequency")
+BASELINES = ("frequency", "sequence", "helix+frequency")
 
 
 def cut_dataset(data: Path, out: Path, events: int) -> tuple[Path, int]:
@@ -157,7 +157,7 @@ def plot(records: list[dict[str, Any]], out: Path) -> None:
         axes[0, 1].plot(x, [r["test_accuracy"] for r in rows], "o-", label=f"{size:,} tracks")
         axes[1, 1].plot(x, [r["val_loss"] for r in rows], "o-", label=f"{size:,} tracks")
     largest = max(records, key=lambda r: r["train_tracks"])
-    for (name, value), style in zip(largest["baselines"].items(), ("--", ":"), strict=False):
+    for (name, value), style in zip(largest["baselines"].items(), ("--", "-.", ":"), strict=False):
         for ax in axes[0]:
             ax.axhline(value, ls=style, lw=1, color="grey", label=f"{name} baseline")
     for ax in axes.ravel():

@@ -14,7 +14,12 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
+import torch
+
+from tracklm.io.dataset import open_dataset
+from tracklm.models.bert import TrackingBert, TrackingBertConfig
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -35,6 +40,7 @@ def _load(name: str) -> ModuleType:
 bench_inference = _load("bench_inference")
 bench_memory = _load("bench_memory")
 bench_time_to_accuracy = _load("bench_time_to_accuracy")
+information_limit = _load("information_limit")
 scaling_study = _load("scaling_study")
 run = _load("run")
 
@@ -193,7 +199,7 @@ def test_scaling_study_writes_a_record_per_run(toy_data, tmp_path):
         assert (run / "report" / "metrics.json").is_file()
         assert record["preset"] == "tiny" and record["parameters"] > 0
         assert 0.0 <= record["test_accuracy"] <= 1.0 and math.isfinite(record["val_loss"])
-        assert set(record["baselines"]) == {"frequency", "helix+frequency"}
+        assert set(record["baselines"]) == {"frequency", "sequence", "helix+frequency"}
         assert record["cpu_steal"] is None or 0.0 <= record["cpu_steal"] <= 1.0
     assert records[1]["train_tracks"] == len(full)  # all six training events
     assert records[0]["train_tracks"] < records[1]["train_tracks"]
@@ -231,3 +237,77 @@ def test_generate_benchmark_completes_the_same_tracks_both_ways(random_data):
     assert result["same_tracks"] == 1.0
     assert all(_is_rate(v) for v in result["tracks_per_second"].values())
     assert result["tracks"] == 64 and result["cache_over_no_cache"] > 0
+
+
+def test_information_limit_counts_the_twins_of_each_hidden_hit():
+    train = np.array([[10, 11, 12, 13]] * 3 + [[10, 14, 12, 13], [10, 11, 16, 17], [10, 18, 12, 0]])
+    lengths = np.array([4, 4, 4, 4, 4, 3])
+    tokens = np.array([[10, 99, 12, 13], [10, 11, 12, 13], [10, 99, 12, 0], [99, 98, 97, 96]])
+    stats = information_limit.hidden_hit_stats(
+        train, lengths, tokens, np.array([4, 4, 3, 4]), np.array([1, 3, 1, 0])
+    )
+    assert stats["n"].tolist() == [4, 3, 1, 0]
+    assert stats["top"].tolist() == [11, 13, 18, -1]
+    assert stats["top_share"].tolist()[:3] == [0.75, 1.0, 1.0]
+    assert np.isnan(stats["top_share"].iloc[3])
+
+
+def test_information_limit_scores_a_report_on_the_same_hits_and_pairs(toy_data, tmp_path):
+    from tracklm.evaluate.report import run_evaluate
+
+    vocab = open_dataset(toy_data).vocab
+    torch.manual_seed(0)
+    model = TrackingBert(TrackingBertConfig.preset("tiny", vocab_size=len(vocab)))
+    model.save_pretrained(tmp_path / "model", vocab)
+    metrics = run_evaluate(tmp_path / "model", toy_data, tmp_path / "report", seed=0)
+    out = tmp_path / "limit"
+    code = information_limit.main(
+        ["--train", str(toy_data), "--test", str(toy_data), "--out", str(out), "--fractions", "1",
+         "--min-matches", "1", "--report", str(tmp_path / "report"), "--model", str(tmp_path / "model")]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "information_limit.json").read_text())
+    joined = result["model"]
+    # the same hidden hits and pairs as the report, so the same accuracies
+    assert joined["all"]["model"] == pytest.approx(metrics["masked_module"]["accuracy"])
+    assert joined["all"]["sequence_baseline"] == pytest.approx(
+        metrics["baselines"]["sequence"]["accuracy"]
+    )
+    assert result["pairs"]["all"]["model"] == pytest.approx(metrics["pair_pt"]["accuracy"])
+    for name in information_limit.POSITIONS:
+        want = metrics["masked_module"]["by_position"][name]
+        assert joined["by_position"][name]["model"] == pytest.approx(want)
+    # with one match enough, every matched hit is in the group, and the plug-in is a share
+    assert joined["1_matches"]["share"] == pytest.approx(joined["matched"]["share"])
+    assert 0.0 <= joined["1_matches"]["plug_in"] <= 1.0
+    assert "needed elsewhere" in (out / "information_limit.md").read_text()
+
+
+def test_information_limit_needs_more_elsewhere_where_the_limit_is_low():
+    # 60% of the hits at best 70% right: 80% overall needs 95% of the rest, 90% is out of reach
+    assert information_limit.needed_elsewhere(0.8, 0.6, 0.7) == pytest.approx(0.95)
+    assert information_limit.needed_elsewhere(0.9, 0.6, 0.7) > 1.0
+
+
+def test_information_limit_writes_its_tables(toy_data, tmp_path):
+    out = tmp_path / "limit"
+    code = information_limit.main(
+        ["--train", str(toy_data), "--test", str(toy_data), "--out", str(out),
+         "--fractions", "0.5", "1", "--min-matches", "2"]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads((out / "information_limit.json").read_text())
+    small, full = result["masked"]
+    assert small["train_tracks"] < full["train_tracks"]
+    assert small["coverage"] <= full["coverage"] <= 1.0  # the half is a subset of the whole
+    assert full["hidden_hits"] == 3 * result["test_tracks"]
+    pairs = result["pairs"]
+    assert set(pairs["all"]) == {"lookup", "exact"}
+    assert 0.0 <= pairs["all"]["exact"] <= 1.0
+    assert "| training events |" in (out / "information_limit.md").read_text()
+    assert (
+        information_limit.main(
+            ["--train", str(toy_data), "--test", str(tmp_path / "missing"), "--out", str(out)]
+        )
+        == 2
+    )
