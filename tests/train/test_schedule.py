@@ -18,6 +18,7 @@ from tracklm.train.schedule import (
     refit_schedule,
     refit_steps,
     steps_for_minutes,
+    unreached_mask_stages,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
@@ -90,6 +91,28 @@ def test_a_config_file_keeps_its_own_keys(toy_data, tmp_path: Path):
     )
     record = json.loads((run / "run.json").read_text())
     assert record["config"]["warmup_steps"] == 7 and record["config"]["max_steps"] == 20
+
+
+def test_stages_at_or_after_the_last_step_are_unreached():
+    paper = preset_config("paper")  # 0.15, then 0.30 and 0.50 from two boundaries
+    first, second = paper.mask_rate_steps
+    assert unreached_mask_stages(paper) == []
+    short = dataclasses.replace(paper, max_steps=second)  # the last stage would start at the end
+    assert unreached_mask_stages(short) == [(paper.mask_rates[2], second)]
+    shorter = dataclasses.replace(paper, max_steps=first)
+    assert [rate for rate, _ in unreached_mask_stages(shorter)] == list(paper.mask_rates[1:])
+    assert unreached_mask_stages(fit_schedule(paper, 50)) == []  # fitted stages always run
+
+
+def test_a_config_file_stage_beyond_the_run_is_warned_about(toy_data, tmp_path, caplog):
+    config = tmp_path / "stages.yaml"
+    config.write_text("mask_rates: [0.15, 0.3, 0.5]\nmask_rate_steps: [5, 40]\n")
+    with caplog.at_level("WARNING", logger="tracklm.train.pretrain"):
+        run_pretrain(
+            toy_data, tmp_path / "run", preset="tiny", config=config, max_steps=8, accelerator="cpu"
+        )
+    warned = [r.getMessage() for r in caplog.records if "never run" in r.getMessage()]
+    assert len(warned) == 1 and "0.5 from step 40" in warned[0] and "0.3 from" not in warned[0]
 
 
 def test_max_time_measures_the_pace_and_fits_the_schedule_to_it(toy_data, tmp_path):

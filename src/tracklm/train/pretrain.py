@@ -60,6 +60,7 @@ from tracklm.train.schedule import (
     refit_schedule,
     refit_steps,
     steps_for_minutes,
+    unreached_mask_stages,
 )
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,15 @@ def run_pretrain(
         max_time = left
         log.info("pretrain: %.1f minutes fit %d steps at this pace", left, cfg.max_steps)
     new_run = not resume and first_process
+    unreached = unreached_mask_stages(cfg)
+    if new_run and unreached:
+        stages = ", ".join(f"{rate:g} from step {step}" for rate, step in unreached)
+        log.warning(
+            "pretrain: %s: mask-rate stage(s) %s start at or after the run's %d steps and never "
+            "run (mask_rate_steps set in a --config file are kept as given; leave them out to "
+            "have them fitted to the run)",
+            source, stages, cfg.max_steps,
+        )  # fmt: skip
     # Other ranks of a distributed run start after (or beside) rank 0, which owns the directory.
     if new_run:
         try:

@@ -43,6 +43,19 @@ FORWARD_FRACTION = 0.35
 optimiser), for the time a run's validations take."""
 
 
+def unreached_mask_stages(config: PretrainConfig) -> list[tuple[float, int]]:
+    """(rate, first step) of each mask-rate stage that starts at or after ``config.max_steps``.
+
+    Such a stage never runs: the run ends at the rate before it. ``fit_schedule`` keeps stage
+    boundaries below the run's end unless the user set them (``keep``).
+    """
+    return [
+        (float(rate), int(step))
+        for rate, step in zip(config.mask_rates[1:], config.mask_rate_steps)
+        if step >= config.max_steps
+    ]
+
+
 def fit_schedule(
     config: PretrainConfig, max_steps: int, keep: tuple[str, ...] | frozenset[str] = ()
 ) -> PretrainConfig:
