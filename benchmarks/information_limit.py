@@ -3,7 +3,7 @@ themselves say, for growing training sets.
 
 Most held-out tracks repeat a training track module for module: on 300 simulated PU200 events
 (1.5 M training tracks) 85% of the test tracks of other events have an exact twin, with a median of
-17 twins. Where a hidden hit's visible pattern (the track's length and its module at every
+24 twins. Where a hidden hit's visible pattern (the track's length and its module at every
 visible hit) matches many training tracks, the modules found at the hidden place in those tracks
 are a sample of what the visible modules say about it, so
 
