@@ -13,8 +13,8 @@ tracks and masks the model sees, and both rank candidates (for top-5 accuracy).
     The whole visible track looked up: the most frequent module at the hidden hit among training
     tracks of the same length with the same module at every visible hit, else the frequency
     baseline's answer. With enough training tracks it is the most probable module given what
-    the model sees; on 300 simulated PU200 events (1.5 M tracks) three quarters of the hidden
-    hits of held-out tracks have such matches.
+    the model sees. With the 1.5 M tracks of 300 simulated PU200 events, 88% of the hidden hits
+    of held-out tracks (first, middle, last) have such matches, 55% at least 20.
 ``HelixBaseline`` (``helix``; ``helix_hits`` with ``use_hits=True``)
     A tracking physicist's answer from the same information as the model: fit a helix to the
     visible modules' CENTRES, each weighted by where on its module the hit may lie (uniform over
