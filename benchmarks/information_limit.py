@@ -47,8 +47,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tracklm._fs import atomic_output_file
 from tracklm.errors import InputError
 from tracklm.evaluate.contexts import row_keys
+from tracklm.evaluate.pair_baselines import whole_track_keys
 from tracklm.evaluate.report import _select_tracks
 from tracklm.io.dataset import TrackArrays, open_dataset
 
@@ -212,13 +214,7 @@ def exact_log_pt(
     train: TrackArrays, tracks: TrackArrays
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Mean log pT of each track's exact twins, their number, and their samples."""
-    width = train.tokens.shape[1]
-    t = np.zeros((len(tracks), width), np.int64)
-    t[:, : tracks.tokens.shape[1]] = tracks.tokens
-    both = np.concatenate([train.tokens, t])
-    both = np.where(np.arange(width)[None] < np.r_[train.lengths, tracks.lengths][:, None], both, 0)
-    keys = np.unique(both, axis=0, return_inverse=True)[1].reshape(-1)
-    tk, qk = keys[: len(train)], keys[len(train) :]
+    tk, qk = whole_track_keys(train.tokens, train.lengths, tracks.tokens, tracks.lengths)
     order = np.argsort(tk, kind="stable")
     sk, lp = tk[order], np.log(train.pt[order].astype(np.float64))
     lo, hi = np.searchsorted(sk, qk, "left"), np.searchsorted(sk, qk, "right")
@@ -273,9 +269,13 @@ def model_pair_logits(model: str, dataset: Any, tracks: TrackArrays) -> np.ndarr
     from tracklm.models.bert import TrackingBert
 
     net = TrackingBert.from_pretrained(model)
-    pairs = evaluation_pairs(tracks, dataset, 0, input_width(tracks.max_length, "event"))
+    # the pairs and passes of ``tracklm evaluate`` (seed 0, its default batch of 1024 pairs)
+    width = input_width(tracks.max_length, "event")
+    pairs = evaluation_pairs(tracks, dataset, 0, width, hits=net.config.reads_hits)
     e = pairs.encoded
-    return predict_pair_logits(net, e.input_ids, e.token_type_ids, e.attention_mask, 512)
+    return predict_pair_logits(
+        net, e.input_ids, e.token_type_ids, e.attention_mask, 1024, hits=pairs.hits
+    )
 
 
 def subset(train: TrackArrays, fraction: float, seed: int = 0) -> TrackArrays:
@@ -462,10 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = _clean(result)
-    (out / "information_limit.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "information_limit.md").write_text(markdown(result))
+    for name, text in (
+        ("information_limit.json", json.dumps(result, indent=2) + "\n"),
+        ("information_limit.md", markdown(result)),
+    ):
+        with atomic_output_file(out / name) as tmp:
+            tmp.write_text(text)
     print(markdown(result))
     return 0
 

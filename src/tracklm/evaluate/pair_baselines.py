@@ -69,7 +69,7 @@ def lookup_mean(
     values = np.asarray(values, dtype=np.float64)
     estimate = np.full(len(tokens), float(np.mean(values)) if len(values) else 0.0)
     known = np.zeros(len(tokens), dtype=bool)
-    whole = _whole_track_keys(train_tokens, train_lengths, tokens, lengths)
+    whole = whole_track_keys(train_tokens, train_lengths, tokens, lengths)
     for train_key, key in zip(
         [whole[0], *_keys(train_tokens, train_lengths)],
         [whole[1], *_keys(tokens, lengths)],
@@ -83,7 +83,7 @@ def lookup_mean(
     return estimate
 
 
-def _whole_track_keys(
+def whole_track_keys(
     train_tokens: np.ndarray, train_lengths: np.ndarray, tokens: np.ndarray, lengths: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keys equal exactly where two tracks (training, then asked) cross the same modules in the
